@@ -1,0 +1,1 @@
+"""The live form of adapter methods over a transformers model (PEFT's tuners)."""
