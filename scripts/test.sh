@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 VENV="${SWAPYARD_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 # CPU machines: torch==2.13.0 is the CPU build (from local disk on our CI image). On a GPU machine
 # install the CUDA build first (`pip install torch`); this line then leaves it alone.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
