@@ -4,6 +4,25 @@ A PEFT user ports a script by changing its import: `from peft import LoraConfig`
 `from adapters_core import LoraConfig`.
 """
 
+from .adapter_model import (
+    AdapterModel,
+    AdapterModelForCausalLM,
+    AdapterModelForFeatureExtraction,
+    AdapterModelForQuestionAnswering,
+    AdapterModelForSeq2SeqLM,
+    AdapterModelForSequenceClassification,
+    AdapterModelForTokenClassification,
+    get_adapter_model,
+)
+from .auto import (
+    AutoAdapterModel,
+    AutoAdapterModelForCausalLM,
+    AutoAdapterModelForFeatureExtraction,
+    AutoAdapterModelForQuestionAnswering,
+    AutoAdapterModelForSeq2SeqLM,
+    AutoAdapterModelForSequenceClassification,
+    AutoAdapterModelForTokenClassification,
+)
 from .config import AdapterConfig, PeftType, TaskType
 from .errors import (
     AdapterConfigError,
@@ -16,18 +35,49 @@ from .errors import (
     UnsafeFormatError,
     UnsupportedError,
 )
+from .methods.adalora import AdaLoraConfig
+from .methods.adaption_prompt import AdaptionPromptConfig
+from .methods.ia3 import IA3Config
+from .methods.lora import LoraConfig
+from .methods.p_tuning import PromptEncoderConfig, PromptEncoderReparameterizationType
+from .methods.prefix_tuning import PrefixTuningConfig
+from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
 
 __all__ = [
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterConfigError",
     "AdapterError",
     "AdapterLoadError",
+    "AdapterModel",
+    "AdapterModelForCausalLM",
+    "AdapterModelForFeatureExtraction",
+    "AdapterModelForQuestionAnswering",
+    "AdapterModelForSeq2SeqLM",
+    "AdapterModelForSequenceClassification",
+    "AdapterModelForTokenClassification",
     "AdapterNotFoundError",
     "AdapterShapeError",
     "AdapterWeightsError",
+    "AdaptionPromptConfig",
+    "AutoAdapterModel",
+    "AutoAdapterModelForCausalLM",
+    "AutoAdapterModelForFeatureExtraction",
+    "AutoAdapterModelForQuestionAnswering",
+    "AutoAdapterModelForSeq2SeqLM",
+    "AutoAdapterModelForSequenceClassification",
+    "AutoAdapterModelForTokenClassification",
+    "IA3Config",
+    "LoraConfig",
     "NoTargetModulesError",
     "PeftType",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "TaskType",
     "UnsafeFormatError",
     "UnsupportedError",
+    "get_adapter_model",
 ]

@@ -21,7 +21,7 @@ from .peft_names import CONFIG_NAME
 PEFT_FORMAT_VERSION = "0.21.2"  # written as `peft_version`: the PEFT release whose format we follow
 
 
-class TaskType(str, enum.Enum):
+class TaskType(str, enum.Enum):  # noqa: UP042 - str mixin keeps str()/format PEFT-like
     """PEFT's task types; the value selects the model wrapper (reference §13.1)."""
 
     SEQ_CLS = "SEQ_CLS"
@@ -32,7 +32,7 @@ class TaskType(str, enum.Enum):
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 
 
-class PeftType(str, enum.Enum):
+class PeftType(str, enum.Enum):  # noqa: UP042
     """The adapter methods Swapyard implements (a subset of PEFT's 45)."""
 
     LORA = "LORA"
@@ -140,7 +140,7 @@ class AdapterConfig:
         target = cls
         if peft_type is None and getattr(cls, "PEFT_TYPE", None) is None:
             raise AdapterConfigError(
-                f"{source}: missing required key 'peft_type'; add e.g. \"peft_type\": \"LORA\"."
+                f'{source}: missing required key \'peft_type\'; add e.g. "peft_type": "LORA".'
             )
         if peft_type is not None:
             peft_type = _enum_value(peft_type)
@@ -209,9 +209,14 @@ class AdapterConfig:
         from .hub import resolve_file
 
         path = resolve_file(
-            str(path_or_hub_id), CONFIG_NAME, subfolder=subfolder, revision=revision,
-            cache_dir=cache_dir, token=token,
+            str(path_or_hub_id),
+            CONFIG_NAME,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
         )
+        assert path is not None  # resolve_file raises rather than return None unless missing_ok
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)

@@ -45,7 +45,11 @@ def resolve_file(
         if missing_ok:
             return None
         raise AdapterNotFoundError(f"{directory}: no {filename}; is this a PEFT adapter directory?")
-    if os.path.isabs(path_or_hub_id) or path_or_hub_id.startswith((".", "~")) or path_or_hub_id.count("/") > 1:
+    if (
+        os.path.isabs(path_or_hub_id)
+        or path_or_hub_id.startswith((".", "~"))
+        or path_or_hub_id.count("/") > 1
+    ):
         raise AdapterNotFoundError(
             f"{path_or_hub_id!r} is neither an existing local directory nor a Hub repo id ('owner/name')."
         )
@@ -72,7 +76,11 @@ def resolve_file(
     except (EntryNotFoundError, LocalEntryNotFoundError) as exc:
         if missing_ok:
             return None
-        where = f"{path_or_hub_id}" + (f"/{subfolder}" if subfolder else "") + (f"@{revision}" if revision else "")
+        where = (
+            f"{path_or_hub_id}"
+            + (f"/{subfolder}" if subfolder else "")
+            + (f"@{revision}" if revision else "")
+        )
         hint = " (HF_HUB_OFFLINE is set: only the HF cache was searched)" if _offline() else ""
         raise AdapterNotFoundError(f"Hub repo {where}: no {filename}{hint}.") from exc
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as exc:

@@ -105,7 +105,8 @@ def is_linear_like(module: nn.Module) -> bool:
 def expand_all_linear(model: nn.Module, task_type: Any = None) -> set[str]:
     """The full HF paths "all-linear" stands for: every Linear/Conv1D but the output embedding (and the
     classification head for SEQ_CLS models without an output embedding)."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    out_emb = get_output_embeddings() if callable(get_output_embeddings) else None
     excluded_names: set[str] = set()
     for name, module in model.named_modules():
         if out_emb is not None and module is out_emb:
@@ -133,7 +134,7 @@ def resolve_target_modules(
                 f"target_modules is null and there are no default targets for model_type {model_type!r}; "
                 "set target_modules explicitly (a list of module names, a regex, or 'all-linear')."
             )
-        return set(defaults[model_type])
+        return set(defaults[str(model_type)])
     if isinstance(target_modules, str):
         if target_modules.lower() == "all-linear":
             return expand_all_linear(model, task_type)
@@ -156,3 +157,32 @@ def is_feedforward(key: str, feedforward_modules: Targets) -> bool:
     if isinstance(feedforward_modules, str):
         return re.fullmatch(feedforward_modules, key) is not None
     return any(key.endswith(t) for t in feedforward_modules)
+
+
+MIN_TARGET_MODULES_FOR_OPTIMIZATION = 20
+
+
+def minimal_target_modules(targets: set[str], module_names: Iterable[str]) -> set[str]:
+    """PEFT's `_find_minimal_target_modules`: a list of >= 20 targets becomes the shortest suffixes that
+    still separate them from every other module (what PEFT then saves as `target_modules`)."""
+    if len(targets) < MIN_TARGET_MODULES_FOR_OPTIMIZATION:
+        return targets
+    suffixes = tuple("." + t for t in targets)
+    others = [n for n in module_names if n not in targets and not n.endswith(suffixes)]
+
+    def all_suffixes(name: str) -> list[str]:
+        parts = name.split(".")
+        return [".".join(parts[i:]) for i in range(len(parts))][::-1]
+
+    other_suffixes = {s for name in others for s in all_suffixes(name)}
+    required: set[str] = set()
+    for item, item_suffixes in sorted(((t, all_suffixes(t)) for t in targets), key=lambda tup: tup[1]):
+        for suffix in item_suffixes:
+            if suffix in required or suffix in other_suffixes:
+                continue
+            if not any(item.endswith("." + r) for r in required):
+                required.add(suffix)
+                break
+    if not required or len(required) >= len(targets):
+        return targets
+    return required

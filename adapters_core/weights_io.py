@@ -7,6 +7,7 @@ read with `torch.load(weights_only=True)` only.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -32,7 +33,7 @@ def load_adapter_weights(
     Raises `UnsafeFormatError` for a pickle-only adapter without `allow_pickle=True`,
     `AdapterWeightsError` for an unreadable file or non-finite values.
     """
-    kw = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token)
+    kw: dict[str, Any] = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token)
     path = resolve_file(path_or_hub_id, SAFETENSORS_WEIGHTS_NAME, missing_ok=True, **kw)
     if path is not None:
         try:
@@ -57,7 +58,9 @@ def load_adapter_weights(
         try:
             state = torch.load(pickle_path, map_location=device, weights_only=True)
         except Exception as exc:  # torch raises many types for bad pickles
-            raise AdapterWeightsError(f"{pickle_path}: cannot be read with weights_only=True ({exc}).") from exc
+            raise AdapterWeightsError(
+                f"{pickle_path}: cannot be read with weights_only=True ({exc})."
+            ) from exc
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise AdapterWeightsError(f"{pickle_path}: expected a dict of tensors.")
     check_finite(state, source=str(path_or_hub_id))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
+import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,11 +13,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="swapyard", description="Serve one frozen base model with many PEFT adapters."
     )
     parser.add_argument("--version", action="version", version=importlib.metadata.version("swapyard"))
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("train", help="train a PEFT-format adapter (swapyard train --help)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        # The trainer parses its own flags; imported lazily because server never depends on trainer.
+        return int(importlib.import_module("trainer.cli").main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

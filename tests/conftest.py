@@ -1,12 +1,9 @@
 import os
-import sys
 
 # Tests never touch the network, and the Triton kernels run in the interpreter on CPU.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 

@@ -55,5 +55,46 @@ class AdapterTuner(Protocol):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The transformers model's forward with the active adapter applied."""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """nn.Module's call (hooks, then `forward`)."""
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """`model.generate` with the active adapter applied, forward-consistent (reference §14)."""
+
+
+# -- optional capabilities: AdapterModel checks for them and raises UnsupportedError when absent --------------
+
+
+@runtime_checkable
+class MergeableTuner(Protocol):
+    """A method whose adapters can be folded into the base weights (LoRA, AdaLoRA, IA3)."""
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold the active adapter (or `adapter_names`) into the base weights; forward then skips it."""
+
+    def unmerge_adapter(self) -> None:
+        """Undo every merge (exact for LoRA, up to rounding for DoRA and IA3)."""
+
+    def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge, then return the plain transformers model (adapter layers replaced by their base layers)."""
+
+    def unload(self) -> nn.Module:
+        """Return the plain transformers model without merging."""
+
+
+@runtime_checkable
+class WeightedAdapterTuner(Protocol):
+    """A method that can combine adapters into a new one (LoRA: linear/cat/svd; IA3: linear)."""
+
+    def add_weighted_adapter(
+        self, adapters: list[str], weights: list[float], adapter_name: str, **options: Any
+    ) -> None:
+        """Add `adapter_name` combining `adapters` with `weights`; it is not activated."""
+
+
+@runtime_checkable
+class RestorableTuner(Protocol):
+    """A method that can take itself out of the model after a failed load (nothing was written yet)."""
+
+    def restore_base_model(self) -> nn.Module:
+        """Put the original modules back (no merge, no trained copies) and return the model."""

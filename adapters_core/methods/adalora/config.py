@@ -1,0 +1,64 @@
+"""`AdaLoraConfig`: PEFT's AdaLoRA config (reference §7.1); extends `LoraConfig`.
+
+At inference only `init_r`, `lora_alpha`, `rank_pattern`, `target_modules` and `fan_in_fan_out` matter. Its
+`rank_pattern` maps `<HF path>.lora_E` to a boolean mask of length `init_r` (the kept singular triplets),
+unlike LoRA's rank_pattern; `r` is ignored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...config import PeftType, register_config
+from ...errors import AdapterConfigError
+from ..lora.config import LoraConfig
+
+
+@register_config
+@dataclass
+class AdaLoraConfig(LoraConfig):
+    PEFT_TYPE: ClassVar[PeftType] = PeftType.ADALORA
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "init_r", "lora_alpha", "target_modules")
+
+    rank_pattern: dict[str, Any] | None = None
+    target_r: int = 8
+    init_r: int = 12
+    tinit: int = 0
+    tfinal: int = 0
+    deltaT: int = 1
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.5
+    total_step: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.use_dora:
+            raise AdapterConfigError("AdaLoRA does not support DoRA; set use_dora=false.")
+        if self.loftq_config:
+            raise AdapterConfigError("AdaLoRA does not support LoftQ; drop loftq_config.")
+        if self.r != 8:
+            warnings.warn(
+                "Note that `r` is not used in AdaLoRA and will be ignored; set the initial rank with `init_r`.",
+                stacklevel=3,
+            )
+        if self.total_step is None or self.total_step <= 0:
+            raise AdapterConfigError(
+                "AdaLoRA does not work when `total_step` is None; supply a value > 0 (the planned training steps)."
+            )
+        if self.orth_reg_weight < 0:
+            raise AdapterConfigError(f"`orth_reg_weight` must be >= 0, got {self.orth_reg_weight}.")
+        if self.tinit >= (self.total_step - self.tfinal):
+            raise AdapterConfigError(
+                "The supplied schedule values don't allow for a budgeting phase. Decrease `tfinal`/`tinit` or "
+                "increase `total_step`."
+            )
+        if self.init_r < 0:
+            raise AdapterConfigError(f"init_r must be >= 0, got {self.init_r}.")
+        for key, mask in (self.rank_pattern or {}).items():
+            if not isinstance(mask, list) or not all(isinstance(m, bool) for m in mask):
+                raise AdapterConfigError(
+                    f"rank_pattern[{key!r}] must be a list of booleans (AdaLoRA's kept-rank mask), got {mask!r}."
+                )

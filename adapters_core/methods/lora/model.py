@@ -1,0 +1,81 @@
+"""The LoRA tuner: injects `Linear`/`Embedding` LoRA layers (PEFT's `LoraModel`)."""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from ...config import PeftType
+from ...errors import UnsupportedError
+from ...registry import MethodSpec, register_method
+from ...targeting import LORA_DEFAULT_TARGETS, get_pattern_key
+from ...tuners.injection import InjectionTuner
+from ...tuners.layer import TunerLayer, is_conv1d
+from .config import LoraConfig
+from .embedding import Embedding
+from .layer import Linear, LoraLayer
+from .weighted import add_weighted_lora_adapter
+
+
+def rank_and_alpha(config: LoraConfig, key: str) -> tuple[int, float]:
+    """The module's `r` and `lora_alpha` after `rank_pattern`/`alpha_pattern` (reference §5.3)."""
+    rank_pattern = config.rank_pattern or {}
+    alpha_pattern = config.alpha_pattern or {}
+    key_r = get_pattern_key(rank_pattern.keys(), key)
+    key_a = get_pattern_key(alpha_pattern.keys(), key)
+    r = rank_pattern[key_r] if key_r is not None else config.r
+    alpha = alpha_pattern[key_a] if key_a is not None else config.lora_alpha
+    return int(r), alpha
+
+
+class LoraTuner(InjectionTuner):
+    """LoRA (and DoRA, rsLoRA) adapters over a transformers model."""
+
+    default_targets = LORA_DEFAULT_TARGETS
+
+    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:  # type: ignore[override]
+        r, alpha = rank_and_alpha(config, key)
+        if isinstance(target, nn.Embedding):
+            return Embedding(target, adapter_name, config, r, alpha)
+        if isinstance(target, nn.Linear) or is_conv1d(target):
+            conv1d = is_conv1d(target)
+            if config.fan_in_fan_out != conv1d:
+                # PEFT corrects the flag to the layer type, in the config too (so the saved file says so)
+                warnings.warn(
+                    f"{key}: fan_in_fan_out={config.fan_in_fan_out} does not fit a {type(target).__name__}; "
+                    f"using {conv1d}.",
+                    stacklevel=2,
+                )
+                config.fan_in_fan_out = conv1d
+            return Linear(target, adapter_name, config, r, alpha)
+        raise UnsupportedError(
+            f"{key}: LoRA cannot target a {type(target).__name__}; Swapyard supports nn.Linear, Conv1D and "
+            "nn.Embedding. Narrow target_modules."
+        )
+
+    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:  # type: ignore[override]
+        if not isinstance(layer, LoraLayer):
+            raise UnsupportedError(f"{key}: already adapted by another method ({type(layer).__name__}).")
+        r, alpha = rank_and_alpha(config, key)
+        layer.update_layer(adapter_name, r, alpha, config)
+
+    def checkpoint_key(self, live_key: str, adapter_name: str) -> str:
+        """DoRA's magnitude is saved as `…lora_magnitude_vector`, without the live `.default.weight`."""
+        if live_key.endswith(f"lora_magnitude_vector.{adapter_name}.weight"):
+            live_key = live_key.removesuffix(".weight")
+        return super().checkpoint_key(live_key, adapter_name)
+
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+    ) -> None:
+        """A new adapter combining `adapters` (reference §5.7): "linear", "cat" or "svd"; not activated."""
+        add_weighted_lora_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+
+
+register_method(MethodSpec(peft_type=PeftType.LORA, config_cls=LoraConfig, tuner_cls=LoraTuner))

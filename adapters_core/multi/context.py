@@ -1,0 +1,68 @@
+"""The per-forward batch context every multi-adapter layer reads: which slot each row uses.
+
+MultiAdapterModel sets one `RowContext` around a forward (or a whole `generate`) and the wrapped layers read
+it; layers never see adapter names. Kernel metadata (`kernels.BatchMeta`) is built lazily once per
+(tokens-per-row, device) and shared by every layer: the encoder and decoder of T5, or prefill and each decode
+step, simply ask for a different length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernels import BatchMeta, build_decode_meta, build_prefill_meta
+
+
+@dataclass
+class RowContext:
+    """Per-row slots of the running batch. `row_slots[i]` = slot of row i's adapter, -1 = base model."""
+
+    row_slots: list[int]
+    # Per-forward state of prompt-family rows (multi/prompts.py `PromptBatch`): read by the prefix hooks.
+    prompt: Any = None
+    _metas: dict[tuple[int, str], BatchMeta] = field(default_factory=dict)
+    _slot_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.row_slots)
+
+    @property
+    def any_adapter(self) -> bool:
+        return any(s >= 0 for s in self.row_slots)
+
+    def slots_tensor(self, device: torch.device) -> torch.Tensor:
+        """(B,) int64 row slots on `device`."""
+        key = str(device)
+        if key not in self._slot_tensors:
+            self._slot_tensors[key] = torch.tensor(self.row_slots, dtype=torch.int64, device=device)
+        return self._slot_tensors[key]
+
+    def meta(self, tokens_per_row: int, device: torch.device) -> BatchMeta:
+        """Kernel metadata for activations shaped (B, tokens_per_row, H), flattened to (B·L, H)."""
+        key = (tokens_per_row, str(device))
+        if key not in self._metas:
+            if tokens_per_row == 1:
+                self._metas[key] = build_decode_meta(self.row_slots, device=device)
+            else:
+                self._metas[key] = build_prefill_meta(
+                    self.row_slots, [tokens_per_row] * len(self.row_slots), device=device
+                )
+        return self._metas[key]
+
+    def row_groups(self) -> dict[int, list[int]]:
+        """slot -> the rows that use it (slot -1 included)."""
+        groups: dict[int, list[int]] = {}
+        for row, slot in enumerate(self.row_slots):
+            groups.setdefault(slot, []).append(row)
+        return groups
+
+
+class ContextHolder:
+    """A mutable cell shared by the model and all its wrapped layers (no globals, no thread-locals)."""
+
+    def __init__(self) -> None:
+        self.current: RowContext | None = None

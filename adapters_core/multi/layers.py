@@ -1,0 +1,282 @@
+"""Layers that apply a different adapter to every row: wrappers installed once over the base model.
+
+Each wrapper keeps the adapters that target its module in device pools indexed by the model-wide slot of
+the adapter (kernels/pool.py), and reads the running batch's per-row slots from the shared `RowContext`.
+With no context, or no row whose adapter touches the module, a wrapper is exactly its base layer.
+
+Math per row whose adapter is loaded here (x: the layer input, W: the (out, in) weight, b: the bias):
+    LoRA:       y = W x + scale · B A x + b
+    DoRA:       y = g ⊙ (W x + scale · B A x) + b,   g = m / ||W + scale·B A||_row   (constant: W is frozen)
+    IA3 (out):  y = (W x + b) ⊙ l            IA3 (feed-forward, input side):  y = W (x ⊙ l) + b
+    bias="all"/"lora_only": b is that adapter's trained bias (kept as a per-slot delta to the base bias)
+    modules_to_save (heads): the adapter's own copy of the module (any output width)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply
+
+from .context import ContextHolder, RowContext
+from .parsed import LoraTensors
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def weight_rows(module: nn.Module) -> torch.Tensor:
+    """The base weight in (out, in) layout (GPT-2's Conv1D stores (in, out))."""
+    return module.weight.T if is_conv1d(module) else module.weight
+
+
+class PoolBudget:
+    """How many bytes one module's pools may take: the model-wide budget split in proportion to the
+    module's `in + out` (an adapter of rank r costs r·(in+out) elements in every module it targets)."""
+
+    def __init__(self, total_bytes: int, total_width: int, num_slots: int, rank_capacity: int) -> None:
+        self.total_bytes, self.total_width = total_bytes, max(total_width, 1)
+        self.num_slots, self.rank_capacity = num_slots, rank_capacity
+
+    def lora_bytes(self, in_features: int, out_features: int) -> int:
+        tables = self.num_slots * (self.rank_capacity + 3) * 8
+        return tables + self.total_bytes * (in_features + out_features) // self.total_width
+
+    def vector_bytes(self, features: int, dtype: torch.dtype) -> int:
+        return self.num_slots * 8 + self.num_slots * features * torch.finfo(dtype).bits // 8
+
+
+class _MultiBase(nn.Module):
+    """Shared bookkeeping: which slots touch this module, and per-slot full overrides (heads, biases)."""
+
+    def __init__(self, base_layer: nn.Module, path: str, holder: ContextHolder) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.path = path
+        self._holder = [holder]  # a list keeps the holder out of nn.Module's child registry
+        self.slots: set[int] = set()
+        self.overrides: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        """Model code reads attributes of the layer it called (`self.wo.weight.dtype` in T5,
+        `embed_tokens.padding_idx`): answer with the base layer's, as PEFT's layers do."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    @property
+    def context(self) -> RowContext | None:
+        ctx = self._holder[0].current
+        if ctx is None or not self.slots or not any(s in self.slots for s in ctx.row_slots):
+            return None
+        return ctx
+
+    def set_override(self, slot: int, params: dict[str, torch.Tensor]) -> None:
+        ref = next(iter(self.base_layer.parameters()))
+        self.overrides[slot] = {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in params.items()}
+        self.slots.add(slot)
+
+    def _apply_overrides(self, x: torch.Tensor, y: torch.Tensor, ctx: RowContext, *args: Any) -> torch.Tensor:
+        """Rows whose adapter carries its own copy of this module run that copy; widths may differ
+        (classification heads with other label counts): narrower rows are padded with -inf."""
+        groups = {s: rows for s, rows in ctx.row_groups().items() if s in self.overrides}
+        if not groups:
+            return y
+        outs = {
+            s: functional_call(self.base_layer, self.overrides[s], (x[rows], *args))
+            for s, rows in groups.items()
+        }
+        width = max([y.shape[-1], *(o.shape[-1] for o in outs.values())])
+        if width != y.shape[-1]:
+            y = F.pad(y, (0, width - y.shape[-1]), value=float("-inf"))
+        else:
+            y = y.clone()
+        for s, rows in groups.items():
+            o = outs[s]
+            if o.shape[-1] != width:
+                o = F.pad(o, (0, width - o.shape[-1]), value=float("-inf"))
+            y[rows] = o.to(y.dtype)
+        return y
+
+    def remove_slot(self, slot: int) -> None:
+        self.slots.discard(slot)
+        self.overrides.pop(slot, None)
+
+
+class MultiLinear(_MultiBase):
+    """`nn.Linear` / GPT-2 `Conv1D` with per-row LoRA, DoRA, IA3 and bias/head overrides."""
+
+    def __init__(self, base_layer: nn.Module, path: str, holder: ContextHolder, budget: PoolBudget) -> None:
+        super().__init__(base_layer, path, holder)
+        w = weight_rows(base_layer)
+        self.out_features, self.in_features = int(w.shape[0]), int(w.shape[1])
+        self._budget = budget
+        self.lora: LoraPool | None = None
+        self.dora: IA3Pool | None = None  # DoRA's per-row output factor g
+        self.ia3_out: IA3Pool | None = None
+        self.ia3_in: IA3Pool | None = None
+        self.bias_delta: dict[int, torch.Tensor] = {}
+
+    def _vector_pool(self, features: int) -> IA3Pool:
+        w = self.base_layer.weight
+        return IA3Pool(
+            features,
+            budget_bytes=self._budget.vector_bytes(features, torch.float32),
+            num_slots=self._budget.num_slots,
+            dtype=torch.float32,
+            device=w.device,
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load_lora(self, slot: int, t: LoraTensors) -> None:
+        w = self.base_layer.weight
+        if self.lora is None:
+            self.lora = LoraPool(
+                self.in_features,
+                self.out_features,
+                budget_bytes=self._budget.lora_bytes(self.in_features, self.out_features),
+                num_slots=self._budget.num_slots,
+                rank_capacity=self._budget.rank_capacity,
+                dtype=torch.float32 if w.dtype == torch.float32 else w.dtype,
+                device=w.device,
+            )
+        self.lora.load(slot, t.a.to(w.device), t.b.to(w.device), t.scale)
+        if t.bias is not None:  # lora_bias: the LoRA branch adds scale · lora_B.bias
+            self._add_bias_delta(slot, t.scale * t.bias.to(w))
+        if t.magnitude is not None:
+            base = weight_rows(self.base_layer).detach().float()  # (out, in)
+            delta = t.scale * (t.b.to(base) @ t.a.to(base))  # (out, in)
+            norm = (base + delta).norm(p=2, dim=1)  # (out,)
+            if self.dora is None:
+                self.dora = self._vector_pool(self.out_features)
+            self.dora.load(slot, t.magnitude.to(base) / norm)
+        self.slots.add(slot)
+
+    def load_ia3(self, slot: int, vector: torch.Tensor, feedforward: bool) -> None:
+        if feedforward:
+            self.ia3_in = self.ia3_in or self._vector_pool(self.in_features)
+            self.ia3_in.load(slot, vector.float().to(self.base_layer.weight.device))
+        else:
+            self.ia3_out = self.ia3_out or self._vector_pool(self.out_features)
+            self.ia3_out.load(slot, vector.float().to(self.base_layer.weight.device))
+        self.slots.add(slot)
+
+    def set_override(self, slot: int, params: dict[str, torch.Tensor]) -> None:
+        bias = self.base_layer.bias
+        if set(params) == {"bias"} and bias is not None and params["bias"].shape == bias.shape:
+            # a trained bias on an adapted layer: keep the difference, the rest of the row runs the kernels
+            self._add_bias_delta(slot, params["bias"].to(bias) - bias.detach())
+            return
+        super().set_override(slot, params)
+
+    def _add_bias_delta(self, slot: int, delta: torch.Tensor) -> None:
+        """Per-slot additive bias (a trained base bias, or LoRA's `lora_B.bias`), (out,)."""
+        previous = self.bias_delta.get(slot)
+        self.bias_delta[slot] = delta if previous is None else previous + delta
+        self.slots.add(slot)
+
+    def remove_slot(self, slot: int) -> None:
+        if self.lora is not None and self.lora.rank(slot):
+            self.lora.evict(slot)
+        for pool in (self.dora, self.ia3_out, self.ia3_in):
+            if pool is not None and pool.page_of(slot) is not None:
+                pool.evict(slot)
+        self.bias_delta.pop(slot, None)
+        super().remove_slot(slot)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ctx = self.context
+        if ctx is None:
+            return self.base_layer(x, *args, **kwargs)
+        if x.shape[0] != ctx.batch_size:
+            raise RuntimeError(
+                f"{self.path}: got a batch of {x.shape[0]} rows but {ctx.batch_size} adapter names; "
+                "MultiAdapterModel needs one adapter name per row (beam search and expanded batches are not "
+                "supported)."
+            )
+        lead = x.shape[:-1]
+        meta = ctx.meta(x.numel() // (x.shape[-1] * ctx.batch_size), x.device)
+        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        if self.ia3_in is not None:
+            x2 = ia3_scale_input(x2, self.ia3_in, meta)
+        y = F.linear(x2, weight_rows(self.base_layer))  # (T, out)
+        if self.lora is not None:
+            lora_apply(y, x2, self.lora, meta)
+        if self.dora is not None:
+            ia3_scale_output(y, self.dora, meta)
+        if self.base_layer.bias is not None:
+            y = y + self.base_layer.bias
+        if self.bias_delta:
+            y = y.view(ctx.batch_size, -1, self.out_features)  # (B, L, out)
+            for slot, rows in ctx.row_groups().items():
+                if slot in self.bias_delta:
+                    y[rows] += self.bias_delta[slot]
+            y = y.view(-1, self.out_features)
+        if self.ia3_out is not None:
+            ia3_scale_output(y, self.ia3_out, meta)
+        y = y.view(*lead, self.out_features)
+        return self._apply_overrides(x, y, ctx) if self.overrides else y
+
+
+class MultiEmbedding(_MultiBase):
+    """`nn.Embedding` with per-row LoRA (and DoRA) — few adapters target embeddings, so plain PyTorch."""
+
+    def __init__(self, base_layer: nn.Embedding, path: str, holder: ContextHolder) -> None:
+        super().__init__(base_layer, path, holder)
+        self.lora: dict[int, tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = {}
+
+    def load_lora(self, slot: int, t: LoraTensors) -> None:
+        w = self.base_layer.weight
+        a_t, b_t = t.a.T.to(w), t.b.T.to(w)  # (V, r), (r, D)
+        g = None
+        if t.magnitude is not None:
+            delta = t.scale * (a_t @ b_t)  # (V, D)
+            g = t.magnitude.to(w) / (w.detach() + delta).norm(p=2, dim=0)  # (D,)
+        self.lora[slot] = (a_t, b_t, t.scale, g)
+        self.slots.add(slot)
+
+    def remove_slot(self, slot: int) -> None:
+        self.lora.pop(slot, None)
+        super().remove_slot(slot)
+
+    def forward(self, ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ctx = self.context
+        y = self.base_layer(ids, *args, **kwargs)  # (B, L, D)
+        if ctx is None:
+            return y
+        emb = self.base_layer
+        for slot, rows in ctx.row_groups().items():
+            if slot not in self.lora:
+                continue
+            a_t, b_t, scale, g = self.lora[slot]
+            sub = F.embedding(
+                ids[rows],
+                a_t,
+                emb.padding_idx,
+                emb.max_norm,
+                emb.norm_type,
+                emb.scale_grad_by_freq,
+                emb.sparse,
+            )  # (b, L, r)
+            out = y[rows] + scale * (sub @ b_t)
+            y[rows] = out * g if g is not None else out
+        return self._apply_overrides(ids, y, ctx) if self.overrides else y
+
+
+class MultiOverride(_MultiBase):
+    """Any other module an adapter replaces wholesale (e.g. LayerNorm biases under `bias="all"`)."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        ctx = self.context
+        return y if ctx is None or kwargs else self._apply_overrides(x, y, ctx, *args)

@@ -1,0 +1,228 @@
+"""`MultiAdapterModel`: one frozen base model, every row of a batch its own adapter, one forward.
+
+The base model is wrapped once, at construction: every `nn.Linear`, GPT-2 `Conv1D` and `nn.Embedding` becomes
+a multi-adapter layer (multi/layers.py) that is exactly the base layer until an adapter is loaded into it.
+Adding or removing an adapter writes only that adapter's slot in the layers' device pools — no re-wrapping,
+no recompilation, no effect on any other adapter's rows.
+
+    model = MultiAdapterModel(AutoModelForCausalLM.from_pretrained(...))
+    model.add("fr", "path/to/lora-fr"); model.add("sql", "org/ia3-sql")
+    out = model(input_ids=ids, attention_mask=mask, adapter_names=["fr", None, "sql"])   # None = base
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import AdapterConfig
+from ..errors import AdapterLoadError, AdapterNotFoundError
+from ..weights_io import load_adapter_weights
+from .context import ContextHolder, RowContext
+from .layers import MultiEmbedding, MultiLinear, MultiOverride, PoolBudget, _MultiBase, is_conv1d
+from .parsed import ParsedAdapter, parse_adapter
+
+AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | Any
+
+
+@dataclass
+class LoadedAdapter:
+    """An adapter resident in the model: its slot and what it changes."""
+
+    name: str
+    slot: int
+    parsed: ParsedAdapter
+    source: str
+
+    @property
+    def config(self) -> AdapterConfig:
+        return self.parsed.config
+
+    @property
+    def content_hash(self) -> str:
+        return self.parsed.content_hash
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, attr, module)
+
+
+class MultiAdapterModel(nn.Module):
+    """The serving form of adapters: `forward/generate(..., adapter_names=[...])`, one name per row.
+
+    Args:
+        base_model: a transformers model (causal LM, seq2seq or sequence classification); frozen here.
+        max_adapters: slots, i.e. adapters resident at once.
+        adapter_memory_bytes: LoRA weight budget for all layers together (split by layer width).
+        rank_capacity: the largest LoRA rank one adapter may have.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        *,
+        max_adapters: int = 32,
+        adapter_memory_bytes: int = 256 << 20,
+        rank_capacity: int = 256,
+    ) -> None:
+        super().__init__()
+        base_model.eval()
+        base_model.requires_grad_(False)
+        self.model = base_model
+        self.max_adapters = max_adapters
+        self._holder = ContextHolder()
+        self._base_modules: dict[str, nn.Module] = dict(base_model.named_modules())
+        linear = {
+            p: m for p, m in self._base_modules.items() if p and (isinstance(m, nn.Linear) or is_conv1d(m))
+        }
+        width = sum(int(m.weight.shape[0] + m.weight.shape[1]) for m in linear.values())
+        budget = PoolBudget(adapter_memory_bytes, width, max_adapters, rank_capacity)
+        self._layers: dict[str, _MultiBase] = {}
+        for path, module in self._base_modules.items():
+            if path in linear:
+                self._layers[path] = MultiLinear(module, path, self._holder, budget)
+            elif isinstance(module, nn.Embedding):
+                self._layers[path] = MultiEmbedding(module, path, self._holder)
+        for path, layer in self._layers.items():
+            _set_submodule(base_model, path, layer)
+        self._adapters: dict[str, LoadedAdapter] = {}
+
+    # -- adapters ---------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> dict[str, LoadedAdapter]:
+        """Resident adapters by name (a copy)."""
+        return dict(self._adapters)
+
+    def _free_slot(self) -> int:
+        used = {a.slot for a in self._adapters.values()}
+        for slot in range(self.max_adapters):
+            if slot not in used:
+                return slot
+        raise AdapterLoadError(
+            f"all {self.max_adapters} adapter slots are in use; remove one first or raise max_adapters."
+        )
+
+    def _read(
+        self, source: AdapterSource, **kwargs: Any
+    ) -> tuple[AdapterConfig, dict[str, torch.Tensor], str]:
+        if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], AdapterConfig):
+            return source[0], dict(source[1]), "memory"
+        if hasattr(source, "base_model") and hasattr(source, "peft_config"):  # an AdapterModel
+            name = source.active_adapter
+            tuner = source.base_model
+            return source.peft_config[name], tuner.state_dict_to_save(name), f"AdapterModel:{name}"
+        path = os.fspath(source)
+        hub = {
+            k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if kwargs.get(k) is not None
+        }
+        config = AdapterConfig.from_pretrained(path, **hub)
+        state = load_adapter_weights(path, allow_pickle=kwargs.get("allow_pickle", False), **hub)
+        return config, state, path
+
+    def add(self, name: str, source: AdapterSource, **kwargs: Any) -> LoadedAdapter:
+        """Load an adapter under `name` from a local directory, a Hub id (kwargs: revision, subfolder,
+        cache_dir, token, allow_pickle), an `AdapterModel` (its active adapter) or a `(config, state_dict)`
+        pair with PEFT keys. Every tensor is checked against the base before anything is written."""
+        if name in self._adapters:
+            raise AdapterLoadError(f"an adapter named {name!r} is already loaded; remove it first.")
+        config, state, where = self._read(source, **kwargs)
+        parsed = parse_adapter(config, state, self._base_modules)
+        slot = self._free_slot()
+        touched: list[_MultiBase] = []
+        try:
+            for path, t in parsed.lora.items():
+                layer = self._layers[path]
+                touched.append(layer)
+                layer.load_lora(slot, t)  # type: ignore[attr-defined]
+            for path, (vec, feedforward) in parsed.ia3.items():
+                layer = self._layers[path]
+                touched.append(layer)
+                layer.load_ia3(slot, vec, feedforward)  # type: ignore[attr-defined]
+            for path, params in parsed.overrides.items():
+                layer = self._layers.get(path) or self._wrap_other(path)
+                touched.append(layer)
+                layer.set_override(slot, params)
+        except Exception:
+            for layer in touched:
+                layer.remove_slot(slot)
+            raise
+        loaded = LoadedAdapter(name=name, slot=slot, parsed=parsed, source=where)
+        self._adapters[name] = loaded
+        return loaded
+
+    def _wrap_other(self, path: str) -> _MultiBase:
+        layer = MultiOverride(self._base_modules[path], path, self._holder)
+        _set_submodule(self.model, path, layer)
+        self._layers[path] = layer
+        return layer
+
+    def remove(self, name: str) -> None:
+        """Unload `name`, freeing its slot and pool memory; other adapters' rows are unaffected."""
+        loaded = self._get(name)
+        for layer in self._layers.values():
+            if loaded.slot in layer.slots:
+                layer.remove_slot(loaded.slot)
+        del self._adapters[name]
+
+    def _get(self, name: str) -> LoadedAdapter:
+        try:
+            return self._adapters[name]
+        except KeyError:
+            raise AdapterNotFoundError(
+                f"no adapter named {name!r} is loaded (loaded: {sorted(self._adapters)}); add it first, "
+                "or pass None for the base model."
+            ) from None
+
+    def row_slots(self, adapter_names: Sequence[str | None], batch_size: int) -> list[int]:
+        """Slots of `adapter_names` (None -> -1); an unknown name is an error, never the base model."""
+        if len(adapter_names) != batch_size:
+            raise ValueError(
+                f"adapter_names has {len(adapter_names)} entries for a batch of {batch_size} rows."
+            )
+        return [-1 if n is None else self._get(n).slot for n in adapter_names]
+
+    @contextmanager
+    def rows(self, row_slots: list[int]) -> Iterator[RowContext]:
+        """Apply `row_slots` to every layer for the duration of the block."""
+        if self._holder.current is not None:
+            raise RuntimeError("MultiAdapterModel is not re-entrant: a forward is already running.")
+        self._holder.current = RowContext(row_slots)
+        try:
+            yield self._holder.current
+        finally:
+            self._holder.current = None
+
+    # -- running ------------------------------------------------------------------------------------
+    @staticmethod
+    def _batch_size(kwargs: dict[str, Any]) -> int:
+        for key in ("input_ids", "inputs_embeds"):
+            if kwargs.get(key) is not None:
+                return int(kwargs[key].shape[0])
+        raise ValueError("pass input_ids (or inputs_embeds)")
+
+    def forward(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        """The base model's forward, row i with adapter `adapter_names[i]` (all None when omitted)."""
+        batch = self._batch_size(kwargs)
+        slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
+        with self.rows(slots):
+            return self.model(**kwargs)
+
+    @torch.no_grad()
+    def generate(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        """`model.generate` with row i decoded under adapter `adapter_names[i]` (greedy or sampled)."""
+        batch = self._batch_size(kwargs)
+        slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
+        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError(
+                "per-row adapters support greedy and sampled generation with one sequence per row."
+            )
+        with self.rows(slots):
+            return self.model.generate(**kwargs)

@@ -1,0 +1,176 @@
+"""Greedy and sampled decoding that is consistent with the adapter's forward pass (reference §14).
+
+PEFT 0.21 with transformers 5 drops the prefix, or re-inserts the virtual tokens at every step, when a causal LM
+generates. Swapyard decodes with its own short loop over the base model and a KV cache instead:
+
+* the adapter enters once, at prefill (virtual tokens in the first `inputs_embeds`, or the prefix as the initial
+  cache), and every later step feeds one real token;
+* positions are the model's defaults (the cache length), so step `t` sees exactly what a full forward over
+  `input_ids + t` new tokens sees: greedy decoding equals repeated full forwards;
+* the returned sequences are `input_ids` + new tokens (causal) or `decoder_start` + new tokens (seq2seq), never
+  the virtual tokens.
+
+Stopping and padding follow transformers: a row that emits an EOS id is finished and gets `pad_token_id`
+afterwards; decoding stops when every row is finished or after `max_new_tokens`. Sampling applies the
+repetition penalty, then temperature, top-k and top-p (transformers' own processors), then draws from the
+softmax with `torch.multinomial` (pass `generator=` for reproducible draws).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class DecodeOptions:
+    max_new_tokens: int
+    do_sample: bool
+    eos_token_ids: list[int]
+    pad_token_id: int | None
+    processors: LogitsProcessorList
+    generator: torch.Generator | None
+
+
+_KNOWN = {
+    "max_new_tokens",
+    "max_length",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "eos_token_id",
+    "pad_token_id",
+    "generator",
+    "use_cache",
+    "generation_config",
+    "num_beams",
+}
+
+
+def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> DecodeOptions:
+    """Resolve generation settings: explicit kwargs, else `generation_config` (the model's by default)."""
+    unknown = sorted(set(kwargs) - _KNOWN)
+    if unknown:
+        raise TypeError(f"generate() got unsupported arguments {unknown}; supported: {sorted(_KNOWN)}.")
+    cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+
+    def opt(name: str, default: Any = None) -> Any:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        value = getattr(cfg, name, None) if cfg is not None else None
+        return default if value is None else value
+
+    if opt("num_beams", 1) != 1:
+        raise NotImplementedError("beam search is not supported for adapters here; use num_beams=1.")
+    max_new = opt("max_new_tokens")
+    if max_new is None:
+        max_new = max(opt("max_length", 20) - input_length, 0)
+    eos = opt("eos_token_id")
+    eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    do_sample = bool(opt("do_sample", False))
+    processors = LogitsProcessorList()
+    penalty = opt("repetition_penalty", 1.0)
+    if penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+    if do_sample:
+        if opt("temperature", 1.0) != 1.0:
+            processors.append(TemperatureLogitsWarper(opt("temperature")))
+        if opt("top_k", 0):
+            processors.append(TopKLogitsWarper(opt("top_k")))
+        if opt("top_p", 1.0) < 1.0:
+            processors.append(TopPLogitsWarper(opt("top_p")))
+    pad = opt("pad_token_id")
+    if pad is None and eos_ids:
+        pad = eos_ids[0]
+    return DecodeOptions(int(max_new), do_sample, eos_ids, pad, processors, kwargs.get("generator"))
+
+
+def _next_tokens(ids: torch.Tensor, logits: torch.Tensor, opts: DecodeOptions) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) chosen ids."""
+    scores = opts.processors(ids, logits.float())
+    if not opts.do_sample:
+        return scores.argmax(dim=-1)
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=opts.generator).squeeze(1)
+
+
+def _loop(ids: torch.Tensor, logits: torch.Tensor, step: Any, opts: DecodeOptions) -> torch.Tensor:
+    """Append up to `max_new_tokens` ids to `ids` (B, T0); `step(tokens (B,1)) -> logits (B, V)`."""
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    eos = torch.tensor(opts.eos_token_ids, device=ids.device, dtype=ids.dtype)
+    for t in range(opts.max_new_tokens):
+        tokens = _next_tokens(ids, logits, opts)
+        if opts.pad_token_id is not None:
+            tokens = torch.where(unfinished, tokens, torch.full_like(tokens, opts.pad_token_id))
+        ids = torch.cat([ids, tokens[:, None]], dim=1)
+        if eos.numel():
+            unfinished &= ~torch.isin(tokens, eos)
+        if not bool(unfinished.any()) or t + 1 == opts.max_new_tokens:
+            break
+        logits = step(tokens[:, None])
+    return ids
+
+
+@torch.no_grad()
+def decode_causal(
+    model: Any, input_ids: torch.Tensor, first_inputs: dict[str, Any], opts: DecodeOptions
+) -> torch.Tensor:
+    """Decode a decoder-only model. `first_inputs`: the prefill call's kwargs (`input_ids` or `inputs_embeds`,
+    the full `attention_mask` including any virtual positions, optionally a prefix `cache`).
+    Returns (B, L + new) = `input_ids` + new tokens."""
+    first = dict(first_inputs)
+    cache = first.pop("cache", None)
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    mask = first.pop("attention_mask")  # (B, n + L) or (B, L)
+    out = model(**first, attention_mask=mask, cache=cache, use_cache=True)
+    state = {"mask": mask, "cache": out.cache}
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(tokens.shape[0], 1)], dim=1)
+        o = model(input_ids=tokens, attention_mask=state["mask"], cache=state["cache"], use_cache=True)
+        state["cache"] = o.cache
+        return o.logits[:, -1]
+
+    return _loop(input_ids, out.logits[:, -1], step, opts)
+
+
+@torch.no_grad()
+def decode_seq2seq(
+    model: Any, encoder_inputs: dict[str, Any], cache: EncoderDecoderCache | None, opts: DecodeOptions
+) -> torch.Tensor:
+    """Decode an encoder-decoder model. `encoder_inputs`: `input_ids` or `inputs_embeds` and `attention_mask`
+    for the encoder (virtual tokens included); `cache`: the decoder's prefix, or None.
+    Returns (B, 1 + new) starting with `decoder_start_token_id`, as transformers does."""
+    encoder_outputs = model.get_encoder()(**encoder_inputs, return_dict=True)
+    batch = encoder_outputs.last_hidden_state.shape[0]
+    start = model.generation_config.decoder_start_token_id
+    if start is None:
+        start = model.config.decoder_start_token_id
+    ids = torch.full(
+        (batch, 1), int(start), dtype=torch.long, device=encoder_outputs.last_hidden_state.device
+    )
+    if cache is None:
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    common = {"encoder_outputs": encoder_outputs, "attention_mask": encoder_inputs.get("attention_mask")}
+    out = model(**common, decoder_input_ids=ids, cache=cache, use_cache=True)
+    state = {"cache": out.cache}
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        o = model(**common, decoder_input_ids=tokens, cache=state["cache"], use_cache=True)
+        state["cache"] = o.cache
+        return o.logits[:, -1]
+
+    return _loop(ids, out.logits[:, -1], step, opts)

@@ -1,0 +1,248 @@
+"""The public ops: validate, pick a backend, call the Triton kernels or the PyTorch reference.
+
+Backend choice, per call: the `backend=` argument, else the environment variable `SWAPYARD_KERNELS`
+(`auto` | `triton` | `torch`, default `auto`). `auto` runs Triton on CUDA tensors when Triton is installed
+and the reference everywhere else. Forcing `triton` on CPU tensors needs `TRITON_INTERPRET=1` (how the
+tests run the kernels); it is an error otherwise, never a silent fall-back.
+
+Shapes: `T` tokens (`BatchMeta.num_tokens`), `S` slots, `R` = `LoraWeights.rank_capacity`. Activations are
+2-D `(T, H)` with any strides (a column slice of a fused projection works), or N-D `(..., H)` when a view to
+`(T, H)` exists; N-D inputs are updated through that view, so in-place ops stay in place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from kernels import reference
+from kernels.errors import BackendError, ShapeError
+from kernels.ia3_pool import IA3Pool, IA3Weights
+from kernels.metadata import BatchMeta
+from kernels.pool import LoraPool, LoraWeights
+
+ENV_VAR = "SWAPYARD_KERNELS"
+Backend = Literal["triton", "torch"]
+
+
+def resolve_backend(device: torch.device, backend: str | None = None) -> Backend:
+    """The backend an op on tensors of `device` runs with (see the module docstring for the rules)."""
+    choice = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if choice not in ("auto", "triton", "torch"):
+        raise BackendError(
+            f"unknown kernels backend {choice!r} (from backend= or {ENV_VAR}); use auto, triton or torch"
+        )
+    has_triton = importlib.util.find_spec("triton") is not None
+    if choice == "torch" or (choice == "auto" and not (device.type == "cuda" and has_triton)):
+        return "torch"
+    if not has_triton:
+        raise BackendError(
+            "backend 'triton' was forced but Triton is not installed (pip install 'swapyard[triton]')"
+        )
+    if device.type != "cuda":
+        from kernels import triton_lora
+
+        if not triton_lora.INTERPRETED:
+            raise BackendError(
+                f"backend 'triton' needs CUDA tensors, got {device.type}; on CPU set TRITON_INTERPRET=1 before "
+                "importing kernels (tests do), or use backend 'torch'"
+            )
+    return "triton"
+
+
+# -- validation -----------------------------------------------------------------------------------------
+
+
+def _rows(t: Tensor, name: str, features: int, meta: BatchMeta, device: torch.device) -> Tensor:
+    """`t` as (T, features): itself when 2-D, else a view (never a copy, so in-place updates land)."""
+    if t.dim() < 2 or t.shape[-1] != features:
+        raise ShapeError(f"{name} must be (T, {features}) or (..., {features}), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ShapeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if t.device != device:
+        raise ShapeError(f"{name} is on {t.device} but the adapter weights are on {device}")
+    if t.dim() > 2:
+        try:
+            t = t.view(-1, features)
+        except RuntimeError as err:
+            raise ShapeError(
+                f"{name} of shape {tuple(t.shape)} cannot be viewed as (T, {features}): {err}"
+            ) from err
+    if t.shape[0] != meta.num_tokens:
+        raise ShapeError(f"{name} has {t.shape[0]} tokens but the batch metadata has {meta.num_tokens}")
+    return t
+
+
+def _check_meta(meta: BatchMeta, num_slots: int, device: torch.device) -> None:
+    if meta.device != device:
+        raise ShapeError(
+            f"batch metadata is on {meta.device} but the adapter weights are on {device}; use meta.to()"
+        )
+    if meta.max_slot >= num_slots:
+        raise ShapeError(
+            f"batch uses slot {meta.max_slot} but the pool has {num_slots} slots (0..{num_slots - 1})"
+        )
+
+
+def _lora_weights(weights: LoraPool | LoraWeights) -> LoraWeights:
+    w = weights.weights if isinstance(weights, LoraPool) else weights
+    if w.a_pages.stride(1) != 1 or w.bt_pages.stride(1) != 1 or not w.page_table.is_contiguous():
+        raise ShapeError("LoraWeights pages must have contiguous rows and page_table must be contiguous")
+    return w
+
+
+def _u_buffer(u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
+    expected = (meta.num_tokens, w.rank_capacity)
+    if tuple(u.shape) != expected or u.dtype != torch.float32 or u.device != w.device:
+        raise ShapeError(
+            f"u must be float32 {expected} on {w.device} (what lora_shrink returns), got {u.dtype} "
+            f"{tuple(u.shape)} on {u.device}"
+        )
+    return u
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------
+
+
+def lora_shrink(
+    x: Tensor,
+    weights: LoraPool | LoraWeights,
+    meta: BatchMeta,
+    *,
+    out: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """LoRA shrink: project every token onto its slot's rank-r subspace.
+
+    Semantics:
+        u[t, j] = sum_k x[t, k] * A[s][j, k]    for j < r[s], s = meta.token_slots[t] >= 0
+        u[t, j] = 0                              otherwise (j >= r[s], slot -1, or an empty slot)
+    with x cast to the weights' dtype and the sum accumulated in float32.
+
+    Args:
+        x:       (T, H_in) activations, float32 / float16 / bfloat16.
+        weights: a `LoraPool` or its `LoraWeights`; A[s] is slot s's lora_A.weight (r[s], H_in).
+        meta:    `BatchMeta` of the batch; decode metadata runs the per-token kernel, prefill the segment one.
+        out:     optional float32 (T, R) buffer to write (it is zeroed first); R = weights.rank_capacity.
+    Returns:
+        u: (T, R) float32.
+    """
+    w = _lora_weights(weights)
+    _check_meta(meta, w.num_slots, w.device)
+    x = _rows(x, "x", w.in_features, meta, w.device)
+    if out is None:
+        out = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=w.device)  # (T, R)
+    else:
+        _u_buffer(out, w, meta).zero_()
+    if resolve_backend(w.device, backend) == "torch":
+        return reference.lora_shrink(x, w, meta, out)
+    from kernels import triton_lora
+
+    return triton_lora.lora_shrink(x, w, meta, out)
+
+
+def lora_expand(
+    y: Tensor, u: Tensor, weights: LoraPool | LoraWeights, meta: BatchMeta, *, backend: str | None = None
+) -> Tensor:
+    """LoRA expand: add every token's scaled rank-r update to `y`, in place.
+
+    Semantics:
+        y[t, n] <- round( y[t, n] + scale[s] * sum_{j < r[s]} u~[t, j] * B[s][n, j] )
+    for s = meta.token_slots[t] >= 0 with r[s] > 0; every other row of y is left untouched. u~ is u rounded
+    to the weights' dtype; the sum and the addition are float32 and `round` casts once to y's dtype.
+
+    Args:
+        y:       (T, H_out) output of the base layer, float32 / float16 / bfloat16; updated in place.
+        u:       (T, R) float32 from `lora_shrink`.
+        weights: a `LoraPool` or its `LoraWeights`; B[s] is slot s's lora_B.weight (H_out, r[s]).
+        meta:    `BatchMeta` of the batch.
+    Returns:
+        y (the same tensor).
+    """
+    w = _lora_weights(weights)
+    _check_meta(meta, w.num_slots, w.device)
+    y2 = _rows(y, "y", w.out_features, meta, w.device)
+    _u_buffer(u, w, meta)
+    if resolve_backend(w.device, backend) == "torch":
+        reference.lora_expand(y2, u, w, meta)
+    else:
+        from kernels import triton_lora
+
+        triton_lora.lora_expand(y2, u, w, meta)
+    return y
+
+
+def lora_apply(
+    y: Tensor, x: Tensor, weights: LoraPool | LoraWeights, meta: BatchMeta, *, backend: str | None = None
+) -> Tensor:
+    """LoRA on a mixed batch: `lora_shrink` then `lora_expand`, in place on `y`.
+
+    Semantics:
+        y[t] += scale[s] * (x[t] @ A[s].T) @ B[s].T    for s = meta.token_slots[t] >= 0 (rounding as in the two ops)
+
+    Args:
+        y: (T, H_out) base-layer output, updated in place; x: (T, H_in) the layer's input.
+    Returns:
+        y (the same tensor).
+    """
+    u = lora_shrink(x, weights, meta, backend=backend)  # (T, R)
+    return lora_expand(y, u, weights, meta, backend=backend)
+
+
+# -- IA3 ------------------------------------------------------------------------------------------------
+
+
+def _ia3(
+    t: Tensor, weights: IA3Pool | IA3Weights, meta: BatchMeta, *, inplace: bool, backend: str | None
+) -> Tensor:
+    w = weights.weights if isinstance(weights, IA3Pool) else weights
+    device = w.vectors.device
+    _check_meta(meta, w.num_slots, device)
+    t2 = _rows(t, "input", w.features, meta, device)
+    out = t2 if inplace else torch.empty_like(t2)
+    if resolve_backend(device, backend) == "torch":
+        reference.ia3_scale(t2, w, meta, out)
+    else:
+        from kernels import triton_ia3
+
+        triton_ia3.ia3_scale(t2, w, meta, out)
+    return t if inplace else out.view(t.shape)
+
+
+def ia3_scale_output(
+    y: Tensor, weights: IA3Pool | IA3Weights, meta: BatchMeta, *, backend: str | None = None
+) -> Tensor:
+    """IA3 on the output side (attention / value targets): scale output features, in place.
+
+    Semantics:
+        y[t, n] <- round( y[t, n] * l[s][n] )    for s = meta.token_slots[t] >= 0 with a loaded vector
+    (float32 product, one cast to y's dtype); every other row is left untouched.
+
+    Args:
+        y: (T, F) the base layer's output, F = out_features; weights: `IA3Pool` / `IA3Weights` of F features.
+    Returns:
+        y (the same tensor).
+    """
+    return _ia3(y, weights, meta, inplace=True, backend=backend)
+
+
+def ia3_scale_input(
+    x: Tensor, weights: IA3Pool | IA3Weights, meta: BatchMeta, *, backend: str | None = None
+) -> Tensor:
+    """IA3 on the input side (feed-forward targets): scale the layer's input features, out of place.
+
+    Semantics:
+        x'[t, k] = round( x[t, k] * l[s][k] )    for s = meta.token_slots[t] >= 0 with a loaded vector
+        x'[t, k] = x[t, k]                      otherwise
+    `x` itself is not modified (the residual stream usually still needs it).
+
+    Args:
+        x: (T, F) the layer's input, F = in_features; weights: `IA3Pool` / `IA3Weights` of F features.
+    Returns:
+        x': a new tensor shaped like x.
+    """
+    return _ia3(x, weights, meta, inplace=False, backend=backend)
