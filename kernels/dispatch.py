@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kernels import reference
+from kernels import grouped, reference
 from kernels.errors import BackendError, ShapeError
 from kernels.ia3_pool import IA3Pool, IA3Weights
 from kernels.metadata import BatchMeta
@@ -184,11 +184,21 @@ def lora_apply(
     Semantics:
         y[t] += scale[s] * (x[t] @ A[s].T) @ B[s].T    for s = meta.token_slots[t] >= 0 (rounding as in the two ops)
 
+    On the torch backend the batch runs through `kernels.grouped` (two batched matmuls for all segments)
+    unless padding would more than double the work; then through the per-segment reference.
+
     Args:
         y: (T, H_out) base-layer output, updated in place; x: (T, H_in) the layer's input.
     Returns:
         y (the same tensor).
     """
+    w = _lora_weights(weights)
+    if resolve_backend(w.device, backend) == "torch":
+        _check_meta(meta, w.num_slots, w.device)
+        x2 = _rows(x, "x", w.in_features, meta, w.device)
+        y2 = _rows(y, "y", w.out_features, meta, w.device)
+        if grouped.lora_apply_grouped(y2, x2, w, meta):
+            return y
     u = lora_shrink(x, weights, meta, backend=backend)  # (T, R)
     return lora_expand(y, u, weights, meta, backend=backend)
 

@@ -60,6 +60,10 @@ class BatchMeta:
     host_seg_starts: tuple[int, ...]
     host_seg_lens: tuple[int, ...]
     host_seg_slots: tuple[int, ...]
+    # Tokens per row when every row has the same number (a padded (B, L) batch, or decode): the row-major
+    # CPU path (kernels/grouped.py) then needs no token gather. 0 when rows differ.
+    uniform_row_len: int = 0
+    row_slots: tuple[int, ...] = ()
 
     @property
     def num_segments(self) -> int:
@@ -89,6 +93,8 @@ class BatchMeta:
             host_seg_starts=self.host_seg_starts,
             host_seg_lens=self.host_seg_lens,
             host_seg_slots=self.host_seg_slots,
+            uniform_row_len=self.uniform_row_len,
+            row_slots=self.row_slots,
         )
 
 
@@ -199,5 +205,7 @@ def _build(
         host_seg_starts=tuple(seg_starts),
         host_seg_lens=tuple(seg_lens),
         host_seg_slots=tuple(seg_slots),
+        uniform_row_len=lengths[0] if lengths and all(n == lengths[0] for n in lengths) else 0,
+        row_slots=tuple(slots),
     )
     return meta if device is None or torch.device(device).type == "cpu" else meta.to(device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     output_dir: str | Path,
     *,
-    trainable: dict[str, torch.Tensor],
+    trainable: Mapping[str, torch.Tensor],
     optimizer: dict[str, Any],
     scheduler: dict[str, Any],
-    rng: list[dict[str, Any]],
+    rng: Sequence[Any],
     extra: dict[str, Any],
     state: TrainState,
     fingerprint: dict[str, Any],
@@ -100,7 +101,7 @@ def save_checkpoint(
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / _TRAINABLE))
     torch.save(optimizer, tmp / _OPTIMIZER)
     torch.save(scheduler, tmp / _SCHEDULER)
-    torch.save(rng, tmp / _RNG)
+    torch.save(list(rng), tmp / _RNG)
     torch.save(extra, tmp / _EXTRA)
     (tmp / _STATE).write_text(
         json.dumps({"state": asdict(state), "fingerprint": fingerprint}, indent=2), encoding="utf-8"

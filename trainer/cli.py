@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    if not result.is_main:
+        return 0
     final = result.metrics.get("final", {})
     summary = ", ".join(
         f"{k}={v:.4g}" for k, v in final.items() if k.startswith("eval_") and isinstance(v, float)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .loop import MethodHooks
 
@@ -26,7 +27,7 @@ _ALLOCATOR_DICTS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in `.module`
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _find_with(model: nn.Module, attr: str) -> Any | None:
@@ -52,7 +53,7 @@ class AdaLoraHooks:
                 "schedule (every module keeps init_r).",
                 stacklevel=2,
             )
-        self.config = model.peft_config[ADAPTER]  # type: ignore[index]
+        self.config: Any = model.peft_config[ADAPTER]  # type: ignore[index]
 
     def loop_hooks(self) -> MethodHooks:
         return MethodHooks(extra_loss=self.orthogonal_loss, after_optimizer_step=self.update)

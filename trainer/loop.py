@@ -154,8 +154,14 @@ def train_loop(
     trainable = [p for p in model.parameters() if p.requires_grad]
     per_epoch = steps_per_epoch(len(setup.train), setup.batch_size, setup.accumulation, ctx.world_size)
     total = per_epoch * setup.epochs
-    sampler = DistributedSampler(
-        range(len(setup.train)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=setup.seed
+    # Even on one process: the data order is then a function of (seed, epoch) only, and DDP ranks take
+    # interleaved slices of the same permutation, so 1 x batch 8 and 2 x batch 4 see the same examples.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(setup.train)),  # type: ignore[arg-type]  # a sized sequence of indices is all it needs
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=setup.seed,
     )
     if setup.eval is not None and state.global_step == 0 and state.initial_eval is None:
         state.initial_eval = evaluate(model, setup, ctx)

@@ -134,7 +134,9 @@ def build_adapter_config(cfg: TrainConfig, model_config: Any, *, total_steps: in
         if cfg.method == "prompt-tuning" and init.endswith("TEXT"):
             options.setdefault("tokenizer_name_or_path", cfg.base_model)
     elif cfg.method == "llama-adapter":
-        layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", 1)
+        layers = (
+            getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", None) or 1
+        )
         options.setdefault("adapter_len", 10)
         options.setdefault("adapter_layers", min(int(layers), 30))
     names = {f.name for f in dataclasses.fields(cls)}

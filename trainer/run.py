@@ -52,6 +52,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
+    is_main: bool = True  # False on torchrun ranks other than 0 (they wrote nothing)
 
 
 def train(cfg: TrainConfig, *, on_step_end: Callable[[ckpt.TrainState], None] | None = None) -> TrainResult:
@@ -154,7 +155,7 @@ def _train(
                 trainable=trainable,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
-                rng=list(rngs),
+                rng=rngs,
                 extra=hooks.state_dict(),
                 state=st,
                 fingerprint=fingerprint,
@@ -195,7 +196,7 @@ def _train(
     if ctx.is_main:
         _write_outputs(cfg, model, state, metrics, label2id, out)
     barrier(ctx)
-    return TrainResult(out, metrics)
+    return TrainResult(out, metrics, ctx.is_main)
 
 
 def _restore(

@@ -31,7 +31,7 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
-def weight_rows(module: nn.Module) -> torch.Tensor:
+def weight_rows(module: Any) -> torch.Tensor:
     """The base weight in (out, in) layout (GPT-2's Conv1D stores (in, out))."""
     return module.weight.T if is_conv1d(module) else module.weight
 
@@ -54,6 +54,8 @@ class PoolBudget:
 
 class _MultiBase(nn.Module):
     """Shared bookkeeping: which slots touch this module, and per-slot full overrides (heads, biases)."""
+
+    base_layer: Any  # nn.Linear, Conv1D, nn.Embedding or any module an adapter overrides
 
     def __init__(self, base_layer: nn.Module, path: str, holder: ContextHolder) -> None:
         super().__init__()
@@ -96,10 +98,7 @@ class _MultiBase(nn.Module):
             for s, rows in groups.items()
         }
         width = max([y.shape[-1], *(o.shape[-1] for o in outs.values())])
-        if width != y.shape[-1]:
-            y = F.pad(y, (0, width - y.shape[-1]), value=float("-inf"))
-        else:
-            y = y.clone()
+        y = F.pad(y, (0, width - y.shape[-1]), value=float("-inf")) if width != y.shape[-1] else y.clone()
         for s, rows in groups.items():
             o = outs[s]
             if o.shape[-1] != width:

@@ -25,8 +25,18 @@ from ..config import AdapterConfig
 from ..errors import AdapterLoadError, AdapterNotFoundError
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
-from .layers import MultiEmbedding, MultiLinear, MultiOverride, PoolBudget, _MultiBase, is_conv1d
+from .layers import (
+    MultiEmbedding,
+    MultiLinear,
+    MultiOverride,
+    PoolBudget,
+    _MultiBase,
+    is_conv1d,
+    weight_rows,
+)
 from .parsed import ParsedAdapter, parse_adapter
+from .prompt_run import run_forward, run_generate
+from .prompts import PromptStore
 
 AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | Any
 
@@ -83,7 +93,7 @@ class MultiAdapterModel(nn.Module):
         linear = {
             p: m for p, m in self._base_modules.items() if p and (isinstance(m, nn.Linear) or is_conv1d(m))
         }
-        width = sum(int(m.weight.shape[0] + m.weight.shape[1]) for m in linear.values())
+        width = sum(int(weight_rows(m).shape[0] + weight_rows(m).shape[1]) for m in linear.values())
         budget = PoolBudget(adapter_memory_bytes, width, max_adapters, rank_capacity)
         self._layers: dict[str, _MultiBase] = {}
         for path, module in self._base_modules.items():
@@ -93,6 +103,9 @@ class MultiAdapterModel(nn.Module):
                 self._layers[path] = MultiEmbedding(module, path, self._holder)
         for path, layer in self._layers.items():
             _set_submodule(base_model, path, layer)
+        # Prompt-family rows (prompt/P-tuning tables, prefixes, LLaMA-Adapter): per-slot state plus hooks that
+        # are installed once and stay inert for other rows (multi/prompts.py).
+        self._prompts = PromptStore(base_model, self._holder)
         self._adapters: dict[str, LoadedAdapter] = {}
 
     # -- adapters ---------------------------------------------------------------------------------
@@ -116,10 +129,11 @@ class MultiAdapterModel(nn.Module):
         if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], AdapterConfig):
             return source[0], dict(source[1]), "memory"
         if hasattr(source, "base_model") and hasattr(source, "peft_config"):  # an AdapterModel
-            name = source.active_adapter
-            tuner = source.base_model
-            return source.peft_config[name], tuner.state_dict_to_save(name), f"AdapterModel:{name}"
-        path = os.fspath(source)
+            adapter_model: Any = source
+            name = adapter_model.active_adapter
+            state = adapter_model.base_model.state_dict_to_save(name)
+            return adapter_model.peft_config[name], state, f"AdapterModel:{name}"
+        path = os.fspath(source)  # type: ignore[arg-type]
         hub = {
             k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if kwargs.get(k) is not None
         }
@@ -150,9 +164,12 @@ class MultiAdapterModel(nn.Module):
                 layer = self._layers.get(path) or self._wrap_other(path)
                 touched.append(layer)
                 layer.set_override(slot, params)
+            if parsed.prompt is not None:
+                self._prompts.load(slot, parsed.prompt, self._base_modules)
         except Exception:
             for layer in touched:
                 layer.remove_slot(slot)
+            self._prompts.remove(slot)
             raise
         loaded = LoadedAdapter(name=name, slot=slot, parsed=parsed, source=where)
         self._adapters[name] = loaded
@@ -170,6 +187,7 @@ class MultiAdapterModel(nn.Module):
         for layer in self._layers.values():
             if loaded.slot in layer.slots:
                 layer.remove_slot(loaded.slot)
+        self._prompts.remove(loaded.slot)
         del self._adapters[name]
 
     def _get(self, name: str) -> LoadedAdapter:
@@ -209,20 +227,30 @@ class MultiAdapterModel(nn.Module):
         raise ValueError("pass input_ids (or inputs_embeds)")
 
     def forward(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
-        """The base model's forward, row i with adapter `adapter_names[i]` (all None when omitted)."""
+        """The base model's forward, row i with adapter `adapter_names[i]` (all None when omitted).
+
+        Every row gets what its adapter alone would give it with its own tokens: per-token outputs cover the
+        real positions only, (B, L, ·) aligned with `input_ids` (no virtual prompt positions), and a causal LM's
+        positions count each row's real tokens (padding never shifts them). See multi/prompts.py.
+        """
         batch = self._batch_size(kwargs)
         slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
-        with self.rows(slots):
-            return self.model(**kwargs)
+        with self.rows(slots) as ctx:
+            return run_forward(self._prompts, ctx, kwargs)
 
     @torch.no_grad()
     def generate(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
-        """`model.generate` with row i decoded under adapter `adapter_names[i]` (greedy or sampled)."""
+        """Greedy or sampled decoding, row i under adapter `adapter_names[i]`; each row's greedy result equals
+        that row generated alone. Batches with prompt tuning, P-tuning or prefix rows use Swapyard's loop
+        (prompt_run.py, the kwargs of prompt_learning/generation.py); others use `transformers` generate."""
         batch = self._batch_size(kwargs)
         slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError(
                 "per-row adapters support greedy and sampled generation with one sequence per row."
             )
-        with self.rows(slots):
-            return self.model.generate(**kwargs)
+        with self.rows(slots) as ctx:
+            if self._prompts.needs_layout(slots):
+                # virtual tokens / prefixes enter once, at prefill: Swapyard's decoding loop (prompt_run.py)
+                return run_generate(self._prompts, ctx, kwargs)
+            return self.model.generate(**kwargs)  # type: ignore[operator]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,11 +19,11 @@ from ..config import AdapterConfig, PeftType
 from ..errors import AdapterShapeError, AdapterWeightsError, NoTargetModulesError, UnsupportedError
 from ..methods.adalora.config import AdaLoraConfig
 from ..methods.adalora.convert import adalora_to_lora
+from ..methods.adaption_prompt.config import AdaptionPromptConfig
 from ..methods.ia3.config import IA3Config
 from ..methods.lora.config import LoraConfig
 from ..methods.lora.layer import lora_scaling
 from ..methods.lora.model import rank_and_alpha
-from ..methods.adaption_prompt.config import AdaptionPromptConfig
 from ..peft_names import BASE_LAYER_INFIX, INJECTED_PREFIX, PROMPT_PREFIX
 from ..prompt_learning.config import PromptLearningConfig
 from ..targeting import is_feedforward
@@ -67,7 +68,7 @@ class ParsedAdapter:
     lora: dict[str, LoraTensors] = field(default_factory=dict)
     ia3: dict[str, tuple[torch.Tensor, bool]] = field(default_factory=dict)  # path -> (l (F,), feedforward)
     overrides: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {param: tensor}
-    prompt: PromptTensors | None = None  # prompt tuning, P-tuning, prefix tuning, LLaMA-Adapter (prompt_parse.py)
+    prompt: PromptTensors | None = None  # prompt tuning, P-tuning, prefix, LLaMA-Adapter (prompt_parse.py)
     content_hash: str = ""
 
     @property
@@ -98,7 +99,7 @@ def content_hash(config: AdapterConfig, state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _in_out(module: nn.Module, path: str) -> tuple[int, int]:
+def _in_out(module: Any, path: str) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D":

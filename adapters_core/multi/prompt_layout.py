@@ -35,10 +35,18 @@ def plan_batch(
     assert ref is not None
     batch, length, device = ref.shape[0], ref.shape[1], ref.device
     prompts = [store.slots.get(s) for s in row_slots]
-    v = torch.tensor([p.length if p is not None and p.kind == "virtual" else 0 for p in prompts], device=device)
-    m = torch.tensor([p.length if p is not None and p.kind == "prefix" else 0 for p in prompts], device=device)
+    v = torch.tensor(
+        [p.length if p is not None and p.kind == "virtual" else 0 for p in prompts], device=device
+    )
+    m = torch.tensor(
+        [p.length if p is not None and p.kind == "prefix" else 0 for p in prompts], device=device
+    )
     n_virtual, n_prefix = int(v.max()), int(m.max())
-    mask = attention_mask if attention_mask is not None else torch.ones(batch, length, dtype=torch.long, device=device)
+    mask = (
+        attention_mask
+        if attention_mask is not None
+        else torch.ones(batch, length, dtype=torch.long, device=device)
+    )
     causal = store.kind == "causal"
     cols = torch.arange(length, device=device)
     # Index of each real token in the N+L sequence: the same for every row (causal) or after its own prompt.
@@ -84,7 +92,11 @@ def plan_batch(
             types = token_type_ids.new_zeros(batch, n_virtual + length)  # virtual tokens are segment 0
             types.scatter_(1, real_index, token_type_ids)
     if types is not None:  # PEFT drops token types for prompt tasks that do not keep them (§9.2)
-        drop = [r for r, p in enumerate(prompts) if p is not None and p.kind != "adaption" and not p.keep_token_types]
+        drop = [
+            r
+            for r, p in enumerate(prompts)
+            if p is not None and p.kind != "adaption" and not p.keep_token_types
+        ]
         if drop:
             types = types.clone()
             types[drop] = 0
@@ -94,13 +106,22 @@ def plan_batch(
     prefix = _prefix(store, row_slots, batch, n_prefix)
     full_mask = seq_mask if store.kind == "seq2seq" else torch.cat([prefix_mask, seq_mask], dim=1)
     return PromptBatch(
-        n_virtual=n_virtual, n_prefix=n_prefix, inputs_embeds=embeds, attention_mask=full_mask,
-        prefix_mask=prefix_mask, position_ids=positions, token_type_ids=types, real_index=real_index,
-        next_position=next_position, prefix=prefix,
+        n_virtual=n_virtual,
+        n_prefix=n_prefix,
+        inputs_embeds=embeds,
+        attention_mask=full_mask,
+        prefix_mask=prefix_mask,
+        position_ids=positions,
+        token_type_ids=types,
+        real_index=real_index,
+        next_position=next_position,
+        prefix=prefix,
     )
 
 
-def _prefix(store: PromptStore, row_slots: list[int], batch: int, n_prefix: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prefix(
+    store: PromptStore, row_slots: list[int], batch: int, n_prefix: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per attention layer (keys, values), each (B, H, M, hd): every prefix row's own prefix, left-padded."""
     slots = {s for s in row_slots if s in store.slots and store.slots[s].kind == "prefix"}
     if not slots:

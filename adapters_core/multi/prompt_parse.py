@@ -33,8 +33,11 @@ from ..prompt_learning.prefix_cache import prefix_kv, self_attention_modules
 # Task types whose token_type_ids PEFT keeps (zero-prefixed); others drop them (forward.py, §9.2).
 KEEPS_TOKEN_TYPES = (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
 # The heads PEFT adds to modules_to_save per task type (§13.1).
-TASK_HEADS = {TaskType.SEQ_CLS: ("classifier", "score"), TaskType.TOKEN_CLS: ("classifier", "score"),
-              TaskType.QUESTION_ANS: ("qa_outputs",)}
+TASK_HEADS = {
+    TaskType.SEQ_CLS: ("classifier", "score"),
+    TaskType.TOKEN_CLS: ("classifier", "score"),
+    TaskType.QUESTION_ANS: ("qa_outputs",),
+}
 
 
 @dataclass
@@ -84,7 +87,7 @@ def parse_prompt_adapter(
     does not fit the base, `AdapterWeightsError` for missing or unexplained tensors, `AdapterConfigError` for a
     task type this base cannot serve, `UnsupportedError` for LLaMA-Adapter on an architecture PEFT lacks.
     """
-    model = modules[""]
+    model: Any = modules[""]
     if isinstance(config, AdaptionPromptConfig):
         return config, _adaption(config, dict(state), modules), {}
     assert isinstance(config, PromptLearningConfig)
@@ -101,9 +104,15 @@ def parse_prompt_adapter(
     _check_fields(config, model, prefix)
     state = dict(state)
     if PROMPT_EMBEDDINGS_KEY not in state:
-        raise AdapterWeightsError(f"the file has no {PROMPT_EMBEDDINGS_KEY!r} tensor (not a prompt-learning adapter).")
+        raise AdapterWeightsError(
+            f"the file has no {PROMPT_EMBEDDINGS_KEY!r} tensor (not a prompt-learning adapter)."
+        )
     table = state.pop(PROMPT_EMBEDDINGS_KEY).float()
-    n, layers, d = int(config.num_virtual_tokens or 0), int(config.num_layers or 0), int(config.token_dim or 0)
+    n, layers, d = (
+        int(config.num_virtual_tokens or 0),
+        int(config.num_layers or 0),
+        int(config.token_dim or 0),
+    )
     want = (n, layers * 2 * d) if prefix else (config.total_virtual_tokens, d)
     if tuple(table.shape) != want:
         raise AdapterShapeError(
@@ -119,7 +128,9 @@ def parse_prompt_adapter(
         extra = [h for h in TASK_HEADS.get(task, ()) if h not in (config.modules_to_save or [])]
         config.modules_to_save = [*(config.modules_to_save or []), *extra]
     if not prefix:
-        tensors = PromptTensors("virtual", n, virtual=table[:n].contiguous(), keep_token_types=task in KEEPS_TOKEN_TYPES)
+        tensors = PromptTensors(
+            "virtual", n, virtual=table[:n].contiguous(), keep_token_types=task in KEEPS_TOKEN_TYPES
+        )
     else:
         pairs = 2 if kind == "seq2seq" else 1
         per_layer = prefix_kv(table, 1, layers, int(config.num_attention_heads or 0), pairs)
@@ -142,8 +153,10 @@ def _check_fields(config: PromptLearningConfig, model: Any, prefix: bool) -> Non
             )
 
 
-def _adaption(config: AdaptionPromptConfig, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> PromptTensors:
-    model = modules[""]
+def _adaption(
+    config: AdaptionPromptConfig, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]
+) -> PromptTensors:
+    model: Any = modules[""]
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED_TARGETS:
         raise UnsupportedError(
@@ -159,7 +172,9 @@ def _adaption(config: AdaptionPromptConfig, state: dict[str, torch.Tensor], modu
         )
     paths = paths[-config.adapter_layers :]  # the top layers, as PEFT picks them
     hidden = int(model.config.hidden_size)
-    wanted = {f"{INJECTED_PREFIX}{p}.{param}" for p in paths for param in ("adaption_prompt", "adaption_gate")}
+    wanted = {
+        f"{INJECTED_PREFIX}{p}.{param}" for p in paths for param in ("adaption_prompt", "adaption_gate")
+    }
     if set(state) != wanted:
         raise AdapterWeightsError(
             f"LLaMA-Adapter tensors {sorted(set(state) ^ wanted)[:4]} are missing or unexplained for the adapted "
@@ -167,7 +182,10 @@ def _adaption(config: AdaptionPromptConfig, state: dict[str, torch.Tensor], modu
         )
     adaption = {}
     for p in paths:
-        prompt, gate = state[f"{INJECTED_PREFIX}{p}.adaption_prompt"], state[f"{INJECTED_PREFIX}{p}.adaption_gate"]
+        prompt, gate = (
+            state[f"{INJECTED_PREFIX}{p}.adaption_prompt"],
+            state[f"{INJECTED_PREFIX}{p}.adaption_gate"],
+        )
         if tuple(prompt.shape) != (1, config.adapter_len, hidden) or tuple(gate.shape) != (1,):
             raise AdapterShapeError(
                 f"{p}: adaption_prompt {tuple(prompt.shape)} / adaption_gate {tuple(gate.shape)}, but this base "

@@ -69,11 +69,16 @@ class PromptBatch:
 class PromptStore:
     """Per-slot prompt tables, prefixes and LLaMA-Adapter terms of one MultiAdapterModel."""
 
-    def __init__(self, model: nn.Module, holder: ContextHolder) -> None:
-        self.model: Any = model
+    def __init__(self, model: Any, holder: ContextHolder) -> None:
+        self.model = model  # the transformers model (typed loosely: its attributes are model-specific)
         self.kind = base_kind(model)
         self._holder = holder
-        self.embed = model.get_encoder().get_input_embeddings() if self.kind == "seq2seq" else model.get_input_embeddings()
+        # The module real tokens are embedded with (the multi-adapter wrapper, so LoRA on embeddings applies).
+        self.embed = (
+            self.model.get_encoder().get_input_embeddings()
+            if self.kind == "seq2seq"
+            else self.model.get_input_embeddings()
+        )
         self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         self.slots: dict[int, PromptTensors] = {}
         self._adaption: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
@@ -82,7 +87,9 @@ class PromptStore:
             # BERT-style encoders get no cache from their model class; each self-attention takes the prefix from
             # the running batch (the semantics of PEFT with transformers 4, see prompt_learning/prefix_cache.py).
             for path, module in self_attention_modules(model):
-                self._hooks[path] = module.register_forward_pre_hook(self._encoder_prefix_hook, with_kwargs=True)
+                self._hooks[path] = module.register_forward_pre_hook(
+                    self._encoder_prefix_hook, with_kwargs=True
+                )
 
     # -- slots ----------------------------------------------------------------------------------------
     def load(self, slot: int, tensors: PromptTensors, modules: dict[str, nn.Module]) -> None:
@@ -131,7 +138,10 @@ class PromptStore:
                 factor = k_proj.in_features // k_proj.out_features  # query heads per key/value head (GQA)
                 k = k_proj(p).view(1, -1, heads // factor, hd).transpose(1, 2)  # (1, H_kv, Lp, hd)
                 v = _base(attn.v_proj)(p).view(1, -1, heads // factor, hd).transpose(1, 2)
-                k, v = k.repeat_interleave(factor, dim=1), v.repeat_interleave(factor, dim=1)  # (1, H, Lp, hd)
+                k, v = (
+                    k.repeat_interleave(factor, dim=1),
+                    v.repeat_interleave(factor, dim=1),
+                )  # (1, H, Lp, hd)
         return k, v, gate.to(p)
 
     def _make_adaption_hook(self, path: str) -> Any:
@@ -155,11 +165,17 @@ class PromptStore:
         return hook
 
     def _adaption_term(
-        self, attn: Any, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
-        kwargs: dict, rows: list[int],
+        self,
+        attn: Any,
+        h: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        gate: torch.Tensor,
+        kwargs: dict,
+        rows: list[int],
     ) -> torch.Tensor:
         """PEFT's AdaptedAttention term for the rows `h` (b, q_len, hidden) -> (b, q_len, hidden)."""
-        bsz, q_len, embed = h.shape
+        bsz, q_len, _ = h.shape
         hd = int(attn.head_dim)
         if self.model.config.model_type == "gpt2":
             q = _base(attn.c_attn)(h).split(attn.split_size, dim=2)[0]
@@ -167,7 +183,9 @@ class PromptStore:
             return _gated_attention(q, k, v, gate, hd)  # GPT-2: no c_proj on the adapter term
         q = _base(attn.q_proj)(h).view(bsz, q_len, -1, hd).transpose(1, 2)  # (b, H, q_len, hd)
         cos, sin = kwargs["position_embeddings"]  # (B, q_len, hd): the rows' own positions
-        cos, sin = cos[rows].unsqueeze(1), sin[rows].unsqueeze(1)
+        if cos.shape[0] != 1:  # per-row positions; a (1, q_len, hd) table is shared by every row
+            cos, sin = cos[rows], sin[rows]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin  # RoPE on the query only, as PEFT
         return _base(attn.o_proj)(_gated_attention(q, k, v, gate, hd))
 

@@ -86,7 +86,9 @@ class Fixture:
             )
         for j, (name, cls, kwargs) in enumerate(EXTRA[base]):  # more ranks and target sets: >= 10 adapters
             config = getattr(peft, cls)(task_type=TASK[base], **kwargs)
-            self._save(name, BUILDERS[base](), config, lambda m, s=j: prepare_adapter(m, cases[0], 50 + s), workdir)
+            self._save(
+                name, BUILDERS[base](), config, lambda m, s=j: prepare_adapter(m, cases[0], 50 + s), workdir
+            )
         if base == "bert":  # a classification adapter with 5 labels on a 3-label base
             config = peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])
             self._save(
@@ -111,8 +113,13 @@ class Fixture:
         self.dirs[name] = path
 
     def reference_row(self, name: str | None, inputs: dict[str, torch.Tensor], row: int) -> torch.Tensor:
+        """PEFT's output for row `row` run alone: its real tokens only, no padding (so positions count real
+        tokens, as in generation)."""
         model = self.base_model if name is None else self.peft_models[name]
+        keep = inputs["attention_mask"][row].bool()
         alone = {k: v[row : row + 1] for k, v in inputs.items()}
+        alone["input_ids"] = inputs["input_ids"][row : row + 1, keep]
+        alone["attention_mask"] = inputs["attention_mask"][row : row + 1, keep]
         with torch.no_grad():
             return model(**alone).logits[0]
 
@@ -123,9 +130,8 @@ def fx(request, tmp_path_factory) -> Fixture:
 
 
 def compare_row(fx: Fixture, out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
-    if fx.base in ("llama", "gpt2"):
-        keep = mask.bool()
-        return float((out[keep] - ref[keep]).abs().max())
+    if fx.base in ("llama", "gpt2"):  # ref covers the real tokens only
+        return float((out[mask.bool()] - ref).abs().max())
     if fx.base == "bert":  # (C,) logits; a narrower head is padded with -inf
         c = ref.shape[-1]
         assert torch.isinf(out[c:]).all() and (out[c:] < 0).all()
@@ -156,7 +162,7 @@ def test_mixed_batch_equals_each_row_alone_in_peft(fx: Fixture) -> None:
 
 
 def test_adding_and_removing_never_changes_other_rows(fx: Fixture, tmp_path) -> None:
-    names = [n for n in fx.dirs][:3] + [None]
+    names = [*list(fx.dirs)[:3], None]
     inputs = make_rows(fx.base, seed=2, rows=len(names))
     with torch.no_grad():
         before = fx.model(adapter_names=names, **inputs).logits.clone()

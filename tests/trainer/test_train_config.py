@@ -10,7 +10,18 @@ from trainer.cli import build_parser, parse_config
 from trainer.config import DEFAULT_LEARNING_RATE, TrainConfig, resolve_config
 from trainer.errors import TrainConfigError
 
-REQUIRED = ["--base-model", "m", "--method", "lora", "--task", "causal-lm", "--train-file", "t.jsonl", "--output-dir", "o"]
+REQUIRED = [
+    "--base-model",
+    "m",
+    "--method",
+    "lora",
+    "--task",
+    "causal-lm",
+    "--train-file",
+    "t.jsonl",
+    "--output-dir",
+    "o",
+]
 
 
 def test_defaults_and_method_learning_rate():
@@ -26,8 +37,12 @@ def test_precedence_flag_over_env_over_file(tmp_path):
         "base_model: from-file\nmethod: ia3\ntask: seq-cls\ntrain_file: f.jsonl\noutput_dir: out\n"
         "batch-size: 4\nnum_epochs: 7\nseed: 1\nmethod_config: {r: 4, lora_alpha: 8}\n"
     )
-    env = {"SWAPYARD_NUM_EPOCHS": "5", "SWAPYARD_SEED": "2", "SWAPYARD_METHOD_CONFIG": '{"lora_alpha": 32}',
-           "SWAPYARD_OVERWRITE": "true"}
+    env = {
+        "SWAPYARD_NUM_EPOCHS": "5",
+        "SWAPYARD_SEED": "2",
+        "SWAPYARD_METHOD_CONFIG": '{"lora_alpha": 32}',
+        "SWAPYARD_OVERWRITE": "true",
+    }
     cfg = parse_config(["--config", str(config_file), "--seed", "3", "--method", "lora"], environ=env)
     assert cfg.base_model == "from-file"  # file only
     assert cfg.batch_size == 4  # file (dashed key accepted)
@@ -40,14 +55,26 @@ def test_precedence_flag_over_env_over_file(tmp_path):
 
 def test_config_file_from_env_and_json_format(tmp_path):
     config_file = tmp_path / "run.json"
-    config_file.write_text(json.dumps({"base_model": "b", "method": "prompt-tuning", "task": "causal-lm",
-                                       "train_file": "t.jsonl", "output_dir": "o", "lr": 1}).replace('"lr": 1', '"learning_rate": 0.5'))
+    config_file.write_text(
+        json.dumps(
+            {
+                "base_model": "b",
+                "method": "prompt-tuning",
+                "task": "causal-lm",
+                "train_file": "t.jsonl",
+                "output_dir": "o",
+                "lr": 1,
+            }
+        ).replace('"lr": 1', '"learning_rate": 0.5')
+    )
     cfg = parse_config([], environ={"SWAPYARD_CONFIG": str(config_file)})
     assert cfg.method == "prompt-tuning" and cfg.lr == 0.5
 
 
 def test_flag_aliases_and_bool_negation():
-    cfg = parse_config([*REQUIRED, "--lr", "0.01", "--epochs", "2", "--no-bf16"], environ={"SWAPYARD_BF16": "1"})
+    cfg = parse_config(
+        [*REQUIRED, "--lr", "0.01", "--epochs", "2", "--no-bf16"], environ={"SWAPYARD_BF16": "1"}
+    )
     assert cfg.lr == 0.01 and cfg.num_epochs == 2 and cfg.bf16 is False
 
 

@@ -55,14 +55,20 @@ def test_bad_json_line_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="line 2: not valid JSON"):
         load_records(p, make_cfg("seq-cls"))
     (tmp_path / "x.parquet").touch()
-    with pytest.raises(DataError, match="unknown format '.parquet'"):
+    with pytest.raises(DataError, match=r"unknown format '\.parquet'"):
         load_records(tmp_path / "x.parquet", make_cfg("seq-cls"))
 
 
 def test_eval_label_never_seen_in_training(tmp_path):
     cfg = make_cfg("seq-cls", train_file="train.jsonl", eval_file="eval.jsonl")
-    train = load_records(write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}]), cfg)
-    evaluation = load_records(write_jsonl(tmp_path / "eval.jsonl", [{"text": "c", "label": "pos"}, {"text": "d", "label": "meh"}]), cfg)
+    train = load_records(
+        write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}]),
+        cfg,
+    )
+    evaluation = load_records(
+        write_jsonl(tmp_path / "eval.jsonl", [{"text": "c", "label": "pos"}, {"text": "d", "label": "meh"}]),
+        cfg,
+    )
     with pytest.raises(UnseenLabelError) as err:
         check_eval_labels(train, evaluation, cfg)
     msg = str(err.value)
@@ -78,7 +84,9 @@ def test_label_maps_numeric_and_text():
 def test_causal_lm_loss_only_on_completion(tmp_path):
     tok = build_tokenizer()
     cfg = make_cfg("causal-lm")
-    recs = load_records(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "ask k1 k2", "completion": "v1 v2"}]), cfg)
+    recs = load_records(
+        write_jsonl(tmp_path / "t.jsonl", [{"prompt": "ask k1 k2", "completion": "v1 v2"}]), cfg
+    )
     (ex,), _ = tokenize_records(recs, tok, "causal-lm", 64)
     ids = tok("ask k1 k2 v1 v2")["input_ids"]
     assert ex["input_ids"] == [*ids, tok.eos_token_id]
@@ -88,7 +96,9 @@ def test_causal_lm_loss_only_on_completion(tmp_path):
 def test_causal_lm_truncation_keeps_the_completion(tmp_path):
     tok = build_tokenizer()
     cfg = make_cfg("causal-lm")
-    recs = load_records(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "w1 w2 w3 w4 w5 w6", "completion": "v1"}]), cfg)
+    recs = load_records(
+        write_jsonl(tmp_path / "t.jsonl", [{"prompt": "w1 w2 w3 w4 w5 w6", "completion": "v1"}]), cfg
+    )
     (ex,), stats = tokenize_records(recs, tok, "causal-lm", 4)
     assert stats.truncated == 1 and len(ex["input_ids"]) == 4
     assert ex["labels"][-2:] == [tok.convert_tokens_to_ids("v1"), tok.eos_token_id]
@@ -140,14 +150,21 @@ def test_collator_pads_right_with_ignore_labels():
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert count_targets(batch, "causal-lm") == 2  # the first label of a row is never predicted
     cls = Collator(pad_token_id=0, task="seq-cls", token_type_ids=False)
-    b = cls([{"input_ids": [1], "labels": 1, "token_type_ids": [0]}, {"input_ids": [2, 3], "labels": 0, "token_type_ids": [0, 1]}])
+    b = cls(
+        [
+            {"input_ids": [1], "labels": 1, "token_type_ids": [0]},
+            {"input_ids": [2, 3], "labels": 0, "token_type_ids": [0, 1]},
+        ]
+    )
     assert torch.equal(b["labels"], torch.tensor([1, 0])) and "token_type_ids" not in b
 
 
 def test_seq_cls_pairs_keep_token_type_ids(tmp_path):
     tok = build_tokenizer()
     cfg = make_cfg("seq-cls")
-    recs = load_records(write_jsonl(tmp_path / "t.jsonl", [{"text": "k1 w2", "text_pair": "v1", "label": "x"}]), cfg)
+    recs = load_records(
+        write_jsonl(tmp_path / "t.jsonl", [{"text": "k1 w2", "text_pair": "v1", "label": "x"}]), cfg
+    )
     assert recs[0].values["text_pair"] == "v1"
     (ex,), _ = tokenize_records(recs, tok, "seq-cls", 32, {"x": 0})
     assert ex["input_ids"] == tok("k1 w2", "v1")["input_ids"] and ex["labels"] == 0

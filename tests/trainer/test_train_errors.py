@@ -28,10 +28,26 @@ def _weights_must_not_load(monkeypatch):
     monkeypatch.setattr(trainer.run, "load_base_model", refuse)
 
 
-def _cfg(bases, tmp_path: Path, *, kind="llama", method="lora", task="causal-lm", train_rows=None, eval_rows=None, **kw):
+def _cfg(
+    bases,
+    tmp_path: Path,
+    *,
+    kind="llama",
+    method="lora",
+    task="causal-lm",
+    train_rows=None,
+    eval_rows=None,
+    **kw,
+):
     rows = train_rows if train_rows is not None else [{"prompt": "ask k1", "completion": "v1"}]
-    options = {"base_model": str(bases[kind]), "method": method, "task": task, "output_dir": str(tmp_path / "out"),
-               "train_file": str(write_jsonl(tmp_path / "train.jsonl", rows)), "progress": False}
+    options = {
+        "base_model": str(bases[kind]),
+        "method": method,
+        "task": task,
+        "output_dir": str(tmp_path / "out"),
+        "train_file": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+        "progress": False,
+    }
     if eval_rows is not None:
         options["eval_file"] = str(write_jsonl(tmp_path / "eval.jsonl", eval_rows))
     options.update(kw)
@@ -40,7 +56,10 @@ def _cfg(bases, tmp_path: Path, *, kind="llama", method="lora", task="causal-lm"
 
 def test_missing_column(bases, tmp_path):
     cfg = _cfg(bases, tmp_path, train_rows=[{"question": "ask k1", "completion": "v1"}])
-    with pytest.raises(MissingColumnError, match=r"train.jsonl: column 'prompt' .* columns found: \['question', 'completion'\]\. Set --prompt-column"):
+    with pytest.raises(
+        MissingColumnError,
+        match=r"train.jsonl: column 'prompt' .* columns found: \['question', 'completion'\]\. Set --prompt-column",
+    ):
         train(cfg)
 
 
@@ -51,22 +70,34 @@ def test_missing_column_in_eval_file(bases, tmp_path):
 
 
 def test_empty_training_data(bases, tmp_path):
-    with pytest.raises(EmptyDataError, match="train.jsonl has no rows"):
+    with pytest.raises(EmptyDataError, match=r"train\.jsonl has no rows"):
         train(_cfg(bases, tmp_path, train_rows=[]))
 
 
 def test_eval_label_never_seen(bases, tmp_path):
-    cfg = _cfg(bases, tmp_path, kind="bert", task="seq-cls",
-               train_rows=[{"text": "great", "label": "pos"}, {"text": "sad", "label": "neg"}],
-               eval_rows=[{"text": "fine", "label": "neutral"}])
-    with pytest.raises(UnseenLabelError, match=r"eval.jsonl row 1: label 'neutral' never appears in .*train.jsonl"):
+    cfg = _cfg(
+        bases,
+        tmp_path,
+        kind="bert",
+        task="seq-cls",
+        train_rows=[{"text": "great", "label": "pos"}, {"text": "sad", "label": "neg"}],
+        eval_rows=[{"text": "fine", "label": "neutral"}],
+    )
+    with pytest.raises(
+        UnseenLabelError, match=r"eval.jsonl row 1: label 'neutral' never appears in .*train.jsonl"
+    ):
         train(cfg)
 
 
 def test_eval_tag_never_seen(bases, tmp_path):
-    cfg = _cfg(bases, tmp_path, kind="bert", task="token-cls",
-               train_rows=[{"tokens": ["k1", "w1"], "tags": ["KEY", "O"]}],
-               eval_rows=[{"tokens": ["v1"], "tags": ["VAL"]}])
+    cfg = _cfg(
+        bases,
+        tmp_path,
+        kind="bert",
+        task="token-cls",
+        train_rows=[{"tokens": ["k1", "w1"], "tags": ["KEY", "O"]}],
+        eval_rows=[{"tokens": ["v1"], "tags": ["VAL"]}],
+    )
     with pytest.raises(UnseenLabelError, match="tag 'VAL' never appears"):
         train(cfg)
 
@@ -77,7 +108,13 @@ CLS_ROWS = [{"text": "great w1", "label": "pos"}]
 @pytest.mark.parametrize(
     ("kind", "method", "task", "rows", "needle"),
     [
-        ("bert", "llama-adapter", "seq-cls", CLS_ROWS, "LLaMA-Adapter wraps the attention of llama, mistral, gpt2"),
+        (
+            "bert",
+            "llama-adapter",
+            "seq-cls",
+            CLS_ROWS,
+            "LLaMA-Adapter wraps the attention of llama, mistral, gpt2",
+        ),
         ("llama", "llama-adapter", "seq-cls", CLS_ROWS, "llama-adapter trains causal language models only"),
         ("bert", "prefix-tuning", "seq-cls", CLS_ROWS, "this encoder-only model has none"),
         ("llama", "prefix-tuning", "seq-cls", CLS_ROWS, r"PEFT \(0.21 with transformers 5\) cannot load"),
@@ -92,24 +129,30 @@ def test_method_or_task_does_not_fit_the_model(bases, tmp_path, kind, method, ta
 
 def test_lora_without_default_targets_needs_target_modules(bases, tmp_path, monkeypatch):
     monkeypatch.delitem(trainer.methods.LORA_DEFAULT_TARGETS, "llama")
-    with pytest.raises(IncompatibleMethodError, match="no default target modules .*target_modules"):
+    with pytest.raises(IncompatibleMethodError, match=r"no default target modules .*target_modules"):
         train(_cfg(bases, tmp_path))
 
 
 def test_unknown_method_option(bases, tmp_path):
-    with pytest.raises(TrainConfigError, match=r"unknown option\(s\) \['rank'\]; LoraConfig accepts: .*lora_alpha"):
+    with pytest.raises(
+        TrainConfigError, match=r"unknown option\(s\) \['rank'\]; LoraConfig accepts: .*lora_alpha"
+    ):
         train(_cfg(bases, tmp_path, method_config={"rank": 8}))
 
 
 def test_invalid_method_option_value(bases, tmp_path):
-    with pytest.raises(TrainConfigError, match="method_config for --method lora: r must be a positive integer"):
+    with pytest.raises(
+        TrainConfigError, match="method_config for --method lora: r must be a positive integer"
+    ):
         train(_cfg(bases, tmp_path, method_config={"r": 0}))
 
 
 def test_output_dir_would_be_overwritten(bases, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "adapter_model.safetensors").write_bytes(b"precious")
-    with pytest.raises(OutputDirExistsError, match="not empty; training would overwrite it. Pass --overwrite"):
+    with pytest.raises(
+        OutputDirExistsError, match=r"not empty; training would overwrite it\. Pass --overwrite"
+    ):
         train(_cfg(bases, tmp_path))
 
 
@@ -121,8 +164,13 @@ def test_resume_without_checkpoint(bases, tmp_path):
 
 
 def test_unreadable_base_model(tmp_path):
-    cfg = TrainConfig(base_model=str(tmp_path / "nope"), method="lora", task="causal-lm", output_dir=str(tmp_path / "o"),
-                      train_file=str(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "completion": "b"}])))
+    cfg = TrainConfig(
+        base_model=str(tmp_path / "nope"),
+        method="lora",
+        task="causal-lm",
+        output_dir=str(tmp_path / "o"),
+        train_file=str(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "completion": "b"}])),
+    )
     with pytest.raises(TrainConfigError, match="cannot read the base model"):
         train(cfg)
 

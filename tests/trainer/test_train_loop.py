@@ -37,18 +37,40 @@ def _model(dropout: float) -> torch.nn.Module:
     return model
 
 
-def _run(out: Path, *, batch_size=4, accumulation=1, interrupt_at=None, resume=False, epochs=2, dropout=0.2, sgd=False):
+def _run(
+    out: Path,
+    *,
+    batch_size=4,
+    accumulation=1,
+    interrupt_at=None,
+    resume=False,
+    epochs=2,
+    dropout=0.2,
+    sgd=False,
+):
     torch.manual_seed(0)
     model = _model(dropout)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     # AdamW divides by sqrt(v): float-rounding noise in near-zero gradients shows up as ~1e-6 in the weights.
     # SGD is linear in the gradient, so it checks the loss normalisation itself tightly.
-    optimizer = torch.optim.SGD(trainable.values(), lr=0.5) if sgd else torch.optim.AdamW(trainable.values(), lr=1e-3)
+    optimizer = (
+        torch.optim.SGD(trainable.values(), lr=0.5) if sgd else torch.optim.AdamW(trainable.values(), lr=1e-3)
+    )
     train = _examples(24, 0)
     setup = LoopSetup(
-        task="causal-lm", train=train, eval=_examples(8, 1), collate=Collator(0, "causal-lm"),
-        batch_size=batch_size, eval_batch_size=8, accumulation=accumulation, epochs=epochs, seed=7,
-        max_grad_norm=1.0, bf16=False, save_steps=2, progress=False,
+        task="causal-lm",
+        train=train,
+        eval=_examples(8, 1),
+        collate=Collator(0, "causal-lm"),
+        batch_size=batch_size,
+        eval_batch_size=8,
+        accumulation=accumulation,
+        epochs=epochs,
+        seed=7,
+        max_grad_norm=1.0,
+        bf16=False,
+        save_steps=2,
+        progress=False,
     )
     total = epochs * -(-24 // (batch_size * accumulation))
     scheduler = get_linear_schedule_with_warmup(optimizer, 2, total)
@@ -64,8 +86,16 @@ def _run(out: Path, *, batch_size=4, accumulation=1, interrupt_at=None, resume=F
         state = saved.state
 
     def save(st, rng):
-        ckpt.save_checkpoint(out, trainable=trainable, optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), rng=[rng], extra={}, state=st, fingerprint={})
+        ckpt.save_checkpoint(
+            out,
+            trainable=trainable,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            rng=[rng],
+            extra={},
+            state=st,
+            fingerprint={},
+        )
 
     def stop(st):
         if st.global_step == interrupt_at:
@@ -100,8 +130,16 @@ def test_gradient_accumulation_matches_a_big_batch(tmp_path):
 
 def test_pruning_keeps_newest(tmp_path):
     for step in (2, 4, 10):
-        ckpt.save_checkpoint(tmp_path, trainable={"w": torch.ones(1)}, optimizer={}, scheduler={}, rng=[ckpt.rng_state()],
-                             extra={}, state=ckpt.TrainState(global_step=step), fingerprint={"a": 1})
+        ckpt.save_checkpoint(
+            tmp_path,
+            trainable={"w": torch.ones(1)},
+            optimizer={},
+            scheduler={},
+            rng=[ckpt.rng_state()],
+            extra={},
+            state=ckpt.TrainState(global_step=step),
+            fingerprint={"a": 1},
+        )
     ckpt.prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-4", "step-10"]
     saved = ckpt.load_checkpoint(ckpt.resolve_resume_path("latest", tmp_path))
@@ -117,8 +155,20 @@ def test_evaluate_reports_accuracy_for_classification():
 
     model = tiny_bert(num_labels=2)
     examples = [{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [8, 9], "labels": 0}]
-    setup = LoopSetup(task="seq-cls", train=examples, eval=examples, collate=Collator(0, "seq-cls"),
-                      batch_size=2, eval_batch_size=1, accumulation=1, epochs=1, seed=0, max_grad_norm=0,
-                      bf16=False, save_steps=None, progress=False)
+    setup = LoopSetup(
+        task="seq-cls",
+        train=examples,
+        eval=examples,
+        collate=Collator(0, "seq-cls"),
+        batch_size=2,
+        eval_batch_size=1,
+        accumulation=1,
+        epochs=1,
+        seed=0,
+        max_grad_norm=0,
+        bf16=False,
+        save_steps=None,
+        progress=False,
+    )
     metrics = evaluate(model, setup, CTX)
     assert set(metrics) == {"eval_loss", "eval_accuracy"} and 0 <= metrics["eval_accuracy"] <= 1

@@ -25,8 +25,14 @@ CASES: list[tuple[str, str, str, str, float, dict[str, Any]]] = [
     ("dora-causal-gpt2", "gpt2", "dora", "causal-lm", 2e-2, {"r": 4}),
     ("adalora-causal", "llama", "adalora", "causal-lm", 2e-2, {"init_r": 6, "target_r": 3}),
     ("ia3-seq2seq", "t5", "ia3", "seq2seq-lm", 1e-1, {}),
-    ("prompt-tuning-text-causal", "llama", "prompt-tuning", "causal-lm", 3e-2,
-     {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "ask v0 v1 v2", "num_virtual_tokens": 6}),
+    (
+        "prompt-tuning-text-causal",
+        "llama",
+        "prompt-tuning",
+        "causal-lm",
+        3e-2,
+        {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "ask v0 v1 v2", "num_virtual_tokens": 6},
+    ),
     ("p-tuning-causal", "llama", "p-tuning", "causal-lm", 1e-2, {"encoder_hidden_size": 32}),
     ("prefix-tuning-seq2seq", "t5", "prefix-tuning", "seq2seq-lm", 1e-1, {"num_virtual_tokens": 8}),
     ("llama-adapter-causal", "llama", "llama-adapter", "causal-lm", 5e-2, {"adapter_len": 4}),
@@ -50,9 +56,19 @@ def runs(bases, task_data, tmp_path_factory) -> dict[str, tuple[Path, dict[str, 
             _, kind, method, task, lr, options = CASES[IDS.index(case_id)]
             train_file, eval_file = task_data[task]
             cfg = TrainConfig(
-                base_model=str(bases[kind]), method=method, task=task, method_config=options,
-                train_file=str(train_file), eval_file=str(eval_file), output_dir=str(out_root / case_id),
-                learning_rate=lr, num_epochs=6, batch_size=8, warmup_steps=2, seed=0, progress=False,
+                base_model=str(bases[kind]),
+                method=method,
+                task=task,
+                method_config=options,
+                train_file=str(train_file),
+                eval_file=str(eval_file),
+                output_dir=str(out_root / case_id),
+                learning_rate=lr,
+                num_epochs=6,
+                batch_size=8,
+                warmup_steps=2,
+                seed=0,
+                progress=False,
             )
             result = train(cfg)
             cache[case_id] = (result.output_dir, result.metrics, cfg)
@@ -92,18 +108,28 @@ def _eval_batch(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from trainer.data import build_label_maps, label_set, load_records
 
     records = load_records(cfg.eval_file, cfg)[:6]
-    label2id = build_label_maps(label_set(load_records(cfg.train_file, cfg), cfg.task))[0] if "cls" in cfg.task else None
+    label2id = (
+        build_label_maps(label_set(load_records(cfg.train_file, cfg), cfg.task))[0]
+        if "cls" in cfg.task
+        else None
+    )
     examples, _ = tokenize_records(records, build_tokenizer(), cfg.task, 64, label2id)
     batch = Collator(0, cfg.task, token_type_ids=False)(examples)
     labels = batch.pop("labels")
     if cfg.task == "seq2seq-lm":
-        batch["decoder_input_ids"] = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1].clamp(min=0)], 1)
+        batch["decoder_input_ids"] = torch.cat(
+            [torch.zeros_like(labels[:, :1]), labels[:, :-1].clamp(min=0)], 1
+        )
     return batch
 
 
 def _base(cfg: TrainConfig, num_labels: int | None):
     torch.manual_seed(123)  # a fresh head is random; the adapter's saved head must replace it in both
-    kwargs = {"id2label": dict(enumerate(map(str, range(num_labels)))), "ignore_mismatched_sizes": True} if num_labels else {}
+    kwargs = (
+        {"id2label": dict(enumerate(map(str, range(num_labels)))), "ignore_mismatched_sizes": True}
+        if num_labels
+        else {}
+    )
     return AUTO_CLASS[cfg.task].from_pretrained(cfg.base_model, **kwargs).eval()
 
 
@@ -142,4 +168,6 @@ def test_saved_adapter_serves_in_multi_adapter_model(case_id, runs):
     with torch.no_grad():
         expected = single(**batch).logits
         got = multi(**batch, adapter_names=["trained"] * rows).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # PEFT's prompt methods return logits for the virtual positions too; a mixed batch returns the real
+    # tokens' only (rows of other adapters have none). Compare the real tokens.
+    torch.testing.assert_close(got, expected[:, expected.shape[1] - got.shape[1] :], atol=1e-5, rtol=1e-5)

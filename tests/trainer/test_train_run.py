@@ -17,9 +17,19 @@ from trainer.run import train
 
 def _cfg(bases, task_data, out: Path, method="lora", task="causal-lm", kind="llama", **kw) -> TrainConfig:
     train_file, eval_file = task_data[task]
-    options = {"base_model": str(bases[kind]), "method": method, "task": task, "train_file": str(train_file),
-               "eval_file": str(eval_file), "output_dir": str(out), "num_epochs": 2, "batch_size": 8,
-               "learning_rate": 2e-2, "progress": False, "seed": 3}
+    options = {
+        "base_model": str(bases[kind]),
+        "method": method,
+        "task": task,
+        "train_file": str(train_file),
+        "eval_file": str(eval_file),
+        "output_dir": str(out),
+        "num_epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 2e-2,
+        "progress": False,
+        "seed": 3,
+    }
     options.update(kw)
     return TrainConfig(**options)
 
@@ -76,19 +86,44 @@ def test_keep_best_saves_the_best_epoch(bases, task_data, tmp_path):
     assert best["eval_loss"] == min(losses) and best["epoch"] == losses.index(min(losses)) + 1
     assert best["epoch"] < 6, losses
     _assert_same(_weights(res.output_dir), _weights(res.output_dir / "best"))
-    last = train(_cfg(bases, task_data, tmp_path / "last", num_epochs=6, eval_file=str(shifted), keep_best=False))
-    assert any(not _weights(last.output_dir)[k].equal(_weights(res.output_dir)[k]) for k in _weights(res.output_dir))
+    last = train(
+        _cfg(bases, task_data, tmp_path / "last", num_epochs=6, eval_file=str(shifted), keep_best=False)
+    )
+    assert any(
+        not _weights(last.output_dir)[k].equal(_weights(res.output_dir)[k]) for k in _weights(res.output_dir)
+    )
 
 
 def test_cli_writes_adapter_metrics_and_resolved_config(bases, task_data, tmp_path, capsys, monkeypatch):
     train_file, eval_file = task_data["seq-cls"]
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({"method": "lora", "task": "seq-cls", "num_epochs": 1,
-                                           "method_config": {"r": 2}, "progress": False}))
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "method": "lora",
+                "task": "seq-cls",
+                "num_epochs": 1,
+                "method_config": {"r": 2},
+                "progress": False,
+            }
+        )
+    )
     monkeypatch.setenv("SWAPYARD_BASE_MODEL", str(bases["bert"]))
     out = tmp_path / "out"
-    argv = ["--config", str(config_file), "--train-file", str(train_file), "--eval-file", str(eval_file),
-            "--output-dir", str(out), "--lr", "0.02", "--method-config", '{"lora_alpha": 4}']
+    argv = [
+        "--config",
+        str(config_file),
+        "--train-file",
+        str(train_file),
+        "--eval-file",
+        str(eval_file),
+        "--output-dir",
+        str(out),
+        "--lr",
+        "0.02",
+        "--method-config",
+        '{"lora_alpha": 4}',
+    ]
     assert main(argv) == 0
     assert "adapter written to" in capsys.readouterr().out
     resolved = yaml.safe_load((out / "train_config.yaml").read_text())

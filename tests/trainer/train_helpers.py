@@ -98,7 +98,12 @@ def token_rows(n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-ROWS = {"causal-lm": lm_rows, "seq2seq-lm": lambda n, s: lm_rows(n, s, "seq2seq-lm"), "seq-cls": cls_rows, "token-cls": token_rows}
+ROWS = {
+    "causal-lm": lm_rows,
+    "seq2seq-lm": lambda n, s: lm_rows(n, s, "seq2seq-lm"),
+    "seq-cls": cls_rows,
+    "token-cls": token_rows,
+}
 
 
 def write_task_data(directory: Path, task: str, n_train: int = 64, n_eval: int = 16) -> tuple[Path, Path]:
