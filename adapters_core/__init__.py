@@ -42,6 +42,7 @@ from .methods.lora import LoraConfig
 from .methods.p_tuning import PromptEncoderConfig, PromptEncoderReparameterizationType
 from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
+from .multi import LoadedAdapter, MultiAdapterModel
 
 __all__ = [
     "AdaLoraConfig",
@@ -68,7 +69,9 @@ __all__ = [
     "AutoAdapterModelForSequenceClassification",
     "AutoAdapterModelForTokenClassification",
     "IA3Config",
+    "LoadedAdapter",
     "LoraConfig",
+    "MultiAdapterModel",
     "NoTargetModulesError",
     "PeftType",
     "PrefixTuningConfig",
