@@ -13,7 +13,6 @@ is saved with each checkpoint.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -23,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 from .loop import MethodHooks
 
 ADAPTER = "default"
-_ALLOCATOR_DICTS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -43,58 +41,37 @@ class AdaLoraHooks:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.tuner = _find_with(model, "update_and_allocate")
-        if self.tuner is None:
-            # adapters_core's AdaLoRA serves and saves AdaLoRA adapters but has no budget allocator (yet):
-            # train at init_r with the orthogonality loss; the saved file has rank_pattern null, as PEFT
-            # writes before its allocator first runs, so PEFT loads it unchanged.
-            warnings.warn(
-                "adapters_core's AdaLoRA has no update_and_allocate(); training without the rank-budget "
-                "schedule (every module keeps init_r).",
-                stacklevel=2,
-            )
+        tuner = _find_with(model, "update_and_allocate")
+        if tuner is None:
+            raise TypeError("AdaLoRA training needs an adapters_core AdaLoRA model (update_and_allocate).")
+        self.tuner: Any = tuner
         self.config: Any = model.peft_config[ADAPTER]  # type: ignore[index]
 
     def loop_hooks(self) -> MethodHooks:
         return MethodHooks(extra_loss=self.orthogonal_loss, after_optimizer_step=self.update)
 
     def orthogonal_loss(self, model: nn.Module) -> torch.Tensor | None:
-        weight = float(getattr(self.config, "orth_reg_weight", 0.0))
-        if weight <= 0:
-            return None
-        total: torch.Tensor | None = None
-        count = 0
-        for name, p in _unwrap(model).named_parameters():
-            if not (("lora_A" in name or "lora_B" in name) and ADAPTER in name) or p.numel() == 0:
-                continue
-            cov = p @ p.T if "lora_A" in name else p.T @ p  # (r, r)
-            eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
-            term = torch.linalg.matrix_norm(cov - eye, ord="fro")
-            total = term if total is None else total + term
-            count += 1
-        return None if total is None else weight * total / count
+        """The tuner's regulariser (the same term PEFT adds to `outputs.loss` in its forward)."""
+        return self.tuner.orthogonal_loss()
 
     def update(self, model: nn.Module, step: int) -> None:
-        if self.tuner is not None:
-            self.tuner.update_and_allocate(step)
+        self.tuner.update_and_allocate(step)
 
     def state_dict(self) -> dict[str, Any]:
-        allocator = getattr(self.tuner, "rankallocator", None) if self.tuner is not None else None
+        allocator = getattr(self.tuner, "rankallocator", None)
         state: dict[str, Any] = {"rank_pattern": _plain(getattr(self.config, "rank_pattern", None))}
         if allocator is not None:
-            for key in _ALLOCATOR_DICTS:
-                state[key] = {k: v.detach().cpu().clone() for k, v in getattr(allocator, key, {}).items()}
+            state.update(allocator.state_dict())  # the importance EMAs: ipt, exp_avg_ipt, exp_avg_unc
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # The masked singular values themselves come back with the trainable parameters.
         if state.get("rank_pattern") is not None:
             self.config.rank_pattern = state["rank_pattern"]
-        allocator = getattr(self.tuner, "rankallocator", None) if self.tuner is not None else None
+        allocator = getattr(self.tuner, "rankallocator", None)
         if allocator is not None:
-            for key in _ALLOCATOR_DICTS:
-                if key in state:
-                    setattr(allocator, key, dict(state[key]))
+            device = next(_unwrap(self.model).parameters()).device  # the checkpoint holds CPU copies
+            allocator.load_state_dict(state, device=device)
 
 
 class NoHooks:
