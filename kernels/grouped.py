@@ -26,16 +26,25 @@ from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
 
 MAX_PADDING_FACTOR = 2.0
+# Gathering copies each adapter's pages (r · (H_in + H_out) values) before the matmuls read them, where the
+# per-segment reference reads them in place. That copy is cheaper than the loop's per-segment op overhead
+# only for small adapters; past this size per padded adapter, decline and let the reference run.
+MAX_GATHER_BYTES_PER_ADAPTER = 256 << 10
 
 
 def lora_apply_grouped(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> bool:
     """y[t] += scale[s] · (x[t] @ A[s]ᵀ) @ B[s]ᵀ for every token with a loaded slot, in place.
 
     x: (T, H_in), y: (T, H_out) (2-D, any float dtype). Returns False, doing nothing, when the padded blocks
-    would cost more than `MAX_PADDING_FACTOR` times the exact work (then use the reference).
+    would cost more than `MAX_PADDING_FACTOR` times the exact work, or one padded adapter is larger than
+    `MAX_GATHER_BYTES_PER_ADAPTER` (then use the reference).
     """
     if meta.num_segments == 0:
         return True
+    r_cap = int(w.ranks.max()) if w.ranks.numel() else 0
+    adapter_bytes = r_cap * (w.in_features + w.out_features) * w.a_pages.element_size()
+    if adapter_bytes > MAX_GATHER_BYTES_PER_ADAPTER:
+        return False
     if meta.uniform_row_len and y.is_contiguous():
         return _apply_row_major(y, x, w, meta)
     return lora_apply_segments(y, x, w, meta)
