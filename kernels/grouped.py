@@ -30,6 +30,9 @@ MAX_PADDING_FACTOR = 2.0
 # per-segment reference reads them in place. That copy is cheaper than the loop's per-segment op overhead
 # only for small adapters; past this size per padded adapter, decline and let the reference run.
 MAX_GATHER_BYTES_PER_ADAPTER = 256 << 10
+# Below this many padded multiply-adds the padding costs less than the per-segment loop's fixed overhead
+# (decode steps of small models): take the batched path whatever the padding factor.
+SMALL_PADDED_WORK = 1 << 22
 
 
 def lora_apply_grouped(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> bool:
@@ -64,7 +67,8 @@ def lora_apply_segments(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -
     exact = int((ranks * lens).sum())
     if exact == 0:
         return True
-    if meta.num_segments * l_max * r_max > MAX_PADDING_FACTOR * exact:
+    padded = meta.num_segments * l_max * r_max
+    if padded > MAX_PADDING_FACTOR * exact and padded * (w.in_features + w.out_features) > SMALL_PADDED_WORK:
         return False
     device = x.device
     # Padded token index: (S, Lmax) positions into x, padding -> an extra zero row at index T.
@@ -108,7 +112,8 @@ def _apply_row_major(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> b
     if r_max == 0:
         return True
     exact = int(ranks.sum()) * length
-    if n_rows * length * r_max > MAX_PADDING_FACTOR * exact and n_rows > 1:
+    padded = n_rows * length * r_max
+    if padded > MAX_PADDING_FACTOR * exact and padded * (w.in_features + w.out_features) > SMALL_PADDED_WORK:
         return lora_apply_segments(y, x, w, meta)
     device = x.device
     safe = slots.clamp(min=0).to(device)

@@ -1,5 +1,6 @@
 """The serving form of adapters: per-row adapters of any method in one batch (MultiAdapterModel)."""
 
 from .model import LoadedAdapter, MultiAdapterModel
+from .steps import DecodeState
 
-__all__ = ["LoadedAdapter", "MultiAdapterModel"]
+__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel"]

@@ -30,6 +30,11 @@ class RowContext:
     def batch_size(self) -> int:
         return len(self.row_slots)
 
+    def __post_init__(self) -> None:
+        # Every wrapped layer asks which slots the batch uses on every call: computed once. `row_slots`
+        # is never mutated (select/concat build new contexts).
+        self.slot_set: frozenset[int] = frozenset(self.row_slots)
+
     @property
     def any_adapter(self) -> bool:
         return any(s >= 0 for s in self.row_slots)

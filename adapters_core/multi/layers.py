@@ -78,7 +78,7 @@ class _MultiBase(nn.Module):
     @property
     def context(self) -> RowContext | None:
         ctx = self._holder[0].current
-        if ctx is None or not self.slots or not any(s in self.slots for s in ctx.row_slots):
+        if ctx is None or not self.slots or self.slots.isdisjoint(ctx.slot_set):
             return None
         return ctx
 

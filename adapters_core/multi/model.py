@@ -8,6 +8,12 @@ no recompilation, no effect on any other adapter's rows.
     model = MultiAdapterModel(AutoModelForCausalLM.from_pretrained(...))
     model.add("fr", "path/to/lora-fr"); model.add("sql", "org/ia3-sql")
     out = model(input_ids=ids, attention_mask=mask, adapter_names=["fr", None, "sql"])   # None = base
+
+Serving (continuous batching) runs in steps over a `DecodeState` (multi/steps.py): rows join with `prefill`
+and `DecodeState.concat`, advance one token per `decode`, and leave with `DecodeState.select`:
+
+    logits, state = model.prefill([[1, 5, 9], [1, 7]], ["fr", None])    # (B, V), the first new token's
+    logits, state = model.decode(state, logits.argmax(-1))              # one (B, 1) forward with the cache
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from .layers import (
 from .parsed import ParsedAdapter, parse_adapter
 from .prompt_run import run_forward, run_generate
 from .prompts import PromptStore
+from .step_run import decode as decode_step
+from .step_run import pad_rows
+from .step_run import prefill as prefill_step
+from .steps import DecodeState
 
 AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | Any
 
@@ -107,6 +117,8 @@ class MultiAdapterModel(nn.Module):
         # are installed once and stay inert for other rows (multi/prompts.py).
         self._prompts = PromptStore(base_model, self._holder)
         self._adapters: dict[str, LoadedAdapter] = {}
+        # Bumped by add/remove: a DecodeState made at another epoch re-checks its rows' adapters (decode()).
+        self._epoch = 0
 
     # -- adapters ---------------------------------------------------------------------------------
     @property
@@ -173,6 +185,7 @@ class MultiAdapterModel(nn.Module):
             raise
         loaded = LoadedAdapter(name=name, slot=slot, parsed=parsed, source=where)
         self._adapters[name] = loaded
+        self._epoch += 1
         return loaded
 
     def _wrap_other(self, path: str) -> _MultiBase:
@@ -189,6 +202,7 @@ class MultiAdapterModel(nn.Module):
                 layer.remove_slot(loaded.slot)
         self._prompts.remove(loaded.slot)
         del self._adapters[name]
+        self._epoch += 1
 
     def _get(self, name: str) -> LoadedAdapter:
         try:
@@ -208,11 +222,11 @@ class MultiAdapterModel(nn.Module):
         return [-1 if n is None else self._get(n).slot for n in adapter_names]
 
     @contextmanager
-    def rows(self, row_slots: list[int]) -> Iterator[RowContext]:
-        """Apply `row_slots` to every layer for the duration of the block."""
+    def rows(self, row_slots: list[int] | RowContext) -> Iterator[RowContext]:
+        """Apply `row_slots` (or a running batch's own context) to every layer for the duration of the block."""
         if self._holder.current is not None:
             raise RuntimeError("MultiAdapterModel is not re-entrant: a forward is already running.")
-        self._holder.current = RowContext(row_slots)
+        self._holder.current = row_slots if isinstance(row_slots, RowContext) else RowContext(row_slots)
         try:
             yield self._holder.current
         finally:
@@ -254,3 +268,66 @@ class MultiAdapterModel(nn.Module):
                 # virtual tokens / prefixes enter once, at prefill: Swapyard's decoding loop (prompt_run.py)
                 return run_generate(self._prompts, ctx, kwargs)
             return self.model.generate(**kwargs)  # type: ignore[operator]
+
+    # -- steps (the serving engine's continuous batching, multi/steps.py) -----------------------------------
+    def _device(self) -> torch.device:
+        return self._prompts.embed.weight.device
+
+    @torch.no_grad()
+    def prefill(
+        self, input_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None]
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """Run each row's prompt (any lengths, any method per row) and return (B, V) logits of each row's last
+        real position — the distribution of its first new token — and the state to `decode` from.
+
+        Virtual tokens and prefixes enter here, once. For T5 the encoder runs here and so does the first
+        decoder step (from `decoder_start_token_id`): the logits are those of the first decoder token.
+        """
+        if self._prompts.kind == "encoder":
+            raise ValueError(f"{type(self.model).__name__} does not generate; use classify().")
+        if not input_ids or any(len(r) == 0 for r in input_ids):
+            raise ValueError("prefill() needs at least one row, and at least one token in every row.")
+        slots = self.row_slots(adapter_names, len(input_ids))
+        ids, mask = pad_rows(input_ids, left=self._prompts.kind == "causal", device=self._device())
+        adapters = tuple(None if n is None else self._adapters[n] for n in adapter_names)
+        with self.rows(slots) as ctx:
+            return prefill_step(self._prompts, ctx, ids, mask, adapters=adapters, epoch=self._epoch)
+
+    @torch.no_grad()
+    def decode(self, state: DecodeState, next_tokens: torch.Tensor) -> tuple[torch.Tensor, DecodeState]:
+        """Feed one token per row, `next_tokens` (B,), and return (B, V) logits for each row's next token and
+        the advanced state (one forward of (B, 1) tokens with the cache). `state` is consumed."""
+        if state.epoch != self._epoch:
+            self._check_rows(state)
+        with self.rows(state.ctx):
+            return decode_step(self._prompts, state, next_tokens)
+
+    def _check_rows(self, state: DecodeState) -> None:
+        """Adapters changed since the state was made: every row's adapter must still be the one it started with
+        (same object, same slot) — a removed or replaced adapter is an error, never another adapter's rows."""
+        for row, loaded in enumerate(state.adapters):
+            if loaded is not None and self._adapters.get(loaded.name) is not loaded:
+                raise AdapterNotFoundError(
+                    f"adapter {loaded.name!r} of row {row} was removed (or replaced) while the row was decoding; "
+                    "drop the row (DecodeState.select) or prefill it again."
+                )
+        state.epoch = self._epoch
+
+    @torch.no_grad()
+    def classify(
+        self, input_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None]
+    ) -> list[torch.Tensor]:
+        """Sequence classification: per row its logits (C_i,), C_i the width of that row's adapter head (the
+        base head for None) — no padding between rows with heads of different label counts."""
+        if not input_ids or any(len(r) == 0 for r in input_ids):
+            raise ValueError("classify() needs at least one row, and at least one token in every row.")
+        ids, mask = pad_rows(input_ids, left=self._prompts.kind == "causal", device=self._device())
+        logits = self(input_ids=ids, attention_mask=mask, adapter_names=adapter_names).logits  # (B, C_max)
+        if logits.dim() != 2:
+            raise ValueError(
+                f"{type(self.model).__name__} is not a sequence classifier (logits {logits.shape})."
+            )
+        # Heads narrower than the widest in the batch are padded with -inf on the right (layers.py overrides).
+        real = logits != float("-inf")  # (B, C_max)
+        widths = (real * torch.arange(1, logits.shape[1] + 1, device=logits.device)).amax(dim=1).tolist()
+        return [row[:w] for row, w in zip(logits, widths)]

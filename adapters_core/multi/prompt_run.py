@@ -3,9 +3,10 @@
 * `run_forward`: one call of the base model over the laid-out batch; per-token outputs are cut back to the
   real positions (B, L, ·) aligned with `input_ids` for every row, whatever its method — unlike PEFT, whose
   prompt-tuning outputs start with `n` virtual positions (§15.3).
-* `run_generate`: greedy or sampled decoding in the style of prompt_learning/generation.py — the virtual tokens
-  and prefixes enter once, at prefill, then one real token per step with the KV cache and each row's own next
-  position — so greedy decoding of a row equals that row decoded alone.
+* `run_generate`: greedy or sampled decoding in the style of prompt_learning/generation.py over step_run.py's
+  `prefill` and `decode` (the serving engine's steps) — the virtual tokens and prefixes enter once, at prefill,
+  then one real token per step with the KV cache and each row's own next position — so greedy decoding of a
+  row equals that row decoded alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..prompt_learning.generation import _loop, decode_options
 from .context import RowContext
 from .prompt_layout import plan_batch, prefix_cache
 from .prompts import PromptBatch, PromptStore
+from .step_run import decode, decoder_start, prefill
 
 _CACHE_KEYS = ("cache", "past_key_values")
 # Per-token outputs over the input positions: cut back to the real ones.
@@ -129,7 +131,9 @@ def _real_positions(store: PromptStore, batch: PromptBatch, out: Any) -> Any:
 
 @torch.no_grad()
 def run_generate(store: PromptStore, ctx: RowContext, kwargs: dict[str, Any]) -> torch.Tensor:
-    """Decode every row under its own adapter; returns (B, L + new) for causal LMs, (B, 1 + new) for T5."""
+    """Decode every row under its own adapter; returns (B, L + new) for causal LMs, (B, 1 + new) for T5.
+
+    The loop is step_run.py's `prefill` then one `decode` per new token (the serving engine's steps)."""
     model = store.model
     kwargs = dict(kwargs)
     input_ids = kwargs.pop("input_ids", None)
@@ -145,60 +149,14 @@ def run_generate(store: PromptStore, ctx: RowContext, kwargs: dict[str, Any]) ->
             f"{type(model).__name__} is not a generative model; call the model instead of generate()."
         )
     opts = decode_options(model, input_ids.shape[1], kwargs)
-    batch = plan_batch(store, ctx.row_slots, input_ids=input_ids, attention_mask=mask)
-    ctx.prompt = batch
-    first: dict[str, Any] = (
-        {"inputs_embeds": batch.inputs_embeds}
-        if batch.inputs_embeds is not None
-        else {"input_ids": input_ids}
-    )
-    cache = prefix_cache(store, batch, for_generation=True)
+    logits, state = prefill(store, ctx, input_ids, mask)
     if store.kind == "seq2seq":
-        return _decode_seq2seq(model, first, batch, cache, opts)
-    if batch.position_ids is not None:
-        first["position_ids"] = batch.position_ids
-    out = model(**first, attention_mask=batch.attention_mask, cache=cache, use_cache=True)
-    state = {"mask": batch.attention_mask, "cache": out.cache, "pos": batch.next_position}
+        start = decoder_start(model)
+        input_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
+    box = [state]
 
     def step(tokens: torch.Tensor) -> torch.Tensor:  # tokens (B, 1)
-        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(tokens.shape[0], 1)], dim=1)
-        extra = {"position_ids": state["pos"][:, None]} if store.takes_positions else {}
-        o = model(
-            input_ids=tokens, attention_mask=state["mask"], cache=state["cache"], use_cache=True, **extra
-        )
-        state["cache"], state["pos"] = o.cache, state["pos"] + 1
-        return o.logits[:, -1]
+        out, box[0] = decode(store, box[0], tokens[:, 0])
+        return out
 
-    return _loop(input_ids, out.logits[:, -1], step, opts)
-
-
-def _decode_seq2seq(
-    model: Any, first: dict[str, Any], batch: PromptBatch, cache: Any, opts: Any
-) -> torch.Tensor:
-    """T5: the encoder runs once over the laid-out rows; the decoder starts from its prefix cache."""
-    encoder_outputs = model.get_encoder()(**first, attention_mask=batch.attention_mask, return_dict=True)
-    rows = batch.attention_mask.shape[0]
-    start = model.generation_config.decoder_start_token_id
-    if start is None:
-        start = model.config.decoder_start_token_id
-    ids = torch.full((rows, 1), int(start), dtype=torch.long, device=batch.attention_mask.device)
-    common = {"encoder_outputs": encoder_outputs, "attention_mask": batch.attention_mask}
-    state = {"mask": torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones(rows, 1)], dim=1)}
-    out = model(
-        **common, decoder_input_ids=ids, decoder_attention_mask=state["mask"], cache=cache, use_cache=True
-    )
-    state["cache"] = out.cache
-
-    def step(tokens: torch.Tensor) -> torch.Tensor:
-        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(rows, 1)], dim=1)
-        o = model(
-            **common,
-            decoder_input_ids=tokens,
-            decoder_attention_mask=state["mask"],
-            cache=state["cache"],
-            use_cache=True,
-        )
-        state["cache"] = o.cache
-        return o.logits[:, -1]
-
-    return _loop(ids, out.logits[:, -1], step, opts)
+    return _loop(input_ids, logits, step, opts)
