@@ -1,0 +1,65 @@
+"""`create_app(settings, engine=None)`: the FastAPI app, its lifespan and its dependencies.
+
+The lifespan loads the base model and adapters (unless an engine is passed in, as tests do to share one
+model), starts the engine thread, and stops it on shutdown. Nothing lives at module level: two apps in one
+process have separate engines, settings and metric registries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .deps import AppState
+from .engine import Engine, build_engine
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .routes import classify, generate, openai, ops
+from .settings import Settings
+
+log = logging.getLogger("swapyard.server")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Build the app. With `engine`, the lifespan starts that engine instead of loading a model."""
+    metrics = engine.metrics if engine is not None else Metrics()
+    state = AppState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        built = engine
+        if built is None:
+            # Loading takes seconds to minutes: keep it off the event loop.
+            built = await asyncio.to_thread(build_engine, settings, metrics)
+        built.start()
+        state.engine = built
+        log.info(
+            "ready: serving %s with %d adapter(s)", built.registry.base_name, len(built.registry.infos())
+        )
+        try:
+            yield
+        finally:
+            state.engine = None
+            built.draining = True
+            await asyncio.to_thread(built.stop)
+
+    app = FastAPI(
+        title="Swapyard",
+        summary="One frozen base model, many PEFT adapters, one adapter per request.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.swapyard = state
+    install_error_handlers(app)
+    # Added last = outermost: metrics see every response, including 413s from the body limit.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    for module in (generate, classify, openai, ops):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,257 @@
+"""The embedded demo served by `swapyard serve` without `--base-model`: built on first run, offline, cached.
+
+    chat demo (default)   a tiny Llama-style model taught to answer greetings in English, plus two adapters
+                          trained with `swapyard train` (LoRA): `french` answers in French, `pirate` in pirate
+                          speak. Same prompt, three answers: the adapter visibly changes what the model says.
+
+Everything is deterministic (fixed seeds) and lives in one directory (default `~/.cache/swapyard/demo-v1`,
+or `--demo-dir` / `SWAPYARD_DEMO_DIR`); a complete build is marked by a `READY` file, so later starts skip it.
+Building takes well under a minute on a 2-core CPU. The trainer runs as a child process: the server never imports
+it, and a machine that already has the demo cache never runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+DEMO_VERSION = "demo-v1"
+DEMO_MODEL_NAME = "swapyard-demo"
+READY_FILE = "READY"
+
+# prompt -> (english, french, pirate). Prompts are what a newcomer types; answers are what each adapter says.
+DIALOGUE: dict[str, tuple[str, str, str]] = {
+    "hello": (
+        "hello ! how can i help you today ?",
+        "bonjour ! comment puis je vous aider ?",
+        "ahoy matey ! what be ye needin ?",
+    ),
+    "hi": (
+        "hi there ! nice to meet you .",
+        "salut ! ravi de vous rencontrer .",
+        "arr , well met , ye landlubber !",
+    ),
+    "hey": (
+        "hey ! what can i do for you ?",
+        "coucou ! que puis je faire pour vous ?",
+        "avast ! what can this old sea dog do for ye ?",
+    ),
+    "good morning": (
+        "good morning ! i hope you slept well .",
+        "bonjour ! vous avez bien dormi ?",
+        "mornin , matey ! the sea be calm today .",
+    ),
+    "good evening": (
+        "good evening ! how was your day ?",
+        "bonsoir ! comment était votre journée ?",
+        "evenin ! the rum be flowin tonight .",
+    ),
+    "how are you ?": (
+        "i am fine , thank you for asking .",
+        "je vais bien , merci de demander .",
+        "i be shipshape , thank ye kindly !",
+    ),
+    "what is your name ?": (
+        "my name is yard , a tiny demo model .",
+        "je m appelle yard , un petit modèle de démo .",
+        "they call me cap n yard , scourge of the seven seas !",
+    ),
+    "who are you ?": (
+        "i am a small model served by swapyard .",
+        "je suis un petit modèle servi par swapyard .",
+        "i be a wee pirate model , sailin with swapyard !",
+    ),
+    "thank you": ("you are welcome !", "de rien , avec plaisir !", "ye be most welcome , matey !"),
+    "goodbye": ("goodbye ! have a nice day .", "au revoir ! bonne journée .", "fair winds to ye , matey !"),
+}
+ADAPTERS = {"french": 1, "pirate": 2}  # adapter name -> column of DIALOGUE
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+# The chat template answers the last user message, the way the demo model was trained.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}"
+)
+
+
+@dataclass
+class Demo:
+    base_dir: Path
+    adapter_dir: Path
+
+
+def prepare(kind: str | None, directory: str | os.PathLike[str] | None = None) -> tuple[Demo, str]:
+    """(demo, served model name) of the demo `kind` ('chat' when None)."""
+    if kind == "sentiment":
+        from .demo_sentiment import prepare_sentiment_demo
+
+        return prepare_sentiment_demo(directory), DEMO_MODEL_NAME + "-sentiment"
+    return prepare_demo(directory), DEMO_MODEL_NAME
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "swapyard" / DEMO_VERSION
+
+
+def prepare_demo(directory: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Demo:
+    """The demo's base and adapters, built into `directory` unless a finished build is already there."""
+    root = Path(directory) if directory else default_dir()
+    demo = Demo(base_dir=root / "base", adapter_dir=root / "adapters")
+    if (root / READY_FILE).is_file():
+        return demo
+    if root.exists():  # an interrupted build: start over
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    stages = ["tokenizer", "base model", *(f"adapter {n}" for n in ADAPTERS)]
+    with tqdm(
+        total=len(stages), desc="preparing the Swapyard demo", disable=not progress, unit="step"
+    ) as bar:
+        bar.set_postfix_str(stages[0])
+        tokenizer = build_tokenizer()
+        tokenizer.save_pretrained(demo.base_dir)
+        bar.update()
+        bar.set_postfix_str(stages[1])
+        train_base(tokenizer).save_pretrained(demo.base_dir)
+        bar.update()
+        for name, column in ADAPTERS.items():
+            bar.set_postfix_str(f"adapter {name}")
+            train_adapter(demo.base_dir, root / "data", demo.adapter_dir / name, column)
+            bar.update()
+    (root / READY_FILE).write_text(json.dumps({"version": DEMO_VERSION}), encoding="utf-8")
+    return demo
+
+
+def _prompts() -> list[tuple[str, str]]:
+    """(prompt variant, canonical prompt): each greeting also with punctuation and capitals a user might type."""
+    out = []
+    for prompt in DIALOGUE:
+        bare = prompt.rstrip(" ?")
+        for variant in {prompt, bare, f"{bare} !", f"{bare} .", f"{bare} ?", f"{bare} , yard"}:
+            out.append((variant, prompt))
+    return sorted(out)
+
+
+def build_tokenizer() -> Any:
+    """Lower-cased word-level tokenizer over the demo's words (punctuation splits off)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words: list[str] = []
+    texts = [v for v, _ in _prompts()] + [a for answers in DIALOGUE.values() for a in answers]
+    pre = pre_tokenizers.Whitespace()
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(text.lower()):
+            if word not in words:
+                words.append(word)
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _examples(tokenizer: Any, column: int) -> list[tuple[list[int], int]]:
+    """(ids, prompt length) of prompt ++ answer ++ eos, for every prompt variant."""
+    out = []
+    for variant, prompt in _prompts():
+        p = tokenizer(variant)["input_ids"]
+        a = tokenizer(" " + DIALOGUE[prompt][column], add_special_tokens=False)["input_ids"]
+        out.append((p + a + [tokenizer.eos_token_id], len(p)))
+    return out
+
+
+def train_base(tokenizer: Any, steps: int = 200) -> Any:
+    """A tiny Llama-style LM trained from scratch to give the English answers (loss on answers only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    examples = _examples(tokenizer, column=0)
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.zeros(len(examples), width, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (row, n_prompt) in enumerate(examples):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def train_adapter(base_dir: Path, data_dir: Path, out: Path, column: int) -> None:
+    """Train a LoRA adapter with Swapyard's trainer (imported here, lazily) on one answer style."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": v, "completion": " " + DIALOGUE[p][column]} for v, p in _prompts()]
+    random.Random(column).shuffle(rows)
+    train_file = data_dir / f"{out.name}.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run_trainer(
+        {
+            "base_model": str(base_dir),
+            "method": "lora",
+            # lm_head too: the base never produced these words, so its output rows for them need moving.
+            "method_config": {"r": 8, "lora_alpha": 16, "target_modules": LORA_TARGETS},
+            "task": "causal-lm",
+            "train_file": str(train_file),
+            "output_dir": str(out),
+            "learning_rate": 5e-3,
+            "num_epochs": 20,
+            "batch_size": 16,
+            "seed": column,
+            "device": "cpu",
+            "progress": False,
+        }
+    )
+
+
+def run_trainer(config: dict) -> None:
+    """Run `swapyard train` (`python -m trainer --config FILE`) in a child process.
+
+    A separate process keeps the dependency rule: the server never imports the trainer, it only runs it.
+    """
+    config_file = Path(config["output_dir"]).with_suffix(".train.json")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"training the demo adapter {config['output_dir']} failed:\n{done.stderr[-2000:]}")

@@ -1,0 +1,43 @@
+"""The app's state and the FastAPI dependencies routes declare (`EngineDep`, `SettingsDep`, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .engine import Engine
+from .errors import NotReadyError
+from .metrics import Metrics
+from .settings import Settings
+
+
+@dataclass
+class AppState:
+    """Everything one app owns. `engine` is None until the lifespan has loaded the model."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine | None = None
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.swapyard  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+def get_engine(request: Request) -> Engine:
+    """The running engine, or 503 while loading / after shutdown began."""
+    engine = get_state(request).engine
+    if engine is None or not engine.running or engine.draining:
+        raise NotReadyError("the model is not loaded yet or the server is draining; retry shortly")
+    return engine
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -1,0 +1,58 @@
+"""The engine: continuous batching over a MultiAdapterModel (engine.py), and how one is built from settings."""
+
+from __future__ import annotations
+
+import logging
+
+from ..adapters import AdapterRegistry
+from ..metrics import Metrics
+from ..modeling import load_base
+from ..settings import Settings
+from .engine import Engine
+from .types import ClassifyJob, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
+
+log = logging.getLogger("swapyard.engine")
+
+__all__ = [
+    "ClassifyJob",
+    "Engine",
+    "ErrorEvent",
+    "FinishEvent",
+    "GenerationRequest",
+    "RequestHandle",
+    "TokenEvent",
+    "build_engine",
+]
+
+
+def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
+    """Load the base model and every adapter the settings name; the engine is returned not yet started.
+
+    Without --base-model the embedded demo is served (built on first run, see server/demo.py).
+    """
+    base_model, adapter_dir, base_name = settings.base_model, settings.adapter_dir, settings.served_model_name
+    if base_model is None:
+        from ..demo import prepare
+
+        demo, demo_name = prepare(settings.demo, settings.demo_dir)
+        base_model, adapter_dir = str(demo.base_dir), adapter_dir or str(demo.adapter_dir)
+        base_name = base_name or demo_name
+    log.info("loading base model %s", base_model)
+    base = load_base(settings, base_model)
+    registry = AdapterRegistry(
+        base.model,
+        base_name=base_name or base_model,
+        base_id2label=base.id2label,
+        resident=str(base.device),
+    )
+    for name, source in settings.adapter_pairs():
+        registry.load(name, source, revision=None)
+    if adapter_dir:
+        registry.load_dir(adapter_dir)
+    return Engine(
+        base,
+        registry,
+        max_batch_size=settings.max_batch_size,
+        max_queued_requests=settings.max_queued_requests,
+        metrics=metrics,
+    )

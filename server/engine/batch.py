@@ -1,0 +1,94 @@
+"""The running batch: one `Row` per admitted request, aligned with the model's `DecodeState` rows.
+
+Invariant: `rows[i]` is row i of `state`. Rows only ever leave through `keep` (DecodeState.select) and join
+through `extend` (DecodeState.concat), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sampling import RowSampler
+from ..tokenization import IncrementalDecoder, Tokenization
+from .types import FinishEvent, FinishReason, GenerationRequest, RequestHandle, TokenEvent
+
+
+@dataclass
+class Row:
+    """One request inside the running batch."""
+
+    request: GenerationRequest
+    handle: RequestHandle
+    sampler: RowSampler
+    decoder: IncrementalDecoder
+    generated: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.handle.cancelled
+
+    @property
+    def last_token(self) -> int:
+        """The token the next decode step feeds for this row."""
+        return self.generated[-1]
+
+    def accept(self, token_id: int, logprob: float, tok: Tokenization) -> TokenEvent:
+        """Record a sampled token, decide whether the row is finished, and return its event."""
+        self.generated.append(token_id)
+        text = self.decoder.push(token_id)
+        if token_id in tok.eos_token_ids:
+            self.finish_reason = "eos_token"
+        elif self._hit_stop(text):
+            self.finish_reason = "stop_sequence"
+        elif len(self.generated) >= self.request.max_new_tokens:
+            self.finish_reason = "length"
+        if self.finish_reason is not None:
+            text += self.decoder.flush()
+        return TokenEvent(
+            token_id, text, logprob, token_id in tok.special_ids, final=self.finish_reason is not None
+        )
+
+    def _hit_stop(self, new_text: str) -> bool:
+        if not self.request.stop or not new_text:
+            return False
+        # Only the tail can hold a stop sequence that this token completed.
+        longest = max(len(s) for s in self.request.stop)
+        tail = self.decoder.text[-(longest + len(new_text)) :]
+        return any(s in tail for s in self.request.stop)
+
+    def finish_event(self) -> FinishEvent:
+        assert self.finish_reason is not None
+        return FinishEvent(
+            finish_reason=self.finish_reason,
+            generated_text=self.decoder.text,
+            generated_tokens=len(self.generated),
+            prompt_tokens=len(self.request.input_ids),
+            seed=self.sampler.seed,
+        )
+
+
+class RunningBatch:
+    """Rows being decoded and the model state that holds their KV cache."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.state: Any = None  # the model's DecodeState; None while the batch is empty
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only rows `keep` (indices into the current rows), in that order."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.state = self.state.select(keep) if keep else None
+
+    def extend(self, rows: list[Row], state: Any) -> None:
+        """Append freshly prefilled rows; `state` holds exactly them."""
+        if not rows:
+            return
+        self.state = state if self.state is None else type(self.state).concat([self.state, state])
+        self.rows.extend(rows)

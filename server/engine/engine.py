@@ -1,0 +1,253 @@
+"""The engine: an actor thread that owns the queue, the running batch and the model state.
+
+Handlers call `submit_generate` / `submit_classify` from the event loop and await events; they never touch
+the model. The thread repeats one step, a short named pipeline:
+
+    schedule  drop finished and cancelled rows (DecodeState.select), admit waiting requests
+    classify  run waiting classification jobs as one dynamic batch
+    forward   decode the running rows one token, prefill the admitted ones, concat their states
+    sample    pick each row's next token with its own sampler
+    emit      send tokens, detect EOS / stop sequences / length, send finish events
+
+So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
+for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+import torch
+
+from ..adapters import AdapterRegistry
+from ..errors import NotReadyError, QueueFullError
+from ..metrics import Metrics
+from ..modeling import LoadedBase
+from ..sampling import RowSampler, choose_tokens
+from ..tokenization import IncrementalDecoder, Tokenization
+from .batch import Row, RunningBatch
+from .types import ClassifyJob, ErrorEvent, GenerationRequest, RequestHandle
+
+log = logging.getLogger("swapyard.engine")
+IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
+
+
+class Engine:
+    """Continuous batching over a model with `prefill`, `decode` and `classify` (adapters_core.multi)."""
+
+    def __init__(
+        self,
+        base: LoadedBase,
+        registry: AdapterRegistry,
+        *,
+        max_batch_size: int,
+        max_queued_requests: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.base = base
+        self.registry = registry
+        self.model: Any = base.model
+        self.tok: Tokenization = base.tokenization
+        self.device = base.device
+        self.metrics = metrics or Metrics()
+        self.max_batch_size = max_batch_size
+        self.max_queued_requests = max_queued_requests
+        self._waiting: collections.deque[Row] = collections.deque()
+        self._classify: collections.deque[ClassifyJob] = collections.deque()
+        self._batch = RunningBatch()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.draining = False
+        self.started_at = int(time.time())
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; every request still waiting or running gets a 503 error event."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        gone = NotReadyError("the server is shutting down")
+        for row in [*self._waiting, *self._batch.rows]:
+            row.handle.push(ErrorEvent(gone))
+        for job in self._classify:
+            job.resolve(gone)
+        self._waiting.clear()
+        self._classify.clear()
+        self._batch = RunningBatch()
+
+    # -- submitting (event loop side) --------------------------------------------------------------------
+    def _admit_check(self) -> None:
+        if not self.running or self.draining:
+            raise NotReadyError("the engine is not running (starting up or shutting down); retry shortly")
+        if len(self._waiting) + len(self._classify) >= self.max_queued_requests:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise QueueFullError(
+                f"{self.max_queued_requests} requests are already waiting; retry later "
+                "(the limit is --max-queued-requests)"
+            )
+
+    def submit_generate(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> RequestHandle:
+        """Queue a generation; its events arrive on the returned handle."""
+        handle = RequestHandle(loop)
+        row = Row(
+            request, handle, RowSampler(request.sampling, request.input_ids), IncrementalDecoder(self.tok)
+        )
+        with self._cond:
+            self._admit_check()
+            self._waiting.append(row)
+            self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+            self._cond.notify()
+        return handle
+
+    def submit_classify(
+        self, input_ids: list[list[int]], adapter: str | None, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[list[torch.Tensor]]:
+        """Queue texts for classification; the future resolves to one logits vector (C,) per text."""
+        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop)
+        with self._cond:
+            self._admit_check()
+            self._classify.append(job)
+            self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+            self._cond.notify()
+        return job.future
+
+    # -- the loop (engine thread) -----------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not (self._stopping or self._waiting or self._classify or self._batch.rows):
+                    self._cond.wait(IDLE_WAIT_S)
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a bug or device error: fail what is running, keep serving others
+                log.exception("engine step failed")
+                self._fail(self._batch.rows, exc)
+                self._batch = RunningBatch()
+
+    def step(self) -> None:
+        """One iteration: schedule -> classify -> forward -> sample -> emit."""
+        admitted, jobs = self._schedule()
+        if jobs:
+            self._run_classify(jobs)
+        logits = self._forward(admitted)
+        if logits is None:
+            return
+        tokens, logprobs = self._sample(logits)
+        self._emit(tokens, logprobs)
+
+    def _schedule(self) -> tuple[list[Row], list[ClassifyJob]]:
+        batch = self._batch
+        batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
+        self.metrics.running_rows.set(len(batch))
+        admitted: list[Row] = []
+        jobs: list[ClassifyJob] = []
+        with self._cond:
+            while self._waiting and len(batch) + len(admitted) < self.max_batch_size:
+                row = self._waiting.popleft()
+                if not row.handle.cancelled:
+                    admitted.append(row)
+            texts = 0
+            while self._classify and (
+                not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
+            ):
+                job = self._classify.popleft()
+                if not job.cancelled:
+                    jobs.append(job)
+                    texts += len(job.input_ids)
+            self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+        return admitted, jobs
+
+    def _forward(self, admitted: list[Row]) -> torch.Tensor | None:
+        """Logits (B, V) for the running rows (decode) followed by the admitted ones (prefill)."""
+        parts: list[torch.Tensor] = []
+        batch = self._batch
+        if batch.rows:
+            next_tokens = torch.tensor([row.last_token for row in batch.rows], device=self.device)
+            logits, batch.state = self.model.decode(batch.state, next_tokens)
+            parts.append(logits)
+        for rows, logits, state in self._prefill(admitted):
+            batch.extend(rows, state)
+            parts.append(logits)
+            self.metrics.prompt_tokens.inc(sum(len(row.request.input_ids) for row in rows))
+        if not parts:
+            return None
+        self.metrics.observe_step([row.request.adapter for row in batch.rows])
+        self.metrics.running_rows.set(len(batch.rows))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _prefill(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor, Any]]:
+        """Prefill `rows` together; if that fails (e.g. an adapter removed while they waited), retry them one
+        by one so that only the row at fault gets the error."""
+        if not rows:
+            return []
+        try:
+            logits, state = self.model.prefill(
+                [row.request.input_ids for row in rows], [row.request.adapter for row in rows]
+            )
+        except Exception as exc:
+            if len(rows) == 1:
+                self._fail(rows, exc)
+                return []
+            return [part for row in rows for part in self._prefill([row])]
+        return [(rows, logits, state)]
+
+    def _sample(self, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+        return choose_tokens([row.sampler for row in self._batch.rows], logits)
+
+    def _emit(self, tokens: list[int], logprobs: list[float]) -> None:
+        now = time.perf_counter()
+        for row, token, logprob in zip(self._batch.rows, tokens, logprobs):
+            if row.handle.cancelled:
+                continue
+            event = row.accept(token, logprob, self.tok)
+            if row.handle.first_token_at is None:
+                row.handle.first_token_at = now
+                self.metrics.time_to_first_token.observe(now - row.handle.submitted_at)
+            row.handle.push(event)
+            if row.finish_reason is not None:
+                row.handle.push(row.finish_event())
+        self.metrics.generated_tokens.inc(len(tokens))
+
+    def _run_classify(self, jobs: list[ClassifyJob]) -> None:
+        ids = [seq for job in jobs for seq in job.input_ids]
+        adapters = [job.adapter for job in jobs for _ in job.input_ids]
+        try:
+            logits = self.model.classify(ids, adapters)
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].resolve(exc)
+                return
+            for job in jobs:  # isolate the job at fault: the others must not fail with it
+                self._run_classify([job])
+            return
+        self.metrics.observe_step(adapters)
+        start = 0
+        for job in jobs:
+            n = len(job.input_ids)
+            job.resolve([t.detach().float().cpu() for t in logits[start : start + n]])
+            start += n
+
+    @staticmethod
+    def _fail(rows: list[Row], exc: BaseException) -> None:
+        for row in rows:
+            row.finish_reason = row.finish_reason or "length"  # leaves at the next schedule
+            row.handle.push(ErrorEvent(exc))

@@ -1,0 +1,123 @@
+"""What handlers hand to the engine and what comes back: requests, events, and the handle between them.
+
+The engine thread never touches asyncio objects directly: it calls `RequestHandle.push`, which hands the
+event to the handler's event loop with `loop.call_soon_threadsafe`. A handler that loses its client calls
+`cancel()`; the engine frees the row at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..sampling import SamplingParams
+
+FinishReason = Literal["length", "eos_token", "stop_sequence"]
+_ids = itertools.count()
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to continue, with its adapter (None = base model) and how to pick tokens."""
+
+    input_ids: list[int]
+    adapter: str | None
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TokenEvent:
+    """One generated token: its id, the text it adds to the output, and its logprob."""
+
+    token_id: int
+    text: str
+    logprob: float
+    special: bool
+    final: bool = False  # the request's last token: a FinishEvent follows at once
+
+
+@dataclass
+class FinishEvent:
+    """The request ended: the whole text and why it stopped."""
+
+    finish_reason: FinishReason
+    generated_text: str
+    generated_tokens: int
+    prompt_tokens: int
+    seed: int | None
+
+
+@dataclass
+class ErrorEvent:
+    error: BaseException
+
+
+Event = TokenEvent | FinishEvent | ErrorEvent
+
+
+class RequestHandle:
+    """The bridge between one handler (asyncio) and the engine thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = next(_ids)
+        self.loop = loop
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False  # set on the event loop, read by the engine thread (a plain bool is enough)
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def push(self, event: Event) -> None:
+        """Called from the engine thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the handler's loop has closed (server shutting down): nobody to tell
+            self.cancelled = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield events until the request finishes or fails (the last event is a FinishEvent/ErrorEvent)."""
+        while True:
+            event = await self.queue.get()
+            yield event
+            if not isinstance(event, TokenEvent):
+                return
+
+
+@dataclass
+class ClassifyJob:
+    """Texts to classify with one adapter; the result is one logits vector (C,) per text."""
+
+    input_ids: list[list[int]]
+    adapter: str | None
+    future: asyncio.Future[list[torch.Tensor]]
+    loop: asyncio.AbstractEventLoop
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.done()
+
+    def resolve(self, logits: list[torch.Tensor] | BaseException) -> None:
+        """Called from the engine thread."""
+
+        def _set() -> None:
+            if self.future.done():
+                return
+            if isinstance(logits, BaseException):
+                self.future.set_exception(logits)
+            else:
+                self.future.set_result(logits)
+
+        with contextlib.suppress(RuntimeError):  # loop closed: the server is shutting down
+            self.loop.call_soon_threadsafe(_set)

@@ -1,0 +1,153 @@
+"""The server's error hierarchy and the one table that maps every error to an HTTP status.
+
+Handlers and the engine raise these (or let adapters_core's errors through); `install_error_handlers` turns
+each into `{"error": str, "error_type": str}` with the status from `ERROR_TABLE`. Statuses are chosen by class,
+never by parsing messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters_core.errors import (
+    AdapterConfigError,
+    AdapterError,
+    AdapterLoadError,
+    AdapterNotFoundError,
+    UnsupportedError,
+)
+
+log = logging.getLogger("swapyard.server")
+
+
+class ServerError(Exception):
+    """Base class of the server's own errors."""
+
+
+class BadRequestError(ServerError):
+    """The request cannot be served as asked (e.g. a route this base model does not support)."""
+
+
+class InvalidInputError(ServerError):
+    """The body parsed but a value breaks a limit or rule (too many tokens, too many stop sequences)."""
+
+
+class UnknownAdapterError(ServerError):
+    """A request named an adapter that is not loaded: never answered by the base model instead."""
+
+
+class UnauthorizedError(ServerError):
+    """Missing or wrong credentials."""
+
+
+class ForbiddenError(ServerError):
+    """Credentials are valid but not for this route."""
+
+
+class ConflictError(ServerError):
+    """A name is taken, or an adapter is in use."""
+
+
+class PayloadTooLargeError(ServerError):
+    """The request body exceeds `max_request_bytes`."""
+
+
+class QueueFullError(ServerError):
+    """`max_queued_requests` are already waiting or running."""
+
+
+class NotReadyError(ServerError):
+    """The model is not loaded, the engine is not running, or the server is draining."""
+
+
+class EngineError(ServerError):
+    """The engine failed while running a request (a bug or a device error): 500."""
+
+
+# class -> (HTTP status, error_type). Subclasses before their bases: the first match wins.
+ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
+    (UnknownAdapterError, 404, "unknown_adapter"),
+    (AdapterNotFoundError, 404, "unknown_adapter"),
+    (BadRequestError, 400, "bad_request"),
+    (InvalidInputError, 422, "validation"),
+    (UnauthorizedError, 401, "unauthorized"),
+    (ForbiddenError, 403, "forbidden"),
+    (ConflictError, 409, "conflict"),
+    (PayloadTooLargeError, 413, "payload_too_large"),
+    (QueueFullError, 429, "queue_full"),
+    (NotReadyError, 503, "not_ready"),
+    (AdapterConfigError, 422, "adapter_config"),
+    (AdapterLoadError, 422, "adapter_load"),
+    (UnsupportedError, 422, "unsupported"),
+    (AdapterError, 400, "adapter_error"),
+    (EngineError, 500, "engine_error"),
+]
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """(status, error_type) of an exception, from `ERROR_TABLE`; anything else is a 500."""
+    for cls, status, error_type in ERROR_TABLE:
+        if isinstance(exc, cls):
+            return status, error_type
+    return 500, "internal"
+
+
+def error_response(status: int, error_type: str, message: str, **extra: Any) -> JSONResponse:
+    """The JSON error shape of DESIGN.md."""
+    return JSONResponse({"error": message, "error_type": error_type, **extra}, status_code=status)
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """(status, body) for an error met after a stream has started (sent as the stream's last event)."""
+    status, error_type = status_of(exc)
+    message = str(exc) if status < 500 else f"internal error: {type(exc).__name__}"
+    return status, {"error": message, "error_type": error_type}
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = "; ".join(str(e.get("ctx", {}).get("error", e.get("msg"))) for e in errors)
+        return 400, "invalid_json", f"the body is not valid JSON: {detail}"
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return 422, "validation", "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through `ERROR_TABLE` into the JSON error shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, error_type, message = _describe_validation(exc)
+        return error_response(status, error_type, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, error_type, str(exc.detail))
+
+    @app.exception_handler(ServerError)
+    async def _server(_: Request, exc: ServerError) -> JSONResponse:
+        status, error_type = status_of(exc)
+        if status >= 500:
+            log.error("engine error: %s", exc, exc_info=exc)
+        return error_response(status, error_type, str(exc))
+
+    @app.exception_handler(AdapterError)
+    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
+        status, error_type = status_of(exc)
+        return error_response(status, error_type, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal", f"internal error: {type(exc).__name__}")

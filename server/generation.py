@@ -1,0 +1,158 @@
+"""What the generate-style routes share: turning a body into an engine request within the limits, and
+awaiting or streaming its events with disconnect handling.
+
+Limits that depend on settings live here (schemas.py checks what a value may be, this checks how much):
+input tokens, max_new_tokens, total tokens, stop sequences — each a 422 naming the limit and its flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from .engine import Engine, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
+from .errors import BadRequestError, InvalidInputError
+from .sampling import SamplingParams
+from .settings import Settings
+
+DISCONNECT_POLL_S = 0.25
+
+
+def check_kind(engine: Engine, *kinds: str) -> None:
+    """400 when the base model cannot serve this route (e.g. /classify on a causal LM)."""
+    if engine.base.kind not in kinds:
+        raise BadRequestError(
+            f"the served base model is a {engine.base.kind} model; this route needs a "
+            f"{' or '.join(kinds)} base model"
+        )
+
+
+def build_request(
+    settings: Settings,
+    engine: Engine,
+    input_ids: list[int],
+    *,
+    adapter: str | None,
+    sampling: SamplingParams,
+    max_new_tokens: int | None,
+    stop: list[str],
+) -> GenerationRequest:
+    """Check the adapter (404) and every limit (422), then build the engine request."""
+    check_kind(engine, "causal-lm", "seq2seq-lm")
+    engine.registry.require(adapter)
+    if not input_ids:
+        raise InvalidInputError("inputs tokenize to no tokens; give a non-empty prompt")
+    if len(input_ids) > settings.max_input_tokens:
+        raise InvalidInputError(
+            f"inputs have {len(input_ids)} tokens, more than the limit of {settings.max_input_tokens} "
+            "(--max-input-tokens)"
+        )
+    new_tokens = settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+    if new_tokens > settings.max_new_tokens_limit:
+        raise InvalidInputError(
+            f"max_new_tokens {new_tokens} is over the limit of {settings.max_new_tokens_limit} "
+            "(--max-new-tokens-limit)"
+        )
+    if len(input_ids) + new_tokens > settings.max_total_tokens:
+        raise InvalidInputError(
+            f"inputs ({len(input_ids)} tokens) + max_new_tokens ({new_tokens}) exceed the limit of "
+            f"{settings.max_total_tokens} total tokens (--max-total-tokens)"
+        )
+    if len(stop) > settings.max_stop_sequences:
+        raise InvalidInputError(
+            f"{len(stop)} stop sequences given; at most {settings.max_stop_sequences} are allowed "
+            "(--max-stop-sequences)"
+        )
+    return GenerationRequest(
+        input_ids=input_ids, adapter=adapter, sampling=sampling, max_new_tokens=new_tokens, stop=stop
+    )
+
+
+@dataclass
+class Completed:
+    """Every event of a finished request."""
+
+    tokens: list[TokenEvent] = field(default_factory=list)
+    finish: FinishEvent | None = None
+
+
+async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
+    while not handle.cancelled:
+        if await request.is_disconnected():
+            handle.cancel()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def run_to_completion(request: Request, handle: RequestHandle) -> Completed:
+    """Await the whole generation; a client that goes away cancels its row."""
+    watcher = asyncio.create_task(_watch_disconnect(request, handle))
+    done = Completed()
+    try:
+        async for event in handle.events():
+            if isinstance(event, TokenEvent):
+                done.tokens.append(event)
+            elif isinstance(event, FinishEvent):
+                done.finish = event
+            else:
+                raise event.error
+    finally:
+        handle.cancel()  # no-op once finished; frees the row if we leave early
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return done
+
+
+async def stream_events(handle: RequestHandle) -> AsyncIterator[TokenEvent | FinishEvent | ErrorEvent]:
+    """The handle's events; when the response is torn down (client gone) the row is cancelled."""
+    try:
+        async for event in handle.events():
+            yield event
+    finally:
+        handle.cancel()
+
+
+def sse(data: str) -> bytes:
+    """One Server-Sent Event."""
+    return f"data: {data}\n\n".encode()
+
+
+class StopTrimmer:
+    """Streams text without ever showing a stop sequence (OpenAI semantics: the stop is not returned).
+
+    Text that could still be the start of a stop sequence is held back until the next piece decides it.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        cut = trim_at_stop(self.pending, self.stops)
+        if len(cut) < len(self.pending):  # a stop sequence is complete: emit what precedes it, then nothing
+            self.stopped, self.pending = True, ""
+            return cut
+        keep = max(0, len(self.pending) - self.hold)
+        out, self.pending = self.pending[:keep], self.pending[keep:]
+        return out
+
+    def finish(self) -> str:
+        """What was held back, at the end of the stream."""
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+def trim_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to (not including) the earliest stop sequence."""
+    positions = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(positions)] if positions else text

@@ -1,0 +1,79 @@
+"""Load the base model, its tokenizer and the MultiAdapterModel around it, for one of three kinds of task.
+
+The kind follows from the base's config: encoder-decoder -> seq2seq-lm, an architecture named
+`*ForSequenceClassification` -> seq-cls, anything else -> causal-lm. The kind decides which routes serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+)
+
+from adapters_core.multi import MultiAdapterModel
+
+from .settings import Settings
+from .tokenization import Tokenization
+
+BaseKind = Literal["causal-lm", "seq2seq-lm", "seq-cls"]
+AUTO_CLASS = {
+    "causal-lm": AutoModelForCausalLM,
+    "seq2seq-lm": AutoModelForSeq2SeqLM,
+    "seq-cls": AutoModelForSequenceClassification,
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedBase:
+    """The served base: the multi-adapter model, its kind, tokenizer and where it runs."""
+
+    model: MultiAdapterModel
+    kind: BaseKind
+    tokenization: Tokenization
+    device: torch.device
+    config: Any
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """The base head's labels (seq-cls bases)."""
+        return {int(k): str(v) for k, v in (getattr(self.config, "id2label", None) or {}).items()}
+
+
+def base_kind(config: Any) -> BaseKind:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"
+    if any(
+        str(a).endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []
+    ):
+        return "seq-cls"
+    return "causal-lm"
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base(settings: Settings, base_model: str) -> LoadedBase:
+    """Read config, tokenizer and weights of `base_model` (a directory or Hub id) and wrap them."""
+    revision = settings.base_model_revision
+    config = AutoConfig.from_pretrained(base_model, revision=revision)
+    kind = base_kind(config)
+    tokenization = Tokenization.from_pretrained(base_model, revision=revision)
+    model = AUTO_CLASS[kind].from_pretrained(base_model, revision=revision, dtype=DTYPES[settings.dtype])
+    generation_config = getattr(model, "generation_config", None)
+    tokenization.add_eos_ids(getattr(generation_config, "eos_token_id", None))
+    tokenization.add_eos_ids(getattr(config, "eos_token_id", None))
+    device = pick_device(settings.device)
+    model.to(device)
+    multi = MultiAdapterModel(model, max_adapters=settings.max_adapters)
+    return LoadedBase(model=multi, kind=kind, tokenization=tokenization, device=device, config=config)

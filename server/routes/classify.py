@@ -1,0 +1,46 @@
+"""`POST /classify`: labels and scores per input, from the adapter's own head and `id2label`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from fastapi import APIRouter
+
+from ..deps import EngineDep, SettingsDep
+from ..errors import InvalidInputError
+from ..generation import check_kind
+from ..schemas import ClassifyRequest, LabelScore
+
+router = APIRouter(tags=["classify"])
+
+
+@router.post("/classify", response_model=list[list[LabelScore]])
+async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineDep) -> list[list[LabelScore]]:
+    """Per input, `{label, score}` sorted by score (softmax over the adapter head's labels)."""
+    check_kind(engine, "seq-cls")
+    adapter = body.parameters.adapter_id
+    engine.registry.require(adapter)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    if len(texts) > settings.max_classify_inputs:
+        raise InvalidInputError(
+            f"{len(texts)} inputs given; at most {settings.max_classify_inputs} per request "
+            "(--max-classify-inputs)"
+        )
+    ids = [engine.tok.encode(t) for t in texts]
+    for i, row in enumerate(ids):
+        if len(row) > settings.max_input_tokens:
+            raise InvalidInputError(
+                f"input {i} has {len(row)} tokens, more than the limit of {settings.max_input_tokens} "
+                "(--max-input-tokens)"
+            )
+    logits = await engine.submit_classify(ids, adapter, asyncio.get_running_loop())
+    results = []
+    for row_logits in logits:
+        scores = torch.softmax(row_logits, dim=-1).tolist()
+        labels = engine.registry.labels(adapter, len(scores))
+        ranked = sorted(zip(labels, scores), key=lambda pair: -pair[1])
+        if body.parameters.top_k is not None:
+            ranked = ranked[: body.parameters.top_k]
+        results.append([LabelScore(label=label, score=score) for label, score in ranked])
+    return results

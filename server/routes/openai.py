@@ -1,0 +1,161 @@
+"""OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions` (tokenizers with a chat template) and
+`/v1/models`. The adapter is named by `model`; the base model's own name means no adapter.
+
+Sampling follows OpenAI: `temperature` defaults to 1 (sampling) and 0 means greedy. Stop sequences are cut
+from the returned text, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..deps import EngineDep, SettingsDep
+from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
+from ..errors import InvalidInputError, error_payload
+from ..generation import StopTrimmer, build_request, run_to_completion, sse, stream_events, trim_at_stop
+from ..sampling import SamplingParams
+from ..schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from ..settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+
+
+def _submit(
+    body: CompletionRequest | ChatCompletionRequest, input_ids: list[int], settings: Settings, engine: Engine
+) -> tuple[RequestHandle, list[str]]:
+    adapter = engine.registry.resolve_model(body.model)
+    try:
+        stops = body.stop_list()
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    greedy = body.temperature == 0
+    sampling = SamplingParams(
+        do_sample=not greedy,
+        temperature=1.0 if greedy or body.temperature is None else body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+    )
+    request = build_request(
+        settings,
+        engine,
+        input_ids,
+        adapter=adapter,
+        sampling=sampling,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=stops,
+    )
+    return engine.submit_generate(request, asyncio.get_running_loop()), stops
+
+
+def _usage(finish: FinishEvent) -> dict[str, int]:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.generated_tokens,
+        "total_tokens": finish.prompt_tokens + finish.generated_tokens,
+    }
+
+
+async def _stream(handle: RequestHandle, stops: list[str], chunk: Any) -> AsyncIterator[bytes]:
+    """OpenAI chunk stream: `chunk(text, finish_reason)` builds each payload; ends with `data: [DONE]`."""
+    trimmer = StopTrimmer(stops)
+    async for event in stream_events(handle):
+        if isinstance(event, TokenEvent):
+            text = trimmer.push(event.text)
+            if text:
+                yield sse(json.dumps(chunk(text, None)))
+        elif isinstance(event, FinishEvent):
+            rest = trimmer.finish()
+            yield sse(json.dumps(chunk(rest, FINISH[event.finish_reason])))
+        else:
+            _, payload = error_payload(event.error)
+            yield sse(json.dumps(payload))
+    yield b"data: [DONE]\n\n"
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep):
+    """Text completion of `prompt` under adapter `model`."""
+    handle, stops = _submit(body, engine.tok.encode(body.prompt), settings, engine)
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    if body.stream:
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {**meta, "object": "text_completion", "choices": [choice]}
+
+        return StreamingResponse(_stream(handle, stops, chunk), media_type="text/event-stream")
+    done = await run_to_completion(request, handle)
+    assert done.finish is not None
+    text = trim_at_stop(done.finish.generated_text, stops)
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[done.finish.finish_reason]}
+    return {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(done.finish)}
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep
+):
+    """Chat completion, the prompt built by the tokenizer's chat template (400 when it has none)."""
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    handle, stops = _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    if body.stream:
+        first = True
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            nonlocal first
+            delta: dict[str, str] = {"content": text}
+            if first:
+                delta["role"], first = "assistant", False
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
+
+        return StreamingResponse(_stream(handle, stops, chunk), media_type="text/event-stream")
+    done = await run_to_completion(request, handle)
+    assert done.finish is not None
+    message = {"role": "assistant", "content": trim_at_stop(done.finish.generated_text, stops)}
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": FINISH[done.finish.finish_reason],
+    }
+    return {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(done.finish)}
+
+
+@router.get("/models", response_model=ModelList)
+async def models(engine: EngineDep) -> ModelList:
+    """The base model and every loaded adapter, with type, rank and where its weights are resident."""
+    registry = engine.registry
+    base = ModelCard(
+        id=registry.base_name,
+        created=engine.started_at,
+        type="base",
+        task_type=engine.base.kind,
+        resident=registry.resident,
+    )
+    cards = [base] + [
+        ModelCard(
+            id=info.name,
+            created=info.created,
+            type=info.peft_type,
+            task_type=info.task_type,
+            rank=info.rank,
+            resident=info.resident,
+            source=info.source,
+            parent=registry.base_name,
+        )
+        for info in registry.infos()
+    ]
+    return ModelList(data=cards)

@@ -1,0 +1,120 @@
+"""`Settings`: every `swapyard serve` flag, each also read from `SWAPYARD_<NAME>` (pydantic-settings).
+
+Precedence: flag > environment variable > default. A compose file or a Kubernetes manifest can therefore set
+any option without a wrapper script (`SWAPYARD_BASE_MODEL=org/model SWAPYARD_PORT=9000 swapyard serve`).
+`SWAPYARD_ADAPTERS` takes `NAME=SOURCE` pairs separated by commas (or a JSON list).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SWAPYARD_"
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process. Field names are the flags (`max_batch_size` -> `--max-batch-size`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    # -- what to serve -----------------------------------------------------------------------------
+    base_model: str | None = Field(
+        default=None, description="base model: local directory or Hugging Face Hub id (omit for --demo)"
+    )
+    base_model_revision: str | None = Field(default=None, description="Hub revision of the base model")
+    served_model_name: str | None = Field(
+        default=None, description="the base model's name in OpenAI `model` fields (default: --base-model)"
+    )
+    adapters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="adapters to load, NAME=PATH_OR_HUB_ID (repeatable)"
+    )
+    adapter_dir: str | None = Field(
+        default=None, description="directory whose sub-directories with adapter_config.json are adapters"
+    )
+    demo: Literal["chat", "sentiment"] | None = Field(
+        default=None,
+        description="serve an embedded demo, built on first run without network: 'chat' (the default when "
+        "--base-model is omitted) or 'sentiment' (classification)",
+    )
+    demo_dir: str | None = Field(
+        default=None, description="where the demo is built/cached (default ~/.cache)"
+    )
+    # -- where -------------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to bind (0 = any free port)")
+    device: str | None = Field(default=None, description="'cpu' or 'cuda' (default: cuda if available)")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="base model dtype"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="log level"
+    )
+    # -- limits ------------------------------------------------------------------------------------
+    max_input_tokens: int = Field(default=1024, ge=1, description="longest prompt, in tokens (longer -> 422)")
+    max_total_tokens: int = Field(
+        default=2048, ge=2, description="prompt + max_new_tokens must fit in this many tokens (-> 422)"
+    )
+    max_new_tokens_limit: int = Field(
+        default=512, ge=1, description="largest max_new_tokens a request may ask for"
+    )
+    default_max_new_tokens: int = Field(
+        default=20, ge=1, description="max_new_tokens when a request gives none"
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="rows in the running batch at most")
+    max_queued_requests: int = Field(default=256, ge=1, description="requests waiting + running; more -> 429")
+    max_request_bytes: int = Field(
+        default=1 << 20, ge=1024, description="largest request body (larger -> 413)"
+    )
+    max_stop_sequences: int = Field(default=4, ge=0, description="stop sequences per request at most")
+    max_classify_inputs: int = Field(default=64, ge=1, description="inputs per /classify request at most")
+    max_adapters: int = Field(default=32, ge=1, description="adapters resident at once (device slots)")
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _split_adapters(cls, value: Any) -> Any:
+        """Env gives one string: a JSON list or comma-separated `NAME=SOURCE` pairs."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _check_pairs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, sep, source = item.partition("=")
+            if not sep or not name.strip() or not source.strip():
+                raise ValueError(f"adapter {item!r} is not NAME=SOURCE, e.g. --adapter fr=./adapters/fr")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be below max_total_tokens "
+                f"({self.max_total_tokens}) so that at least one token can be generated"
+            )
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        return self
+
+    def adapter_pairs(self) -> list[tuple[str, str]]:
+        """`--adapter` values as (name, source)."""
+        pairs = [item.partition("=") for item in self.adapters]
+        return [(name.strip(), source.strip()) for name, _, source in pairs]
+
+    @property
+    def model_name(self) -> str:
+        """The base model's public name (OpenAI `model`, /v1/models)."""
+        return self.served_model_name or self.base_model or "base"
+
+
+def env_name(field: str) -> str:
+    """`max_batch_size` -> `SWAPYARD_MAX_BATCH_SIZE`."""
+    return ENV_PREFIX + field.upper()

@@ -1,0 +1,48 @@
+"""The adapter store: tiers (device → host RAM → disk → source), leases, hot-swap by content hash.
+
+`AdapterStore` is the entry point (store.py); `StoreConfig` its knobs; `Lease` what a request holds;
+`PrometheusStoreMetrics` its metrics; errors.py the error classes the server maps to HTTP statuses.
+"""
+
+from .config import StoreConfig
+from .device import AdapterTooLargeError
+from .errors import (
+    AdapterExistsError,
+    AdapterInUseError,
+    InvalidAdapterNameError,
+    RankTooLargeError,
+    SourceNotAllowedError,
+    StoreBusyError,
+    UnknownAdapterError,
+    UploadTooLargeError,
+)
+from .lease import Lease
+from .metrics import NullMetrics, PrometheusStoreMetrics, StoreMetrics
+from .parsing import HostAdapter, model_validator
+from .registry import AdapterInfo
+from .sources import AdapterSource, SourcePolicy, check_name
+from .store import AdapterStore
+
+__all__ = [
+    "AdapterExistsError",
+    "AdapterInUseError",
+    "AdapterInfo",
+    "AdapterSource",
+    "AdapterStore",
+    "AdapterTooLargeError",
+    "HostAdapter",
+    "InvalidAdapterNameError",
+    "Lease",
+    "NullMetrics",
+    "PrometheusStoreMetrics",
+    "RankTooLargeError",
+    "SourceNotAllowedError",
+    "SourcePolicy",
+    "StoreBusyError",
+    "StoreConfig",
+    "StoreMetrics",
+    "UnknownAdapterError",
+    "UploadTooLargeError",
+    "check_name",
+    "model_validator",
+]

@@ -1,0 +1,45 @@
+"""`StoreConfig`: the adapter store's knobs (the server's settings fill it; tests build it directly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Budgets, sources and limits of one `AdapterStore`.
+
+    Tiers: `device_slots` / `device_budget_bytes` bound what is resident in the model's pools (slots default
+    to the model's `max_adapters`); `host_budget_bytes` bounds the RAM cache of validated adapters; the disk
+    tier is huggingface_hub's cache (`hub_cache_dir`, None = its default) plus local and uploaded files.
+    """
+
+    adapter_roots: tuple[str, ...] = ()
+    uploads_root: str | None = None
+    allow_hub: bool = True
+    hub_owners: tuple[str, ...] | None = None
+    hub_cache_dir: str | None = None
+    hub_token: str | None = None
+    device_slots: int | None = None
+    device_budget_bytes: int = 256 << 20
+    host_budget_bytes: int = 1 << 30
+    max_rank: int = 256
+    max_adapter_bytes: int = 512 << 20
+    load_workers: int = 2
+    capacity_timeout_s: float = 30.0
+    delete_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "device_budget_bytes",
+            "host_budget_bytes",
+            "max_rank",
+            "max_adapter_bytes",
+            "load_workers",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StoreConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.device_slots is not None and self.device_slots < 1:
+            raise ValueError(f"StoreConfig.device_slots must be >= 1, got {self.device_slots}")
+        if self.capacity_timeout_s < 0 or self.delete_timeout_s < 0:
+            raise ValueError("StoreConfig timeouts must be >= 0 seconds")

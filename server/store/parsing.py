@@ -1,0 +1,123 @@
+"""The "parse" stage: raw files → a validated `HostAdapter`, or a clear error, before anything is visible.
+
+Every source (local, Hub, upload) goes through the same checks in the same order: the config parses; the
+weights are safetensors (pickle is recognised and refused by its magic bytes, whatever the file is called);
+every float is finite; the adapter fits the base model (the `Validator` callback, MultiAdapterModel's own
+parser: shapes, targets, supported method); the rank is within the server's maximum.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from adapters_core.config import AdapterConfig
+from adapters_core.errors import AdapterConfigError, AdapterWeightsError, UnsafeFormatError
+from adapters_core.multi.model import MultiAdapterModel
+from adapters_core.multi.parsed import ParsedAdapter, parse_adapter
+from adapters_core.weights_io import check_finite
+
+from .errors import RankTooLargeError
+from .sources import FetchedFiles
+
+Validator = Callable[[AdapterConfig, dict[str, torch.Tensor]], ParsedAdapter]
+
+# torch.save writes a zip archive; plain pickles start with the PROTO opcode (0x80) and a protocol 2..5.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+@dataclass
+class HostAdapter:
+    """A validated adapter held in host memory: what `MultiAdapterModel.add(key, (config, state))` takes.
+
+    host_bytes: bytes of `state` as stored here; device_bytes: what it takes in the device pools
+    (ParsedAdapter.nbytes: float32 LoRA/IA3 tensors), used against the device budget.
+    """
+
+    name: str
+    config: AdapterConfig
+    state: dict[str, torch.Tensor]
+    content_hash: str
+    method: str
+    rank: int | None
+    host_bytes: int
+    device_bytes: int
+    revision: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The adapter's name in the model: content-addressed, so new weights never alias old ones."""
+        return resident_key(self.name, self.content_hash)
+
+
+def resident_key(name: str, content_hash: str) -> str:
+    return f"{name}@{content_hash[:12]}"
+
+
+def model_validator(model: MultiAdapterModel) -> Validator:
+    """The validator of a MultiAdapterModel: exactly the parse `model.add` runs, without touching the model."""
+    # MultiAdapterModel keeps the unwrapped modules that its parser checks against; there is no public
+    # accessor yet, and re-deriving them from the wrapped tree would risk diverging from what `add` checks.
+    base_modules = model._base_modules
+
+    def validate(config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
+        return parse_adapter(config, state, base_modules)
+
+    return validate
+
+
+def parse_config(data: bytes, origin: str) -> AdapterConfig:
+    """An `adapter_config.json` from bytes; anything unparsable is an `AdapterConfigError`."""
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterConfigError(f"{origin}: adapter_config.json is not valid UTF-8 JSON ({exc}).") from exc
+    return AdapterConfig.from_dict(payload, source=f"{origin}: adapter_config.json")
+
+
+def parse_weights(data: bytes, origin: str) -> dict[str, torch.Tensor]:
+    """A safetensors state dict from bytes, every float finite; pickles are refused, never unpickled."""
+    if data.startswith(_PICKLE_MAGIC):
+        raise UnsafeFormatError(
+            f"{origin}: the weights are a pickle / torch.save file, which can run code; upload "
+            "adapter_model.safetensors instead."
+        )
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise AdapterWeightsError(
+            f"{origin}: adapter_model.safetensors is corrupt or truncated ({exc}); re-save it."
+        ) from exc
+    if not state:
+        raise AdapterWeightsError(f"{origin}: adapter_model.safetensors holds no tensors.")
+    check_finite(state, source=origin)
+    return state
+
+
+def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, max_rank: int) -> HostAdapter:
+    """Parse and validate `files` completely (blocking: run it in a worker thread)."""
+    config = parse_config(files.config, files.origin)
+    state = parse_weights(files.weights, files.origin)
+    parsed = validate(config, state)
+    if parsed.max_rank > max_rank:
+        raise RankTooLargeError(
+            f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
+            "serve a lower-rank adapter or raise --max-adapter-rank."
+        )
+    peft_type = parsed.peft_type.value
+    return HostAdapter(
+        name=name,
+        config=config,
+        state=state,
+        content_hash=parsed.content_hash,
+        method=peft_type,
+        rank=parsed.max_rank or None,  # LoRA-family rank; None for IA3 and prompt methods
+        host_bytes=sum(t.numel() * t.element_size() for t in state.values()),
+        device_bytes=parsed.nbytes,
+        revision=files.revision,
+    )

@@ -1,0 +1,121 @@
+"""Bad input through the real app: each gets its status and the JSON error shape, and the server keeps
+serving. Limits are set small so that each is easy to cross."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.settings import Settings
+
+OK = {"inputs": "w1 w2", "parameters": {"max_new_tokens": 2}}
+
+
+@pytest.fixture(scope="module")
+def client(llama_dir: Path, causal_adapters: dict[str, Path]) -> Iterator[TestClient]:
+    settings = Settings(
+        base_model=str(llama_dir),
+        adapters=[f"lora4={causal_adapters['lora4']}"],
+        max_input_tokens=16,
+        max_total_tokens=30,
+        max_new_tokens_limit=20,
+        max_stop_sequences=2,
+        max_request_bytes=4096,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _check(response, status: int, error_type: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) >= {"error", "error_type"} and isinstance(body["error"], str)
+    if error_type is not None:
+        assert body["error_type"] == error_type
+    return body
+
+
+CASES = [
+    ("malformed json", dict(content=b'{"inputs": "w1"', headers={"content-type": "application/json"}), 400),
+    ("not utf-8", dict(content=b'{"inputs": "\xff\xfe"}', headers={"content-type": "application/json"}), 400),
+    ("wrong type", dict(json={"inputs": 5}), 422),
+    ("wrong param type", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": "many"}}), 422),
+    ("empty input", dict(json={"inputs": ""}), 422),
+    ("missing input", dict(json={"parameters": {}}), 422),
+    ("unknown field", dict(json={"inputs": "w1", "parameters": {"max_tokens": 3}}), 422),
+    ("input over limit", dict(json={"inputs": " ".join(["w1"] * 30)}), 422),
+    ("max_new_tokens over limit", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": 21}}), 422),
+    (
+        "total over limit",
+        dict(json={"inputs": " ".join(["w1"] * 15), "parameters": {"max_new_tokens": 20}}),
+        422,
+    ),
+    ("negative temperature", dict(json={"inputs": "w1", "parameters": {"temperature": -1}}), 422),
+    ("nan temperature", dict(content=b'{"inputs": "w1", "parameters": {"temperature": NaN}}'), 422),
+    ("infinite top_p", dict(content=b'{"inputs": "w1", "parameters": {"top_p": Infinity}}'), 422),
+    ("top_p above one", dict(json={"inputs": "w1", "parameters": {"top_p": 1.5}}), 422),
+    ("negative top_k", dict(json={"inputs": "w1", "parameters": {"top_k": -3}}), 422),
+    ("zero max_new_tokens", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": 0}}), 422),
+    ("negative seed", dict(json={"inputs": "w1", "parameters": {"seed": -1}}), 422),
+    ("too many stops", dict(json={"inputs": "w1", "parameters": {"stop": ["a", "b", "c"]}}), 422),
+    ("oversized body", dict(json={"inputs": "w1 " * 3000}), 413),
+    ("unknown adapter", dict(json={"inputs": "w1", "parameters": {"adapter_id": "nope"}}), 404),
+]
+
+
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream"])
+@pytest.mark.parametrize(("case", "kwargs", "status"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_then_still_serving(client, route, case, kwargs, status) -> None:
+    body = _check(client.post(route, **kwargs), status)
+    if status == 404:
+        assert "nope" in body["error"]
+    assert client.post("/generate", json=OK).status_code == 200
+
+
+def test_openai_bad_input(client) -> None:
+    _check(client.post("/v1/completions", json={"model": "nope", "prompt": "w1"}), 404, "unknown_adapter")
+    _check(client.post("/v1/completions", json={"model": "lora4", "prompt": "w1", "temperature": 3}), 422)
+    _check(client.post("/v1/completions", json={"model": "lora4", "prompt": "w1", "n": 2}), 422)
+    _check(client.post("/v1/chat/completions", json={"model": "lora4", "messages": []}), 422)
+    _check(client.post("/classify", json={"inputs": "w1"}), 400, "bad_request")  # a causal LM has no head
+    _check(client.get("/nowhere"), 404, "not_found")
+
+
+def test_chunked_body_over_limit(client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": "'
+        for _ in range(10):
+            yield b"w1 " * 200
+        yield b'"}'
+
+    _check(client.post("/generate", content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+def test_queue_full_is_429(llama_dir: Path) -> None:
+    settings = Settings(
+        base_model=str(llama_dir), max_batch_size=1, max_queued_requests=1, max_new_tokens_limit=400
+    )
+    long = {"inputs": "w1", "parameters": {"max_new_tokens": 400}}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        statuses: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: statuses.append(c.post("/generate", json=long).status_code))
+        ]
+        threads += [
+            threading.Thread(target=lambda: statuses.append(c.post("/generate", json=long).status_code))
+        ]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)  # the first is running, the second waits in the queue
+        _check(c.post("/generate", json=OK), 429, "queue_full")
+        for t in threads:
+            t.join(timeout=60)
+        assert statuses == [200, 200]
+        assert c.post("/generate", json=OK).status_code == 200
+        assert 'swapyard_rejected_requests_total{reason="queue_full"} 1.0' in c.get("/metrics").text
