@@ -22,9 +22,9 @@ import peft
 import torch
 from safetensors.torch import load_file
 
-_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # As a script, this folder (named like the package) must not shadow `adapters_core`: repo root first.
-sys.path[:0] = [os.path.join(_TESTS, ".."), _TESTS]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from tiny_models import BUILDERS, batch, max_abs_diff, perturb_adapter_weights
 
 import adapters_core
