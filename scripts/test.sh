@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
 # The README's test command: make a virtual environment, install Swapyard with its test
-# dependencies (CPU torch unless one is already installed), lint, type-check and run the suite.
+# dependencies (scripts/install.sh: CPU torch unless one is already installed), lint, type-check and run
+# the suite. The Dockerfile installs through the same script, so the image is what this tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SWAPYARD_VENV:-.venv}"
-PY="${PYTHON:-python3}"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-# CPU machines: torch==2.13.0 is the CPU build (from local disk on our CI image). On a GPU machine
-# install the CUDA build first (`pip install torch`); this line then leaves it alone.
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q "torch==${SWAPYARD_TORCH_VERSION:-2.13.0}"
-fi
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+# On a GPU machine install the CUDA build first (`pip install torch`); install.sh then leaves it alone.
+bash scripts/install.sh --venv "$VENV" --extras test
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"

@@ -12,14 +12,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from .auth import require_api_key
 from .deps import AppState
 from .engine import Engine, build_engine
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .routes import classify, generate, openai, ops
+from .middleware import BodyLimitMiddleware, InflightMiddleware, MetricsMiddleware
+from .routes import adapters, classify, generate, openai, ops
 from .settings import Settings
 
 log = logging.getLogger("swapyard.server")
@@ -36,6 +37,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if built is None:
             # Loading takes seconds to minutes: keep it off the event loop.
             built = await asyncio.to_thread(build_engine, settings, metrics)
+        # Validate the operator's adapters and preload the first ones on this loop (it serves their leases).
+        await built.registry.start(settings.preload_adapters)
         built.start()
         state.engine = built
         log.info(
@@ -47,6 +50,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             state.engine = None
             built.draining = True
             await asyncio.to_thread(built.stop)
+            await built.registry.close()
 
     app = FastAPI(
         title="Swapyard",
@@ -57,9 +61,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.swapyard = state
     install_error_handlers(app)
     # Added last = outermost: metrics see every response, including 413s from the body limit.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    # An upload carries two files of up to --max-adapter-bytes each, plus the multipart framing.
+    upload_limit = 2 * settings.max_adapter_bytes + (64 << 10)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_request_bytes,
+        overrides={("POST", "/v1/adapters"): upload_limit},
+    )
+    app.add_middleware(InflightMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    for module in (generate, classify, openai, ops):
-        app.include_router(module.router)
+    inference = [Depends(require_api_key)]
+    for module in (generate, classify, openai):
+        app.include_router(module.router, dependencies=inference)
+    app.include_router(ops.router)
+    app.include_router(adapters.router)  # admin key (its own dependency)
     return app

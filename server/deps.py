@@ -20,6 +20,13 @@ class AppState:
     settings: Settings
     metrics: Metrics
     engine: Engine | None = None
+    draining: bool = False  # SIGTERM: /ready and new requests answer 503 while running ones finish
+    inflight: int = 0  # HTTP requests being answered now (InflightMiddleware)
+
+    def begin_drain(self) -> None:
+        """Stop taking new requests (InflightMiddleware answers 503, /ready too); those already accepted,
+        even if their body is still arriving or their adapter still loading, run to the end."""
+        self.draining = True
 
 
 def get_state(request: Request) -> AppState:
@@ -32,7 +39,8 @@ def get_settings(request: Request) -> Settings:
 
 def get_engine(request: Request) -> Engine:
     """The running engine, or 503 while loading / after shutdown began."""
-    engine = get_state(request).engine
+    state = get_state(request)
+    engine = state.engine
     if engine is None or not engine.running or engine.draining:
         raise NotReadyError("the model is not loaded yet or the server is draining; retry shortly")
     return engine

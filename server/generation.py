@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from .engine import Engine, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
+from .engine.types import release_lease
 from .errors import BadRequestError, InvalidInputError
 from .sampling import SamplingParams
 from .settings import Settings
@@ -70,6 +71,22 @@ def build_request(
     return GenerationRequest(
         input_ids=input_ids, adapter=adapter, sampling=sampling, max_new_tokens=new_tokens, stop=stop
     )
+
+
+async def submit_generate(engine: Engine, request: GenerationRequest) -> RequestHandle:
+    """Take a lease on the request's adapter (waiting for its load if it is not resident), then queue it.
+
+    From here the engine owns the lease and releases it when the row leaves the batch; the request runs on
+    the adapter version that was current now, even if the adapter is re-uploaded meanwhile.
+    """
+    lease = await engine.registry.acquire(request.adapter)
+    if lease is not None:
+        request.adapter, request.lease = lease.adapter_name, lease
+    try:
+        return engine.submit_generate(request, asyncio.get_running_loop())
+    except BaseException:
+        release_lease(lease)  # never queued: nobody else will release it
+        raise
 
 
 @dataclass

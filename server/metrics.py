@@ -1,23 +1,50 @@
 """Prometheus metrics, prefix `swapyard_`, in a registry that belongs to one app (never the global one).
 
 Label sets are bounded: `route` is the route's path template (or "other"), `status` the HTTP status code.
-Adapter names never become labels — a server may hold thousands — only counts of them do.
+A server may hold thousands of adapters, so adapter names become labels only through `AdapterLabels`: the
+first `max_adapter_labels` names seen get their own series, every later one is counted as "(other)".
 """
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Not valid adapter names (those are [A-Za-z0-9._-]), so they never collide with one.
+BASE_LABEL = "(base)"
+OTHER_LABEL = "(other)"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class AdapterLabels:
+    """The bounded `adapter` label: a name's own value for the first `limit` names seen, then "(other)"."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()  # called from the event loop and from the engine thread
+
+    def __call__(self, adapter: str | None) -> str:
+        if adapter is None:
+            return BASE_LABEL
+        name = adapter.partition("@")[0]  # the store keys versions as `name@hash`: count the public name
+        with self._lock:
+            if name not in self._seen and len(self._seen) >= self.limit:
+                return OTHER_LABEL
+            self._seen.add(name)
+        return name
+
+
 class Metrics:
     """All of one server's metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_adapter_labels: int = 64) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.adapter_label = AdapterLabels(max_adapter_labels)
         self.requests = Counter(
             "swapyard_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
@@ -50,11 +77,31 @@ class Metrics:
         self.rejected = Counter(
             "swapyard_rejected_requests", "requests refused before running", ["reason"], registry=r
         )
+        # Per adapter (bounded label set, see AdapterLabels): what the dashboard shows per adapter.
+        self.adapter_requests = Counter(
+            "swapyard_adapter_requests",
+            "requests accepted by the engine, by adapter",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_tokens = Counter(
+            "swapyard_adapter_generated_tokens", "tokens generated, by adapter", ["adapter"], registry=r
+        )
 
     def observe_step(self, adapters: list[str | None]) -> None:
         """One forward over these rows (one adapter name per row)."""
         self.batch_size.observe(len(adapters))
         self.batch_adapters.observe(len(set(adapters)))
+
+    def observe_request(self, adapter: str | None) -> None:
+        """One request accepted for `adapter` (None = the base model)."""
+        self.adapter_requests.labels(self.adapter_label(adapter)).inc()
+
+    def observe_tokens(self, adapters: list[str | None]) -> None:
+        """One token generated per entry of `adapters` (one adapter name per row)."""
+        self.generated_tokens.inc(len(adapters))
+        for adapter in adapters:
+            self.adapter_tokens.labels(self.adapter_label(adapter)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,6 +1,6 @@
-"""Two small ASGI middlewares: the request-body limit (413) and per-route request metrics.
+"""Small ASGI middlewares: the request-body limit (413), the in-flight count (drain) and per-route metrics.
 
-Both are plain ASGI (not BaseHTTPMiddleware) so that streaming responses pass through untouched and a
+All are plain ASGI (not BaseHTTPMiddleware) so that streaming responses pass through untouched and a
 disconnect still reaches the route.
 """
 
@@ -16,6 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .metrics import Metrics
 
 
+async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
+    """A whole JSON error response, straight from the middleware (the connection is closed after it)."""
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+
 def _too_large(limit: int) -> str:
     return f"the request body is larger than {limit} bytes (--max-request-bytes)"
 
@@ -23,26 +30,20 @@ def _too_large(limit: int) -> str:
 class BodyLimitMiddleware:
     """Refuse bodies over `limit` bytes: at once from Content-Length, else while the body streams in."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, overrides: dict[tuple[str, str], int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.overrides = overrides or {}  # (method, path) -> its own limit (adapter uploads are larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get((scope.get("method", ""), scope.get("path", "")), self.limit)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            body = json.dumps({"error": _too_large(self.limit), "error_type": "payload_too_large"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_json(send, 413, {"error": _too_large(limit), "error_type": "payload_too_large"})
             return
         received = 0
 
@@ -51,11 +52,38 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:  # chunked upload without Content-Length
-                    raise StarletteHTTPException(413, _too_large(self.limit))
+                if received > limit:  # chunked upload without Content-Length
+                    raise StarletteHTTPException(413, _too_large(limit))
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+OPERATIONS = ("/health", "/ready", "/metrics")  # answered while draining (probes, scrapers)
+
+
+class InflightMiddleware:
+    """Count the HTTP requests being answered, so that a SIGTERM drain knows when they are all done, and
+    refuse new ones (503) once the drain has begun. A request counts as accepted when it arrives, before
+    its body is read: an upload still streaming in when SIGTERM comes is served to the end."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state  # deps.AppState (its `draining` flag and `inflight` counter)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining and scope.get("path") not in OPERATIONS:
+            message = "the server is shutting down; retry on another replica"
+            await _send_json(send, 503, {"error": message, "error_type": "not_ready"})
+            return
+        self.state.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.inflight -= 1
 
 
 class MetricsMiddleware:

@@ -75,5 +75,10 @@ def load_base(settings: Settings, base_model: str) -> LoadedBase:
     tokenization.add_eos_ids(getattr(config, "eos_token_id", None))
     device = pick_device(settings.device)
     model.to(device)
-    multi = MultiAdapterModel(model, max_adapters=settings.max_adapters)
+    multi = MultiAdapterModel(
+        model,
+        max_adapters=settings.max_adapters,
+        adapter_memory_bytes=settings.adapter_device_bytes,
+        rank_capacity=settings.max_adapter_rank,
+    )
     return LoadedBase(model=multi, kind=kind, tokenization=tokenization, device=device, config=config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Finite numbers only: JSON parsers accept NaN/Infinity literals, which must never reach the sampler.
 _FINITE = ConfigDict(allow_inf_nan=False, extra="forbid")
@@ -174,9 +174,15 @@ class ModelCard(BaseModel):
     type: str = Field(description="'base' or the adapter's PEFT type (LORA, IA3, ...)")
     task_type: str | None = None
     rank: int | None = Field(default=None, description="LoRA-family rank; null for other methods")
-    resident: str = Field(description="where its weights live now: 'cpu', 'cuda:0', ...")
+    resident: str = Field(
+        description="where its weights live now: the device ('cpu', 'cuda:0', ...) when resident there, "
+        "else the store tier: 'host' (RAM), 'disk' or 'source' (not fetched yet)"
+    )
     source: str | None = None
     parent: str | None = Field(default=None, description="the base model, for adapters")
+    tier: str | None = Field(default=None, description="adapter store tier: device, host, disk or source")
+    size_bytes: int | None = Field(default=None, description="the adapter's weights on the device, in bytes")
+    content_hash: str | None = Field(default=None, description="sha256 of config + weights: its version")
 
 
 class ModelList(BaseModel):
@@ -187,3 +193,53 @@ class ModelList(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     error_type: str
+
+
+# -- adapter management (/v1/adapters, admin key) ---------------------------------------------------------
+class AdapterRecord(BaseModel):
+    """One registered adapter: what it is, where it comes from, which version, and where it lives now."""
+
+    name: str
+    method: str | None = Field(description="PEFT type (LORA, IA3, ...); null until first loaded")
+    task_type: str | None = None
+    rank: int | None = Field(description="LoRA-family rank; null for other methods or until loaded")
+    size_bytes: int | None = Field(description="weights on the device, in bytes")
+    source: str = Field(description="'local:<path>', 'hub:<owner/name>[@revision]' or 'upload'")
+    revision: str | None = Field(description="the Hub commit the revision resolved to")
+    content_hash: str | None = Field(description="sha256 of config + weights: the version being served")
+    tier: Literal["device", "host", "disk", "source"]
+    loaded_at: float | None = None
+    hits: int = Field(description="requests that asked for it")
+    leases: int = Field(description="requests holding it right now")
+
+
+class AdapterRecordList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterRecord]
+
+
+class LoadAdapterRequest(BaseModel):
+    """`POST /v1/adapters/{name}/load`: from the Hub (`id`, `revision`) or a path inside the adapter root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["hub", "local"]
+    id: str | None = Field(default=None, min_length=1, description="Hub repo id 'owner/name' (source hub)")
+    path: str | None = Field(
+        default=None, min_length=1, description="path under --adapter-root (source local)"
+    )
+    revision: str | None = Field(default=None, min_length=1, description="Hub branch, tag or commit")
+    subfolder: str | None = Field(default=None, min_length=1, description="folder inside the Hub repo")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> LoadAdapterRequest:
+        if self.source == "hub" and (self.id is None or self.path is not None):
+            raise ValueError("source 'hub' takes `id` (and optionally `revision`, `subfolder`), not `path`")
+        if self.source == "local" and (self.path is None or self.id or self.revision or self.subfolder):
+            raise ValueError("source 'local' takes `path` only")
+        return self
+
+
+class DeletedAdapter(BaseModel):
+    name: str
+    deleted: bool = True

@@ -102,10 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .shutdown import DrainingServer
 
     app = create_app(settings)
     print(f"swapyard: serving {settings.model_name} on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
     )
+    DrainingServer(config, app.state.swapyard, settings.drain_timeout_s).run()
     return 0

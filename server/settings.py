@@ -72,6 +72,47 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(default=4, ge=0, description="stop sequences per request at most")
     max_classify_inputs: int = Field(default=64, ge=1, description="inputs per /classify request at most")
     max_adapters: int = Field(default=32, ge=1, description="adapters resident at once (device slots)")
+    # -- adapter store (server/store): tiers, sources, limits ---------------------------------------
+    adapter_device_bytes: int = Field(
+        default=256 << 20, ge=1, description="device budget for resident adapters, in bytes"
+    )
+    adapter_host_bytes: int = Field(
+        default=1 << 30, ge=1, description="host RAM cache of validated adapters, in bytes (LRU)"
+    )
+    max_adapter_rank: int = Field(default=256, ge=1, description="largest LoRA rank an adapter may have")
+    max_adapter_bytes: int = Field(
+        default=256 << 20, ge=1024, description="largest adapter file (upload or load) in bytes (-> 413)"
+    )
+    adapter_root: str | None = Field(
+        default=None, description="directory that POST /v1/adapters/{name}/load local paths resolve inside"
+    )
+    uploads_dir: str | None = Field(
+        default=None, description="where uploaded adapters are stored (uploads are off without it)"
+    )
+    allow_hub_adapters: bool = Field(
+        default=True, description="allow loading adapters from the Hub by request"
+    )
+    hub_adapter_owners: str | None = Field(
+        default=None, description="comma-separated Hub owners adapters may come from (default: any)"
+    )
+    preload_adapters: int = Field(
+        default=64, ge=0, description="adapters validated and loaded at startup (the rest load on first use)"
+    )
+    adapter_wait_s: float = Field(
+        default=30.0, gt=0, description="how long a request waits for device room for its adapter (-> 503)"
+    )
+    # -- auth and shutdown ---------------------------------------------------------------------------
+    api_key: str | None = Field(
+        default=None, repr=False, description="API key for inference routes (Authorization: Bearer KEY)"
+    )
+    admin_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="admin key for /v1/adapters admin routes (they are off without it)",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long running requests may take to finish"
+    )
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -103,6 +144,12 @@ class Settings(BaseSettings):
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         return self
+
+    def hub_owners(self) -> tuple[str, ...] | None:
+        """`--hub-adapter-owners` as a tuple (None: any owner)."""
+        if self.hub_adapter_owners is None:
+            return None
+        return tuple(o.strip() for o in self.hub_adapter_owners.split(",") if o.strip())
 
     def adapter_pairs(self) -> list[tuple[str, str]]:
         """`--adapter` values as (name, source)."""

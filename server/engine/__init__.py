@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ..adapters import AdapterRegistry
+from ..adapters import AdapterRegistry, store_config
 from ..metrics import Metrics
 from ..modeling import load_base
 from ..settings import Settings
+from ..store import PrometheusStoreMetrics
 from .engine import Engine
 from .types import ClassifyJob, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
 
@@ -39,14 +40,19 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
         base_name = base_name or demo_name
     log.info("loading base model %s", base_model)
     base = load_base(settings, base_model)
+    metrics = metrics or Metrics()
+    # The store registers adapters here; the app's lifespan validates and preloads them (registry.start),
+    # on the event loop that will serve their leases.
     registry = AdapterRegistry(
         base.model,
         base_name=base_name or base_model,
         base_id2label=base.id2label,
         resident=str(base.device),
+        config=store_config(settings),
+        metrics=PrometheusStoreMetrics(metrics.registry),
     )
     for name, source in settings.adapter_pairs():
-        registry.load(name, source, revision=None)
+        registry.load(name, source)
     if adapter_dir:
         registry.load_dir(adapter_dir)
     return Engine(

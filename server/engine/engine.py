@@ -29,9 +29,10 @@ from ..errors import NotReadyError, QueueFullError
 from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import RowSampler, choose_tokens
+from ..store import Lease
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
-from .types import ClassifyJob, ErrorEvent, GenerationRequest, RequestHandle
+from .types import ClassifyJob, ErrorEvent, GenerationRequest, RequestHandle, release_lease
 
 log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
@@ -64,6 +65,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.draining = False
+        # Held for each step: the adapter store changes the model's pools only between steps.
+        self.model_lock = registry.model_lock
         self.started_at = int(time.time())
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -85,15 +88,19 @@ class Engine:
         gone = NotReadyError("the server is shutting down")
         for row in [*self._waiting, *self._batch.rows]:
             row.handle.push(ErrorEvent(gone))
+            release_lease(row.request.lease)
         for job in self._classify:
             job.resolve(gone)
+            release_lease(job.lease)
         self._waiting.clear()
         self._classify.clear()
         self._batch = RunningBatch()
 
     # -- submitting (event loop side) --------------------------------------------------------------------
     def _admit_check(self) -> None:
-        if not self.running or self.draining:
+        # Draining refuses new requests at the HTTP layer (InflightMiddleware); one accepted before it began
+        # (say, waiting for its adapter to load) is still queued and served.
+        if not self.running:
             raise NotReadyError("the engine is not running (starting up or shutting down); retry shortly")
         if len(self._waiting) + len(self._classify) >= self.max_queued_requests:
             self.metrics.rejected.labels("queue_full").inc()
@@ -112,18 +119,24 @@ class Engine:
             self._admit_check()
             self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+            self.metrics.observe_request(request.adapter)
             self._cond.notify()
         return handle
 
     def submit_classify(
-        self, input_ids: list[list[int]], adapter: str | None, loop: asyncio.AbstractEventLoop
+        self,
+        input_ids: list[list[int]],
+        adapter: str | None,
+        loop: asyncio.AbstractEventLoop,
+        lease: Lease | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
         """Queue texts for classification; the future resolves to one logits vector (C,) per text."""
-        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop)
+        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
         with self._cond:
             self._admit_check()
             self._classify.append(job)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+            self.metrics.observe_request(adapter)
             self._cond.notify()
         return job.future
 
@@ -145,17 +158,21 @@ class Engine:
 
     def step(self) -> None:
         """One iteration: schedule -> classify -> forward -> sample -> emit."""
-        admitted, jobs = self._schedule()
-        if jobs:
-            self._run_classify(jobs)
-        logits = self._forward(admitted)
-        if logits is None:
-            return
-        tokens, logprobs = self._sample(logits)
-        self._emit(tokens, logprobs)
+        with self.model_lock:
+            admitted, jobs = self._schedule()
+            if jobs:
+                self._run_classify(jobs)
+            logits = self._forward(admitted)
+            if logits is None:
+                return
+            tokens, logprobs = self._sample(logits)
+            self._emit(tokens, logprobs)
 
     def _schedule(self) -> tuple[list[Row], list[ClassifyJob]]:
         batch = self._batch
+        for row in batch.rows:
+            if row.done:  # it leaves the batch now: its adapter may be unloaded from here on
+                release_lease(row.request.lease)
         batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
         self.metrics.running_rows.set(len(batch))
         admitted: list[Row] = []
@@ -165,6 +182,8 @@ class Engine:
                 row = self._waiting.popleft()
                 if not row.handle.cancelled:
                     admitted.append(row)
+                else:
+                    release_lease(row.request.lease)
             texts = 0
             while self._classify and (
                 not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
@@ -173,6 +192,8 @@ class Engine:
                 if not job.cancelled:
                     jobs.append(job)
                     texts += len(job.input_ids)
+                else:
+                    release_lease(job.lease)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
         return admitted, jobs
 
@@ -225,7 +246,9 @@ class Engine:
             row.handle.push(event)
             if row.finish_reason is not None:
                 row.handle.push(row.finish_event())
-        self.metrics.generated_tokens.inc(len(tokens))
+                # Done: it leaves at the next schedule, before any forward, so its adapter may go now.
+                release_lease(row.request.lease)
+        self.metrics.observe_tokens([row.request.adapter for row in self._batch.rows])
 
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
         ids = [seq for job in jobs for seq in job.input_ids]
@@ -235,6 +258,7 @@ class Engine:
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)
+                release_lease(jobs[0].lease)
                 return
             for job in jobs:  # isolate the job at fault: the others must not fail with it
                 self._run_classify([job])
@@ -244,6 +268,7 @@ class Engine:
         for job in jobs:
             n = len(job.input_ids)
             job.resolve([t.detach().float().cpu() for t in logits[start : start + n]])
+            release_lease(job.lease)
             start += n
 
     @staticmethod
@@ -251,3 +276,4 @@ class Engine:
         for row in rows:
             row.finish_reason = row.finish_reason or "length"  # leaves at the next schedule
             row.handle.push(ErrorEvent(exc))
+            release_lease(row.request.lease)  # failed rows never run again

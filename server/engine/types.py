@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from ..sampling import SamplingParams
+from ..store import Lease
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 _ids = itertools.count()
@@ -32,6 +33,13 @@ class GenerationRequest:
     sampling: SamplingParams
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
+    lease: Lease | None = None  # pins `adapter` (a resident `name@hash` key); the engine releases it
+
+
+def release_lease(lease: Lease | None) -> None:
+    """End a request's adapter lease (idempotent, callable from the engine thread)."""
+    if lease is not None:
+        lease.release()
 
 
 @dataclass
@@ -103,6 +111,7 @@ class ClassifyJob:
     future: asyncio.Future[list[torch.Tensor]]
     loop: asyncio.AbstractEventLoop
     submitted_at: float = field(default_factory=time.perf_counter)
+    lease: Lease | None = None
 
     @property
     def cancelled(self) -> bool:

@@ -8,6 +8,7 @@ import torch
 from fastapi import APIRouter
 
 from ..deps import EngineDep, SettingsDep
+from ..engine.types import release_lease
 from ..errors import InvalidInputError
 from ..generation import check_kind
 from ..schemas import ClassifyRequest, LabelScore
@@ -34,11 +35,19 @@ async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineD
                 f"input {i} has {len(row)} tokens, more than the limit of {settings.max_input_tokens} "
                 "(--max-input-tokens)"
             )
-    logits = await engine.submit_classify(ids, adapter, asyncio.get_running_loop())
+    lease = await engine.registry.acquire(adapter)  # the engine releases it once the job is done
+    key = lease.adapter_name if lease is not None else None
+    id2label = engine.registry.id2label(key)
+    try:
+        future = engine.submit_classify(ids, key, asyncio.get_running_loop(), lease=lease)
+    except BaseException:
+        release_lease(lease)
+        raise
+    logits = await future
     results = []
     for row_logits in logits:
         scores = torch.softmax(row_logits, dim=-1).tolist()
-        labels = engine.registry.labels(adapter, len(scores))
+        labels = engine.registry.labels(id2label, len(scores))
         ranked = sorted(zip(labels, scores), key=lambda pair: -pair[1])
         if body.parameters.top_k is not None:
             ranked = ranked[: body.parameters.top_k]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -12,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
 from ..errors import error_payload
-from ..generation import build_request, run_to_completion, sse, stream_events
+from ..generation import build_request, run_to_completion, sse, stream_events, submit_generate
 from ..sampling import SamplingParams
 from ..schemas import Details, GenerateRequest, GenerateResponse, StreamEvent, TokenInfo
 from ..settings import Settings
@@ -20,7 +19,7 @@ from ..settings import Settings
 router = APIRouter(tags=["generate"])
 
 
-def _submit(body: GenerateRequest, settings: Settings, engine: Engine) -> RequestHandle:
+async def _submit(body: GenerateRequest, settings: Settings, engine: Engine) -> RequestHandle:
     p = body.parameters
     sampling = SamplingParams.from_request(
         do_sample=p.do_sample,
@@ -39,7 +38,7 @@ def _submit(body: GenerateRequest, settings: Settings, engine: Engine) -> Reques
         max_new_tokens=p.max_new_tokens,
         stop=p.stop,
     )
-    return engine.submit_generate(request, asyncio.get_running_loop())
+    return await submit_generate(engine, request)
 
 
 def _token_info(event: TokenEvent) -> TokenInfo:
@@ -58,7 +57,7 @@ def _details(finish: FinishEvent, tokens: list[TokenEvent]) -> Details:
 @router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Generate a continuation of `inputs` with the adapter `parameters.adapter_id` (null = base model)."""
-    handle = _submit(body, settings, engine)
+    handle = await _submit(body, settings, engine)
     done = await run_to_completion(request, handle)
     assert done.finish is not None
     details = _details(done.finish, done.tokens) if body.parameters.details else None
@@ -70,7 +69,7 @@ async def generate_stream(
     body: GenerateRequest, settings: SettingsDep, engine: EngineDep
 ) -> StreamingResponse:
     """Server-Sent Events: one event per token; the last event also carries `generated_text`."""
-    handle = _submit(body, settings, engine)  # errors before the stream starts get their own status
+    handle = await _submit(body, settings, engine)  # errors before the stream starts get their own status
 
     async def events() -> AsyncIterator[bytes]:
         index = 0

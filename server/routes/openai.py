@@ -7,7 +7,6 @@ from the returned text, streamed or not.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -20,7 +19,15 @@ from fastapi.responses import StreamingResponse
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
 from ..errors import InvalidInputError, error_payload
-from ..generation import StopTrimmer, build_request, run_to_completion, sse, stream_events, trim_at_stop
+from ..generation import (
+    StopTrimmer,
+    build_request,
+    run_to_completion,
+    sse,
+    stream_events,
+    submit_generate,
+    trim_at_stop,
+)
 from ..sampling import SamplingParams
 from ..schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from ..settings import Settings
@@ -29,7 +36,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 
 
-def _submit(
+async def _submit(
     body: CompletionRequest | ChatCompletionRequest, input_ids: list[int], settings: Settings, engine: Engine
 ) -> tuple[RequestHandle, list[str]]:
     adapter = engine.registry.resolve_model(body.model)
@@ -55,7 +62,7 @@ def _submit(
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stops,
     )
-    return engine.submit_generate(request, asyncio.get_running_loop()), stops
+    return await submit_generate(engine, request), stops
 
 
 def _usage(finish: FinishEvent) -> dict[str, int]:
@@ -86,7 +93,7 @@ async def _stream(handle: RequestHandle, stops: list[str], chunk: Any) -> AsyncI
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Text completion of `prompt` under adapter `model`."""
-    handle, stops = _submit(body, engine.tok.encode(body.prompt), settings, engine)
+    handle, stops = await _submit(body, engine.tok.encode(body.prompt), settings, engine)
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
 
@@ -108,7 +115,7 @@ async def chat_completions(
 ):
     """Chat completion, the prompt built by the tokenizer's chat template (400 when it has none)."""
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    handle, stops = _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
+    handle, stops = await _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
         first = True
@@ -148,13 +155,16 @@ async def models(engine: EngineDep) -> ModelList:
     cards = [base] + [
         ModelCard(
             id=info.name,
-            created=info.created,
-            type=info.peft_type,
+            created=int(info.loaded_at or engine.started_at),
+            type=info.method or "unknown",  # known once first loaded (adapters register lazily)
             task_type=info.task_type,
             rank=info.rank,
-            resident=info.resident,
+            resident=registry.resident if info.tier == "device" else info.tier,
             source=info.source,
             parent=registry.base_name,
+            tier=info.tier,
+            size_bytes=info.size_bytes,
+            content_hash=info.content_hash,
         )
         for info in registry.infos()
     ]

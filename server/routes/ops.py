@@ -21,7 +21,7 @@ async def health() -> dict[str, str]:
 @router.get("/ready")
 async def ready(state: StateDep) -> JSONResponse:
     engine = state.engine
-    if engine is None or not engine.running or engine.draining:
+    if engine is None or not engine.running or engine.draining or state.draining:
         return error_response(503, "not_ready", "the model is loading or the server is draining")
     return JSONResponse({"status": "ready", "model": engine.registry.base_name, "kind": engine.base.kind})
 

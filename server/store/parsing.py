@@ -44,6 +44,7 @@ class HostAdapter:
     state: dict[str, torch.Tensor]
     content_hash: str
     method: str
+    task_type: str | None
     rank: int | None
     host_bytes: int
     device_bytes: int
@@ -116,6 +117,7 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
         state=state,
         content_hash=parsed.content_hash,
         method=peft_type,
+        task_type=getattr(config.task_type, "value", config.task_type),
         rank=parsed.max_rank or None,  # LoRA-family rank; None for IA3 and prompt methods
         host_bytes=sum(t.numel() * t.element_size() for t in state.values()),
         device_bytes=parsed.nbytes,

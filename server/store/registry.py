@@ -27,6 +27,7 @@ class AdapterRecord:
     generation: int
     content_hash: str | None = None
     method: str | None = None
+    task_type: str | None = None
     rank: int | None = None
     size_bytes: int | None = None
     revision: str | None = None
@@ -43,6 +44,7 @@ class AdapterRecord:
         """Take the facts of a freshly parsed version."""
         self.content_hash = adapter.content_hash
         self.method = adapter.method
+        self.task_type = adapter.task_type
         self.rank = adapter.rank
         self.size_bytes = adapter.device_bytes
         self.revision = adapter.revision or self.source.revision
@@ -56,6 +58,7 @@ class AdapterInfo:
 
     name: str
     method: str | None
+    task_type: str | None
     rank: int | None
     size_bytes: int | None
     source: str
@@ -72,6 +75,7 @@ def snapshot(record: AdapterRecord, *, tier: Tier, leases: int) -> AdapterInfo:
     return AdapterInfo(
         name=record.name,
         method=record.method,
+        task_type=record.task_type,
         rank=record.rank,
         size_bytes=record.size_bytes,
         source=record.source.describe(),

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# THE install steps of Swapyard, shared by scripts/test.sh (and so CI), scripts/serve.sh and the Dockerfile,
+# so that the image is built exactly the way CI installs what it tests.
+#
+#   bash scripts/install.sh [--venv DIR] [--torch cpu|cuda] [--extras LIST]
+#
+# 1. a virtual environment in DIR (default .venv) unless one is there;
+# 2. torch, unless one is already importable (a CUDA build installed by hand is kept): the CPU build by
+#    default, the CUDA build (PyPI's default wheel) with --torch cuda. SWAPYARD_TORCH_INDEX_URL points the
+#    torch step at another index (the Dockerfile's CPU variant uses PyTorch's CPU index);
+# 3. `pip install -e .[LIST]` (LIST: comma-separated extras such as test,ray; empty = none).
+# Every option also reads from the environment: SWAPYARD_VENV, SWAPYARD_TORCH, SWAPYARD_EXTRAS,
+# SWAPYARD_TORCH_VERSION, PYTHON (the interpreter that makes the venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SWAPYARD_VENV:-.venv}"
+TORCH="${SWAPYARD_TORCH:-cpu}"
+EXTRAS="${SWAPYARD_EXTRAS:-}"
+PY="${PYTHON:-python3}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) VENV="$2"; shift 2 ;;
+    --torch) TORCH="$2"; shift 2 ;;
+    --extras) EXTRAS="$2"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (see the header of scripts/install.sh)" >&2; exit 2 ;;
+  esac
+done
+case "$TORCH" in cpu | cuda) ;; *) echo "install.sh: --torch must be cpu or cuda, got '$TORCH'" >&2; exit 2 ;; esac
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q)
+
+# torch first, so that nothing later pulls the multi-GB CUDA wheels onto a CPU machine. On our CI image
+# torch==2.13.0 resolves to the CPU build on local disk; elsewhere set SWAPYARD_TORCH_INDEX_URL (e.g.
+# https://download.pytorch.org/whl/cpu) for the CPU build. On PyPI the plain wheel is the CUDA build.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  TORCH_SPEC="torch==${SWAPYARD_TORCH_VERSION:-2.13.0}"
+  if [ -n "${SWAPYARD_TORCH_INDEX_URL:-}" ]; then
+    "${PIP[@]}" --index-url "$SWAPYARD_TORCH_INDEX_URL" "$TORCH_SPEC"
+  else
+    "${PIP[@]}" "$TORCH_SPEC"
+  fi
+  # The build must be the one asked for: a CPU image with CUDA wheels (or the reverse) fails here, at build.
+  "$VENV/bin/python" -W ignore::UserWarning - "$TORCH" <<'PY'
+import sys
+import torch
+
+want, cuda = sys.argv[1], torch.version.cuda
+if (want == "cuda") != (cuda is not None):
+    sys.exit(f"install.sh: asked for the {want} build of torch, got torch {torch.__version__} (CUDA {cuda})")
+print(f"install.sh: torch {torch.__version__} ({want} build)")
+PY
+fi
+
+TARGET="."
+[ -z "$EXTRAS" ] || TARGET=".[$EXTRAS]"
+"${PIP[@]}" -e "$TARGET"

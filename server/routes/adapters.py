@@ -1,0 +1,92 @@
+"""Adapter management, behind the admin key (server/auth.py): list, inspect, upload, (re)load, delete.
+
+    GET    /v1/adapters                  every registered adapter and its tier
+    GET    /v1/adapters/{name}           one adapter (404 unknown)
+    POST   /v1/adapters                  multipart: name, config (adapter_config.json), weights (safetensors) -> 201
+    POST   /v1/adapters/{name}/load      {"source": "hub"|"local", "id"|"path", "revision"}
+    DELETE /v1/adapters/{name}[?wait=true]   409 while requests use it, unless wait
+
+Uploads and loads are validated completely before they replace anything: a bad file is a 4xx and the
+adapter's current version keeps serving. Re-uploading a name serves the new weights to new requests while
+running ones finish on the old.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+
+from ..auth import require_admin
+from ..deps import EngineDep
+from ..schemas import AdapterRecord, AdapterRecordList, DeletedAdapter, LoadAdapterRequest
+from ..store import AdapterInfo, UploadTooLargeError
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[Depends(require_admin)])
+
+
+def _record(info: AdapterInfo) -> AdapterRecord:
+    return AdapterRecord(**vars(info))
+
+
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    """The file's bytes, refusing more than `limit` without reading them all."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise UploadTooLargeError(
+            f"{upload.filename or 'the file'} is larger than {limit} bytes (--max-adapter-bytes)"
+        )
+    return data
+
+
+@router.get("", response_model=AdapterRecordList)
+async def list_adapters(engine: EngineDep) -> AdapterRecordList:
+    return AdapterRecordList(data=[_record(i) for i in engine.registry.infos()])
+
+
+@router.get("/{name}", response_model=AdapterRecord)
+async def get_adapter(name: str, engine: EngineDep) -> AdapterRecord:
+    info = engine.registry.require(name)
+    assert info is not None
+    return _record(info)
+
+
+@router.post("", response_model=AdapterRecord, status_code=201)
+async def upload_adapter(
+    engine: EngineDep,
+    name: Annotated[str, Form(description="the adapter's name")],
+    config: Annotated[UploadFile, File(description="adapter_config.json")],
+    weights: Annotated[UploadFile, File(description="adapter_model.safetensors")],
+) -> AdapterRecord:
+    """Upload an adapter (PEFT files); 201 with its record once it is validated and stored."""
+    engine.registry.check_name(name)
+    store = engine.registry.store
+    limit = store.config.max_adapter_bytes
+    config_bytes = await _read(config, limit)
+    weights_bytes = await _read(weights, limit)
+    return _record(await store.upload(name, config_bytes, weights_bytes))
+
+
+@router.post("/{name}/load", response_model=AdapterRecord)
+async def load_adapter(name: str, body: LoadAdapterRequest, engine: EngineDep) -> AdapterRecord:
+    """(Re)load `name` from the Hub or the adapter root, validated before it replaces the current version."""
+    engine.registry.check_name(name)
+    store = engine.registry.store
+    if body.source == "hub":
+        assert body.id is not None
+        source = store.policy.hub(body.id, revision=body.revision, subfolder=body.subfolder)
+    else:
+        assert body.path is not None
+        source = store.policy.local_from_request(body.path)
+    return _record(await store.load(name, source))
+
+
+@router.delete("/{name}", response_model=DeletedAdapter)
+async def delete_adapter(
+    name: str,
+    engine: EngineDep,
+    wait: Annotated[bool, Query(description="wait for running requests instead of answering 409")] = False,
+) -> DeletedAdapter:
+    """Unregister and unload `name`: 409 while requests use it, unless `wait=true`."""
+    await engine.registry.store.delete(name, wait=wait)
+    return DeletedAdapter(name=name)

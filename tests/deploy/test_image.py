@@ -1,0 +1,88 @@
+"""The image installs through scripts/install.sh, the script CI's test command runs, so it cannot drift from
+what CI tests; and the Dockerfile keeps its promises (variants, non-root, volumes, /ready healthcheck)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+from deploy_helpers import REPO
+
+from server.settings import Settings, env_name
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            out.append((keyword.upper(), " ".join(args.split())))
+    return out
+
+
+def of(keyword: str) -> list[str]:
+    return [args for k, args in instructions() if k == keyword]
+
+
+def calls_install(script: str) -> bool:
+    return any(re.match(r"^(exec )?bash scripts/install\.sh\b", line.strip()) for line in script.splitlines())
+
+
+def test_image_ci_and_serve_install_through_one_script() -> None:
+    runs = [r for r in of("RUN") if "install.sh" in r]
+    assert len(runs) == 1 and runs[0].startswith("bash scripts/install.sh "), runs
+    argv = shlex.split(runs[0])
+    assert argv[argv.index("--torch") + 1] == "${VARIANT}"
+    assert any(c.split()[0] == "scripts/install.sh" for c in of("COPY"))
+    assert "pip install" not in " ".join(of("RUN")), "the image installs Python packages outside install.sh"
+
+    assert calls_install((REPO / "scripts/test.sh").read_text())
+    assert calls_install((REPO / "scripts/serve.sh").read_text())
+    ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
+    assert "bash scripts/test.sh" in ci  # CI runs the README's test command, which installs as above
+
+
+def test_install_script_is_valid_and_refuses_bad_arguments() -> None:
+    for script in ("install.sh", "test.sh", "serve.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "scripts" / script)], check=True)
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts/install.sh"), "--torch", "tpu"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--torch must be cpu or cuda" in bad.stderr
+
+
+def test_dockerfile_variants_user_volumes_healthcheck_and_settings() -> None:
+    assert "VARIANT=cpu" in of("ARG")
+    stages = {args.split(" AS ")[-1]: args.split(" AS ")[0] for args in of("FROM")}
+    assert {"base-cpu", "base-cuda"} <= stages.keys() and stages["runtime"] == "base-${VARIANT}"
+
+    (user,) = of("USER")
+    assert user not in ("root", "0")
+    volumes = " ".join(of("VOLUME"))
+    assert "/data/cache" in volumes and "/data/adapters" in volumes
+    env = " ".join(of("ENV"))
+    assert "HF_HOME=/data/cache/" in env
+
+    (health,) = of("HEALTHCHECK")
+    assert "/ready" in health and re.search(r"--start-period=\d+", health)
+    (entry,) = of("ENTRYPOINT")
+    assert entry == '["swapyard", "serve"]' and not of("CMD")  # settings come only from SWAPYARD_*
+
+    fields = {env_name(f) for f in Settings.model_fields}
+    set_here = set(re.findall(r"\b(SWAPYARD_[A-Z_]+)=", env)) - {"SWAPYARD_VENV", "SWAPYARD_TORCH_INDEX_URL"}
+    assert set_here <= fields, f"the Dockerfile sets {set_here - fields}, which are not settings"
+
+
+def test_dockerignore_lets_in_what_the_image_copies() -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "**" in ignore  # allow-list: nothing else (venvs, caches, runs) goes into the build context
+    for copy in of("COPY"):
+        source = copy.split()[0]
+        assert f"!{source}" in ignore or f"!{source}/" in ignore, (
+            f"COPY {source} is excluded by .dockerignore"
+        )

@@ -1,0 +1,257 @@
+"""Adapter management over HTTP (the real app in process): upload → generate → re-upload → generate the new
+output; a request running during a re-upload finishes on the version it started with; delete in use → 409
+while the request completes; bad uploads and loads get their 4xx and the server keeps serving."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load, save
+from serve_helpers import prompt, reference_tokens
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adapters_core.multi import MultiAdapterModel
+from server.app import create_app
+from server.settings import Settings
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+NEW = 6
+LIMIT = 1 << 20  # --max-adapter-bytes of these tests (the PEFT files are ~100 KiB)
+
+
+def _files(path: Path) -> tuple[bytes, bytes]:
+    return (path / "adapter_config.json").read_bytes(), (path / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def env(
+    llama_dir: Path, causal_adapters: dict[str, Path], tmp_path_factory
+) -> Iterator[tuple[TestClient, Path]]:
+    root = tmp_path_factory.mktemp("adapter-root")
+    shutil.copytree(causal_adapters["ia3"], root / "sub" / "ia3")
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copytree(causal_adapters["lora4"], outside / "secret")
+    os.symlink(outside / "secret", root / "escape")
+    settings = Settings(
+        base_model=str(llama_dir),
+        admin_key="admin-secret",
+        uploads_dir=str(tmp_path_factory.mktemp("uploads")),
+        adapter_root=str(root),
+        hub_adapter_owners="acme",
+        max_adapter_bytes=LIMIT,
+        max_adapter_rank=8,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client, root
+
+
+@pytest.fixture(scope="module")
+def oracle(llama_dir: Path, causal_adapters: dict[str, Path]) -> tuple[MultiAdapterModel, object]:
+    multi = MultiAdapterModel(AutoModelForCausalLM.from_pretrained(llama_dir))
+    for name in ("lora4", "lora8", "ia3"):
+        multi.add(name, str(causal_adapters[name]))
+    return multi, AutoTokenizer.from_pretrained(llama_dir)
+
+
+def _upload(client: TestClient, name: str, files: tuple[bytes, bytes]):
+    return client.post(
+        "/v1/adapters",
+        data={"name": name},
+        files={
+            "config": ("adapter_config.json", files[0]),
+            "weights": ("adapter_model.safetensors", files[1]),
+        },
+        headers=ADMIN,
+    )
+
+
+def _tokens(client: TestClient, adapter: str, text: str) -> list[int]:
+    body = {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": NEW, "details": True}}
+    response = client.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    return [t["id"] for t in response.json()["details"]["tokens"]]
+
+
+def _in_background(client: TestClient, adapter: str, text: str, out: list) -> threading.Thread:
+    """A /generate in a thread; its response lands in `out` (asserted by the test, not in the thread)."""
+    body = {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": NEW, "details": True}}
+    thread = threading.Thread(target=lambda: out.append(client.post("/generate", json=body)))
+    thread.start()
+    return thread
+
+
+def _ids(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [t["id"] for t in response.json()["details"]["tokens"]]
+
+
+def _expected(oracle, adapter: str, text: str) -> list[int]:
+    multi, tok = oracle
+    return reference_tokens(multi, tok, text, adapter, NEW)[:NEW]
+
+
+def _wait_leases(client: TestClient, name: str, leases: int, responses: list) -> None:
+    for _ in range(500):  # bounded: 5 s
+        got = client.get(f"/v1/adapters/{name}", headers=ADMIN).json()
+        if got.get("leases") == leases:
+            return
+        time.sleep(0.01)
+    done = [(r.status_code, r.text) for r in responses]  # a request that failed never holds a lease
+    raise AssertionError(f"{name} never had {leases} lease(s): {got}; finished requests: {done}")
+
+
+def test_upload_generate_reupload_generate(env, oracle, causal_adapters) -> None:
+    client, _ = env
+    text = prompt(40)
+    first = _upload(client, "swap", _files(causal_adapters["lora4"]))
+    assert first.status_code == 201, first.text
+    assert (
+        first.json()["method"] == "LORA" and first.json()["rank"] == 4 and first.json()["source"] == "upload"
+    )
+    assert _tokens(client, "swap", text) == _expected(oracle, "lora4", text)
+
+    second = _upload(client, "swap", _files(causal_adapters["lora8"]))
+    assert second.status_code == 201 and second.json()["content_hash"] != first.json()["content_hash"]
+    assert _tokens(client, "swap", text) == _expected(oracle, "lora8", text)
+
+    cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
+    assert cards["swap"]["content_hash"] == second.json()["content_hash"]
+    assert (
+        cards["swap"]["tier"] == "device" and cards["swap"]["rank"] == 8 and cards["swap"]["size_bytes"] > 0
+    )
+    listed = {a["name"]: a for a in client.get("/v1/adapters", headers=ADMIN).json()["data"]}
+    assert listed["swap"]["hits"] == 2 and listed["swap"]["leases"] == 0
+
+
+def test_running_request_keeps_its_version_across_a_reupload(env, oracle, causal_adapters) -> None:
+    client, _ = env
+    text = prompt(41)
+    assert _upload(client, "hot", _files(causal_adapters["lora4"])).status_code == 201
+    _tokens(client, "hot", text)  # resident now
+    lock = client.app.state.swapyard.engine.model_lock
+    results: list = []
+    with lock:  # the engine cannot step: the request below is accepted and holds its lease, nothing more
+        running = _in_background(client, "hot", text, results)
+        _wait_leases(client, "hot", 1, results)
+        assert _upload(client, "hot", _files(causal_adapters["lora8"])).status_code == 201
+    running.join(30)
+    assert [_ids(r) for r in results] == [_expected(oracle, "lora4", text)]  # the version it started with
+    assert _tokens(client, "hot", text) == _expected(oracle, "lora8", text)  # new requests: the new one
+    engine = client.app.state.swapyard.engine
+    for _ in range(200):  # the old version unloads once its last lease ends (device thread)
+        if not [k for k in engine.model.adapters if k.startswith("hot@")][1:]:
+            break
+        time.sleep(0.01)
+    assert len([k for k in engine.model.adapters if k.startswith("hot@")]) == 1
+
+
+def test_delete_in_use_is_409_and_the_request_completes(env, oracle, causal_adapters) -> None:
+    client, _ = env
+    text = prompt(42)
+    assert _upload(client, "busy", _files(causal_adapters["lora4"])).status_code == 201
+    _tokens(client, "busy", text)
+    lock = client.app.state.swapyard.engine.model_lock
+    results: list = []
+    deleted: list[int] = []
+    with lock:
+        running = _in_background(client, "busy", text, results)
+        _wait_leases(client, "busy", 1, results)
+        conflict = client.delete("/v1/adapters/busy", headers=ADMIN)
+        assert conflict.status_code == 409 and conflict.json()["error_type"] == "conflict"
+        waiting = threading.Thread(
+            target=lambda: deleted.append(
+                client.delete("/v1/adapters/busy?wait=true", headers=ADMIN).status_code
+            )
+        )
+        waiting.start()
+        time.sleep(0.2)
+        assert waiting.is_alive()  # waits for the running request
+    running.join(30)
+    waiting.join(30)
+    assert [_ids(r) for r in results] == [_expected(oracle, "lora4", text)] and deleted == [200]
+    assert client.get("/v1/adapters/busy", headers=ADMIN).status_code == 404
+    gone = client.post("/generate", json={"inputs": text, "parameters": {"adapter_id": "busy"}})
+    assert gone.status_code == 404  # never answered by the base model
+
+
+def _pickled(files: tuple[bytes, bytes]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(load(files[1]), buf)
+    return buf.getvalue()
+
+
+def _nan(files: tuple[bytes, bytes]) -> bytes:
+    state = load(files[1])
+    next(iter(state.values())).fill_(float("nan"))
+    return save(state)
+
+
+def _wrong_base(files: tuple[bytes, bytes]) -> bytes:
+    return save({k: v[:, :-1].contiguous() if "lora_A" in k else v for k, v in load(files[1]).items()})
+
+
+BAD = {
+    "pickle": (lambda f: f[0], _pickled, 422),
+    "corrupt": (lambda f: f[0], lambda f: f[1][: len(f[1]) // 2], 422),
+    "nan": (lambda f: f[0], _nan, 422),
+    "wrong_base": (lambda f: f[0], _wrong_base, 422),
+    "bad_config": (lambda f: b"{oops", lambda f: f[1], 422),
+    "oversized": (lambda f: f[0], lambda f: b"\0" * (LIMIT + 1), 413),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_uploads_are_refused_and_serving_goes_on(env, oracle, causal_adapters, case) -> None:
+    client, _ = env
+    files = _files(causal_adapters["lora4"])
+    config, weights, status = BAD[case]
+    response = _upload(client, f"bad-{case}", (config(files), weights(files)))
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "error_type"}
+    assert client.get(f"/v1/adapters/bad-{case}", headers=ADMIN).status_code == 404
+    text = prompt(43)
+    assert _upload(client, "fine", files).status_code == 201
+    assert _tokens(client, "fine", text) == _expected(oracle, "lora4", text)
+
+
+def test_upload_name_rules(env, causal_adapters, llama_dir) -> None:
+    client, _ = env
+    files = _files(causal_adapters["lora4"])
+    for name in ("../evil", "a/b", ".hidden", "x@y"):
+        response = _upload(client, name, files)
+        assert response.status_code in (400, 404), (name, response.text)  # 404: a '/' routes elsewhere
+    assert _upload(client, str(llama_dir), files).status_code in (400, 409)
+    high_rank = _upload(client, "rank16", _files(causal_adapters["lora8"]))
+    assert high_rank.status_code == 201  # rank 8 == the maximum here
+
+
+def test_load_from_the_adapter_root_and_the_hub_policy(env, oracle) -> None:
+    client, _ = env
+    ok = client.post("/v1/adapters/rooted/load", json={"source": "local", "path": "sub/ia3"}, headers=ADMIN)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["source"] == "local:sub/ia3" and ok.json()["method"] == "IA3"
+    text = prompt(44)
+    assert _tokens(client, "rooted", text) == _expected(oracle, "ia3", text)
+    cases = [
+        ({"source": "local", "path": "../outside"}, 400),
+        ({"source": "local", "path": "/etc"}, 400),
+        ({"source": "local", "path": "escape"}, 403),
+        ({"source": "local", "path": "nope"}, 404),
+        ({"source": "hub", "id": "evil/adapter"}, 403),
+        ({"source": "hub", "id": "acme/adapter"}, 404),  # offline, not in the HF cache
+        ({"source": "hub", "path": "x"}, 422),
+        ({"source": "ftp", "id": "x"}, 422),
+    ]
+    for body, status in cases:
+        response = client.post("/v1/adapters/other/load", json=body, headers=ADMIN)
+        assert response.status_code == status, (body, response.text)
+    assert client.delete("/v1/adapters/never-was", headers=ADMIN).status_code == 404

@@ -1,0 +1,180 @@
+"""Every bad adapter is refused with its own error class (and HTTP status), before anything is visible, and
+every other adapter keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+from safetensors.torch import save
+from store_fixtures import Reference, forward, ia3_files, lora_files, make_store, run, write_adapter
+from tiny_models import tiny_llama
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from adapters_core.errors import (
+    AdapterConfigError,
+    AdapterShapeError,
+    AdapterWeightsError,
+    NoTargetModulesError,
+    UnsafeFormatError,
+)
+from server.errors import status_of
+from server.store import PrometheusStoreMetrics, RankTooLargeError, UploadTooLargeError
+
+BASE = tiny_llama(0)
+GOOD = lora_files(BASE, 1)
+
+
+def _other_base() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _pickled() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(4, 64)}, buf)
+    return buf.getvalue()
+
+
+def _nan() -> bytes:
+    from safetensors.torch import load
+
+    state = load(GOOD[1])
+    next(iter(state.values()))[0, 0] = float("nan")
+    return save(state)
+
+
+def _no_targets() -> bytes:
+    key = "base_model.model.transformer.h.0.attn.c_attn"  # GPT-2 module names on a llama
+    return save({f"{key}.lora_A.weight": torch.ones(4, 64), f"{key}.lora_B.weight": torch.ones(192, 4)})
+
+
+BAD_UPLOADS = {
+    "pickle": (GOOD[0], _pickled, UnsafeFormatError, 422, "pickle"),
+    "corrupt": (GOOD[0], lambda: GOOD[1][:-7], AdapterWeightsError, 422, "weights"),
+    "garbage": (GOOD[0], lambda: b"\x00" * 64, AdapterWeightsError, 422, "weights"),
+    "nan": (GOOD[0], _nan, AdapterWeightsError, 422, "weights"),
+    "wrong_base": (
+        lora_files(_other_base(), 1)[0],
+        lambda: lora_files(_other_base(), 1)[1],
+        AdapterShapeError,
+        422,
+        "shape",
+    ),
+    "rank": (
+        lora_files(BASE, 2, rank=32)[0],
+        lambda: lora_files(BASE, 2, rank=32)[1],
+        RankTooLargeError,
+        422,
+        "rank",
+    ),
+    "no_targets": (GOOD[0], _no_targets, NoTargetModulesError, 422, "no_target_modules"),
+    "bad_json": (b"{not json", lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "not_utf8": (b"\xff\xfe{}", lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "no_peft_type": (json.dumps({"r": 4}).encode(), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "unknown_type": (
+        json.dumps({"peft_type": "LOHA"}).encode(),
+        lambda: GOOD[1],
+        AdapterConfigError,
+        422,
+        "config",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+def test_bad_upload_is_refused_and_the_current_version_keeps_serving(tmp_path, case: str) -> None:
+    config, weights, error, status, reason = BAD_UPLOADS[case]
+    registry = CollectorRegistry()
+    store = make_store(str(tmp_path), metrics=PrometheusStoreMetrics(registry))
+    ref = Reference()
+
+    async def scenario() -> None:
+        good = await store.upload("a", *GOOD)
+        with pytest.raises(error) as info:
+            await store.upload("a", config, weights())
+        assert status_of(info.value)[0] == status
+        assert store.get("a").content_hash == good.content_hash
+        async with store.acquire("a") as lease:
+            out = forward(store.model, store.model_lock, [lease.adapter_name])[0]
+            assert torch.equal(out, ref.logits(GOOD))
+        with pytest.raises(error):
+            await store.upload("fresh", config, weights())
+        assert "fresh" not in store.registry
+        assert not os.path.lexists(tmp_path / "uploads" / "fresh")
+        assert os.listdir(tmp_path / "uploads" / "versions") == [lease.adapter_name]
+        await store.close()
+
+    run(scenario())
+    assert registry.get_sample_value("swapyard_adapter_load_failures_total", {"reason": reason}) == 2
+
+
+def test_oversized_upload_is_413_before_parsing(tmp_path) -> None:
+    store = make_store(str(tmp_path), max_adapter_bytes=1000)
+
+    async def scenario() -> None:
+        with pytest.raises(UploadTooLargeError) as info:
+            await store.upload("big", *GOOD)
+        assert status_of(info.value)[0] == 413
+        assert "big" not in store.registry
+        await store.close()
+
+    run(scenario())
+
+
+def test_bad_local_adapters_fail_their_requests_only(tmp_path) -> None:
+    store = make_store(str(tmp_path))
+    roots = tmp_path / "adapters"
+    write_adapter(str(roots / "good"), ia3_files(BASE, 3))
+    os.makedirs(roots / "pkl")
+    (roots / "pkl" / "adapter_config.json").write_bytes(GOOD[0])
+    (roots / "pkl" / "adapter_model.bin").write_bytes(_pickled())
+    write_adapter(str(roots / "nan"), (GOOD[0], _nan()))
+    write_adapter(str(roots / "big"), lora_files(BASE, 4, rank=32))
+    for name in ("good", "pkl", "nan", "big"):
+        store.register(name, store.policy.local_from_request(name))
+    ref = Reference()
+
+    async def scenario() -> None:
+        good = await store.acquire("good")
+        for name, error in (
+            ("pkl", UnsafeFormatError),
+            ("nan", AdapterWeightsError),
+            ("big", RankTooLargeError),
+        ):
+            results = await asyncio.gather(*(store.acquire(name) for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(r, error) for r in results), results
+            assert store.get(name).tier == "disk"
+        out = forward(store.model, store.model_lock, [good.adapter_name])[0]
+        assert torch.equal(out, ref.logits(ia3_files(BASE, 3)))
+        good.release()
+        assert list(store.model.adapters) == [good.adapter_name]
+        await store.close()
+
+    run(scenario())
+
+
+def test_oversized_local_file_is_413(tmp_path) -> None:
+    store = make_store(str(tmp_path), max_adapter_bytes=1000)
+    write_adapter(str(tmp_path / "adapters" / "big"), GOOD)
+    store.register("big", store.policy.local_from_request("big"))
+
+    async def scenario() -> None:
+        with pytest.raises(UploadTooLargeError):
+            await store.acquire("big")
+        await store.close()
+
+    run(scenario())
