@@ -129,10 +129,9 @@ def _apply_row_major(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> b
         else torch.bmm(xs.float(), a.float().transpose(1, 2))
     )
     u = u.to(w.dtype).float() * mult[:, None, :]  # (B, L, Rmax)
-    d = torch.bmm(u, bt.float())  # (B, L, H_out)
-    y3 = y.view(n_rows, length, -1)
+    y3 = y.view(n_rows, length, -1)  # (B, L, H_out)
     if y.dtype == torch.float32:
-        y3.add_(d)
+        y3.baddbmm_(u, bt.float())  # y += u @ Bᵀ in one pass over y (no (B, L, H_out) temporary)
     else:
-        y3.copy_((y3.float() + d).to(y.dtype))
+        y3.copy_(torch.baddbmm(y3.float(), u, bt.float()).to(y.dtype))
     return True
