@@ -153,6 +153,11 @@ class MultiAdapterModel(nn.Module):
         state = load_adapter_weights(path, allow_pickle=kwargs.get("allow_pickle", False), **hub)
         return config, state, path
 
+    def parse(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
+        """Check an adapter (PEFT keys) against this base and normalise it, without loading it: exactly the
+        validation `add` runs first (a store validates uploads with it before they become visible)."""
+        return parse_adapter(config, state, self._base_modules)
+
     def add(self, name: str, source: AdapterSource, **kwargs: Any) -> LoadedAdapter:
         """Load an adapter under `name` from a local directory, a Hub id (kwargs: revision, subfolder,
         cache_dir, token, allow_pickle), an `AdapterModel` (its active adapter) or a `(config, state_dict)`
@@ -160,7 +165,7 @@ class MultiAdapterModel(nn.Module):
         if name in self._adapters:
             raise AdapterLoadError(f"an adapter named {name!r} is already loaded; remove it first.")
         config, state, where = self._read(source, **kwargs)
-        parsed = parse_adapter(config, state, self._base_modules)
+        parsed = self.parse(config, state)
         slot = self._free_slot()
         touched: list[_MultiBase] = []
         try:

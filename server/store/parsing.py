@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from adapters_core.config import AdapterConfig
 from adapters_core.errors import AdapterConfigError, AdapterWeightsError, UnsafeFormatError
 from adapters_core.multi.model import MultiAdapterModel
-from adapters_core.multi.parsed import ParsedAdapter, parse_adapter
+from adapters_core.multi.parsed import ParsedAdapter
 from adapters_core.weights_io import check_finite
 
 from .errors import RankTooLargeError
@@ -62,14 +62,7 @@ def resident_key(name: str, content_hash: str) -> str:
 
 def model_validator(model: MultiAdapterModel) -> Validator:
     """The validator of a MultiAdapterModel: exactly the parse `model.add` runs, without touching the model."""
-    # MultiAdapterModel keeps the unwrapped modules that its parser checks against; there is no public
-    # accessor yet, and re-deriving them from the wrapped tree would risk diverging from what `add` checks.
-    base_modules = model._base_modules
-
-    def validate(config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
-        return parse_adapter(config, state, base_modules)
-
-    return validate
+    return model.parse
 
 
 def parse_config(data: bytes, origin: str) -> AdapterConfig:
