@@ -126,6 +126,22 @@ class TunerLayer(nn.Module):
     def unmerge(self) -> None:
         raise NotImplementedError
 
+    def adapters_bypassed(self) -> bool:
+        """True when the forward is the base layer alone: adapters disabled (a merged layer is unmerged
+        first, as PEFT does) or already merged into the weights."""
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        return self.disable_adapters or self.merged
+
+    @staticmethod
+    def checked_merge(new_weight: torch.Tensor, adapter_name: str, safe_merge: bool) -> torch.Tensor:
+        """`new_weight`, after PEFT's `safe_merge` check (NaN/Inf -> ValueError naming the adapter)."""
+        if safe_merge and not bool(torch.isfinite(new_weight).all()):
+            raise ValueError(
+                f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken"
+            )
+        return new_weight
+
     def adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
         """The adapters of `adapter_names` (default: the active ones) that are present and not merged yet."""
         names = self.active_adapters if adapter_names is None else adapter_names

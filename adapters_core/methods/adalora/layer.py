@@ -91,12 +91,9 @@ class SVDLinear(TunerLayer):
         return delta * self.scaling[adapter_name] / (self.ranknum[adapter_name] + 1e-5)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
+        bypassed = self.adapters_bypassed()  # first: a disabled merged layer unmerges before running
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if bypassed:
             return result
         for name in self.active_adapters:
             if name not in self.lora_A:
@@ -111,10 +108,7 @@ class SVDLinear(TunerLayer):
         for name in self.adapters_to_merge(adapter_names):
             weight = self.base_layer.weight
             new_weight = weight.data + self.get_delta_weight(name).to(weight.dtype)
-            if safe_merge and not bool(torch.isfinite(new_weight).all()):
-                raise ValueError(
-                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                )
+            new_weight = self.checked_merge(new_weight, name, safe_merge)
             weight.data = new_weight
             self.merged_adapters.append(name)
 

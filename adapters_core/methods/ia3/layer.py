@@ -42,11 +42,7 @@ class Linear(TunerLayer):
         return (("out_features", self.out_features), ("vector", 1))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if self.adapters_bypassed():
             return self.base_layer(x, *args, **kwargs)
         dtype = previous_dtype = x.dtype
         scale: torch.Tensor | float = 1.0
@@ -68,10 +64,7 @@ class Linear(TunerLayer):
         for name in self.adapters_to_merge(adapter_names):
             base = self.base_layer
             new_weight = base.weight.data * self._weight_scale(name)
-            if safe_merge and not bool(torch.isfinite(new_weight).all()):
-                raise ValueError(
-                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                )
+            new_weight = self.checked_merge(new_weight, name, safe_merge)
             base.weight.data = new_weight.to(base.weight.dtype)
             if not self.is_feedforward and base.bias is not None:
                 base.bias.data = (base.bias.data * self.ia3_l[name].reshape(base.bias.shape)).to(

@@ -91,12 +91,9 @@ class Embedding(LoraLayer):
         return (b @ a).T * self.scaling[adapter_name]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
+        bypassed = self.adapters_bypassed()  # first: a disabled merged layer unmerges before running
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if bypassed:
             return result
         result_dtype = result.dtype
         embed_scale = self._embed_scale()
@@ -129,10 +126,7 @@ class Embedding(LoraLayer):
                 new_weight = (dora.weight / norm).view(1, -1) * (weight.data + delta)
             else:
                 new_weight = weight.data + delta
-            if safe_merge and not bool(torch.isfinite(new_weight).all()):
-                raise ValueError(
-                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                )
+            new_weight = self.checked_merge(new_weight, name, safe_merge)
             weight.data = new_weight.to(weight.dtype)
             self.merged_adapters.append(name)
 

@@ -151,12 +151,9 @@ class Linear(LoraLayer):
         return delta.to(a.dtype) if half else delta
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
+        bypassed = self.adapters_bypassed()  # first: a disabled merged layer unmerges before running
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if bypassed:
             return result
         result_dtype = result.dtype
         for name in self.active_adapters:
@@ -197,10 +194,7 @@ class Linear(LoraLayer):
                         "cannot merge LoRA with lora_bias=True into a base layer without bias."
                     )
                 new_bias = base.bias.data + self.lora_B[name].bias * self.scaling[name]
-            if safe_merge and not bool(torch.isfinite(new_weight).all()):
-                raise ValueError(
-                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                )
+            new_weight = self.checked_merge(new_weight, name, safe_merge)
             weight.data = new_weight.to(weight.dtype)
             if new_bias is not None:
                 base.bias.data = new_bias.to(base.bias.dtype)
