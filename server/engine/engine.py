@@ -162,7 +162,14 @@ class Engine:
             admitted, jobs = self._schedule()
             if jobs:
                 self._run_classify(jobs)
-            logits = self._forward(admitted)
+            try:
+                logits = self._forward(admitted)
+            except Exception as exc:
+                # Rows admitted this step but not yet in the batch would otherwise be lost: fail them
+                # too (the caller fails the batch's rows).
+                in_batch = {id(row) for row in self._batch.rows}
+                self._fail([row for row in admitted if id(row) not in in_batch], exc)
+                raise
             if logits is None:
                 return
             tokens, logprobs = self._sample(logits)
