@@ -10,6 +10,7 @@ bash scripts/install.sh --venv "$VENV" --extras test
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache  # the layering of ../shared/DESIGN.md (.importlinter)
 export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
 export HF_HUB_OFFLINE=1
 exec "$VENV/bin/python" -m pytest -n "${SWAPYARD_TEST_WORKERS:-2}" "$@"
