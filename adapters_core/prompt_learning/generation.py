@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -30,6 +30,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from ..errors import UnsupportedError
 
 
 @dataclass
@@ -57,14 +59,59 @@ _KNOWN = {
     "generation_config",
     "num_beams",
 }
+# Settings that change nothing here: token ids this loop does not read, and output flags at their defaults.
+_INERT = {"bos_token_id", "decoder_start_token_id", "use_cache", "_from_model_config", "transformers_version"}
+# transformers' `generate` arguments that are not GenerationConfig fields.
+_GENERATE_ARGS = {
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "synced_gpus",
+    "assistant_model",
+    "streamer",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "custom_generate",
+    "use_model_defaults",
+    "tokenizer",
+    "assistant_tokenizer",
+}
+
+
+def _unsupported(names: list[str], where: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"generate() with a prompt-learning or LLaMA-Adapter adapter does not support {names} ({where}); Swapyard "
+        f"decodes greedily or by sampling with {sorted(_KNOWN - {'generation_config', 'use_cache'})}. Drop those "
+        "options (for beam search: num_beams=1)."
+    )
+
+
+def check_supported(kwargs: dict[str, Any], cfg: Any) -> None:
+    """Refuse, by name, every transformers generation option this loop would otherwise ignore."""
+    defaults = GenerationConfig().to_dict()
+    fields = set(defaults)
+    unknown = sorted(set(kwargs) - _KNOWN - fields - _GENERATE_ARGS)
+    if unknown:
+        raise TypeError(f"generate() got unexpected arguments {unknown}; supported: {sorted(_KNOWN)}.")
+    passed = sorted(
+        k for k in set(kwargs) - _KNOWN if kwargs[k] not in (None, False) and kwargs[k] != defaults.get(k)
+    )
+    if passed:
+        raise _unsupported(passed, "arguments")
+    if cfg is not None:
+        changed = sorted(
+            k
+            for k, v in cfg.to_dict().items()
+            if k in fields and k not in _KNOWN | _INERT and v not in (None, False) and v != defaults.get(k)
+        )
+        if changed:
+            raise _unsupported(changed, "set in generation_config")
 
 
 def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> DecodeOptions:
     """Resolve generation settings: explicit kwargs, else `generation_config` (the model's by default)."""
-    unknown = sorted(set(kwargs) - _KNOWN)
-    if unknown:
-        raise TypeError(f"generate() got unsupported arguments {unknown}; supported: {sorted(_KNOWN)}.")
     cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    check_supported(kwargs, cfg)
 
     def opt(name: str, default: Any = None) -> Any:
         if kwargs.get(name) is not None:
@@ -73,7 +120,7 @@ def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> Dec
         return default if value is None else value
 
     if opt("num_beams", 1) != 1:
-        raise NotImplementedError("beam search is not supported for adapters here; use num_beams=1.")
+        raise _unsupported([f"num_beams={opt('num_beams')}"], "beam search")
     max_new = opt("max_new_tokens")
     if max_new is None:
         max_new = max(opt("max_length", 20) - input_length, 0)
