@@ -50,7 +50,8 @@ def train_one_step(model: Any, batch: dict[str, torch.Tensor]) -> float:
 
 def saved_files(directory: str) -> dict[str, Any]:
     """What save_pretrained wrote: file names, adapter_config.json, the tensors."""
-    config = json.load(open(os.path.join(directory, "adapter_config.json")))
+    with open(os.path.join(directory, "adapter_config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
     return {
         "files": sorted(os.listdir(directory)),
         "config": config,
