@@ -37,7 +37,7 @@ from .auto import (
 )
 from .config import AdapterConfig, PeftType, TaskType
 from .errors import AdapterConfigError, UnsupportedError
-from .peft_names import DEFAULT_ADAPTER_NAME
+from .peft_names import DEFAULT_ADAPTER_NAME, INJECTED_PREFIX
 from .peft_options import embedding_layers_state
 from .prompt_learning.config import PromptLearningConfig
 from .registry import get_method
@@ -70,15 +70,18 @@ def get_peft_config(config_dict: dict[str, Any]) -> AdapterConfig:
     return AdapterConfig.from_dict(config_dict)
 
 
-def _tuner(model: nn.Module) -> Any:
-    """The tuner behind an `AdapterModel`, a tuner itself, or a model from `inject_adapter_in_model`."""
+def _tuner(model: nn.Module) -> tuple[Any, bool]:
+    """(tuner, plain) behind an `AdapterModel`, a tuner, or a model from `inject_adapter_in_model`.
+
+    `plain` is True for the injected transformers model: its keys, as in PEFT, lack the `base_model.model.` prefix.
+    """
     if isinstance(model, AdapterModel):
-        return model.base_model
+        return model.base_model, False
     tuner = model.__dict__.get(_TUNER_ATTRIBUTE)
     if tuner is not None:
-        return tuner
+        return tuner, True
     if hasattr(model, "state_dict_to_save") and hasattr(model, "peft_config"):
-        return model
+        return model, False
     raise AdapterConfigError(
         f"{type(model).__name__} holds no Swapyard adapter; pass the model returned by get_peft_model, "
         "PeftModel.from_pretrained or inject_adapter_in_model."
@@ -106,7 +109,9 @@ def get_peft_model_state_dict(
         raise UnsupportedError(
             "save_embedding_layers other than 'auto' needs the PeftModel (get_peft_model)."
         )
-    return dict(_tuner(model).state_dict_to_save(adapter_name))
+    tuner, plain = _tuner(model)
+    state = tuner.state_dict_to_save(adapter_name)
+    return {k.removeprefix(INJECTED_PREFIX): v for k, v in state.items()} if plain else dict(state)
 
 
 def set_peft_model_state_dict(
@@ -126,7 +131,11 @@ def set_peft_model_state_dict(
         raise UnsupportedError(
             "ignore_mismatched_sizes=True is not implemented: a misfit tensor is an error."
         )
-    _tuner(model).load_state_dict_from_file(adapter_name, dict(peft_model_state_dict))
+    tuner, plain = _tuner(model)
+    state = (
+        {INJECTED_PREFIX + k: v for k, v in peft_model_state_dict.items()} if plain else peft_model_state_dict
+    )
+    tuner.load_state_dict_from_file(adapter_name, dict(state))
     return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
 
