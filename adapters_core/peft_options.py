@@ -92,15 +92,15 @@ def keep_adapter_dtype(tuner: Any, adapter_name: str) -> None:
 
 
 def _embedding_paths(model: nn.Module) -> list[str]:
-    """PEFT's embedding module names: input/output embeddings, or their `base_layer` when adapted."""
+    """PEFT's embedding module names: when an embedding is adapted, only the adapted ones' `base_layer`;
+    otherwise the input and output embeddings themselves."""
     get_in = getattr(model, "get_input_embeddings", None)
     get_out = getattr(model, "get_output_embeddings", None)
-    layers = [f() for f in (get_in, get_out) if callable(f)]
+    layers = [layer for layer in (f() for f in (get_in, get_out) if callable(f)) if layer is not None]
+    if any(isinstance(layer, TunerLayer) for layer in layers):
+        layers = [layer.base_layer for layer in layers if isinstance(layer, TunerLayer)]
     paths = []
-    for layer in layers:
-        if layer is None:
-            continue
-        wanted = layer.base_layer if isinstance(layer, TunerLayer) else layer
+    for wanted in layers:
         for name, module in model.named_modules():
             if module is wanted:
                 paths.append(name)

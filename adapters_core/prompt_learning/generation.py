@@ -61,6 +61,22 @@ _KNOWN = {
 }
 # Settings that change nothing here: token ids this loop does not read, and output flags at their defaults.
 _INERT = {"bos_token_id", "decoder_start_token_id", "use_cache", "_from_model_config", "transformers_version"}
+# transformers 5 stores None for unset options; these values mean the same (they change nothing).
+_NEUTRAL: dict[str, Any] = {
+    "num_return_sequences": 1,
+    "num_beam_groups": 1,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "diversity_penalty": 0.0,
+    "encoder_repetition_penalty": 1.0,
+    "guidance_scale": 1.0,
+}
 # transformers' `generate` arguments that are not GenerationConfig fields.
 _GENERATE_ARGS = {
     "logits_processor",
@@ -86,6 +102,10 @@ def _unsupported(names: list[str], where: str) -> UnsupportedError:
     )
 
 
+def _neutral(name: str, value: Any, defaults: dict[str, Any]) -> bool:
+    return value is None or value is False or value == defaults.get(name) or value == _NEUTRAL.get(name)
+
+
 def check_supported(kwargs: dict[str, Any], cfg: Any) -> None:
     """Refuse, by name, every transformers generation option this loop would otherwise ignore."""
     defaults = GenerationConfig().to_dict()
@@ -93,16 +113,14 @@ def check_supported(kwargs: dict[str, Any], cfg: Any) -> None:
     unknown = sorted(set(kwargs) - _KNOWN - fields - _GENERATE_ARGS)
     if unknown:
         raise TypeError(f"generate() got unexpected arguments {unknown}; supported: {sorted(_KNOWN)}.")
-    passed = sorted(
-        k for k in set(kwargs) - _KNOWN if kwargs[k] not in (None, False) and kwargs[k] != defaults.get(k)
-    )
+    passed = sorted(k for k in set(kwargs) - _KNOWN if not _neutral(k, kwargs[k], defaults))
     if passed:
         raise _unsupported(passed, "arguments")
     if cfg is not None:
         changed = sorted(
             k
             for k, v in cfg.to_dict().items()
-            if k in fields and k not in _KNOWN | _INERT and v not in (None, False) and v != defaults.get(k)
+            if k in fields and k not in _KNOWN | _INERT and not _neutral(k, v, defaults)
         )
         if changed:
             raise _unsupported(changed, "set in generation_config")
