@@ -44,7 +44,7 @@ def pair(peft_dir: str):
     theirs = peft.PeftModel.from_pretrained(tiny_llama(), peft_dir).eval()
     theirs.load_adapter(peft_dir, "other", subfolder="other")
     ours = PeftModel.from_pretrained(tiny_llama(), peft_dir, torch_device="cpu", low_cpu_mem_usage=True)
-    ours.load_adapter(peft_dir, "other", subfolder="other", revision=None, token=None)
+    ours.load_adapter(peft_dir, "other", subfolder="other", revision=None, token=None, use_auth_token=None)
     return theirs, ours
 
 

@@ -285,3 +285,14 @@ def test_signature_is_peft(ours, theirs) -> None:
 def test_active_adapters_is_a_property_like_peft() -> None:
     assert isinstance(inspect.getattr_static(adapters_core.PeftModel, "active_adapters"), property)
     assert os.path.basename(inspect.getfile(adapters_core.PeftModel)) == "adapter_model.py"
+
+
+def test_peft_options_swapyard_does_not_implement_raise_by_name() -> None:
+    _, prompt = both("prompt")
+    with pytest.raises(adapters_core.UnsupportedError, match="task_ids"):
+        prompt.get_prompt(batch_size=1, task_ids=torch.zeros(1, dtype=torch.long))
+    _, lora = both("lora")
+    with pytest.raises(adapters_core.UnsupportedError, match="state_dict"):
+        adapters_core.get_peft_model_state_dict(lora, state_dict=lora.state_dict())
+    with pytest.raises(adapters_core.UnsupportedError, match="ignore_mismatched_sizes"):
+        adapters_core.set_peft_model_state_dict(lora, {}, ignore_mismatched_sizes=True)
