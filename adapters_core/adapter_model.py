@@ -6,7 +6,9 @@ task type's config rules, saves in PEFT's layout and forwards everything else. M
 combination are optional tuner capabilities: methods without them raise `UnsupportedError`.
 
 The module layout mirrors PEFT (`base_model` is the tuner, `base_model.model` the transformers model), so
-parameter names, parameter counts and `print_trainable_parameters` come out exactly as PEFT's.
+parameter names, parameter counts and `print_trainable_parameters` come out exactly as PEFT's. Signatures are
+PEFT's too (`PeftModel` is this class, see peft_api.py): PEFT's keywords either do what they do in PEFT
+(peft_options.py) or raise naming themselves. Files, model card and `push_to_hub` live in publish.py.
 """
 
 from __future__ import annotations
