@@ -13,7 +13,9 @@ generates. Swapyard decodes with its own short loop over the base model and a KV
 Stopping and padding follow transformers: a row that emits an EOS id is finished and gets `pad_token_id`
 afterwards; decoding stops when every row is finished or after `max_new_tokens`. Sampling applies the
 repetition penalty, then temperature, top-k and top-p (transformers' own processors), then draws from the
-softmax with `torch.multinomial` (pass `generator=` for reproducible draws).
+softmax with `torch.multinomial` (pass `generator=` for reproducible draws). Every other transformers option
+(beam search, `num_return_sequences`, `logits_processor`, ...) set to a non-default value, as an argument or in
+`generation_config`, raises `UnsupportedError` naming it: it is never silently ignored.
 """
 
 from __future__ import annotations
@@ -59,8 +61,16 @@ _KNOWN = {
     "generation_config",
     "num_beams",
 }
-# Settings that change nothing here: token ids this loop does not read, and output flags at their defaults.
-_INERT = {"bos_token_id", "decoder_start_token_id", "use_cache", "_from_model_config", "transformers_version"}
+# generation_config entries that change nothing here: the start ids (read by the model or by decode_seq2seq),
+# the cache kind (this loop always uses a dynamic cache) and version stamps.
+_INERT = {
+    "bos_token_id",
+    "decoder_start_token_id",
+    "use_cache",
+    "cache_implementation",
+    "_from_model_config",
+    "transformers_version",
+}
 # transformers 5 stores None for unset options; these values mean the same (they change nothing).
 _NEUTRAL: dict[str, Any] = {
     "num_return_sequences": 1,
