@@ -28,7 +28,7 @@ from . import publish
 from .config import AdapterConfig, TaskType
 from .errors import AdapterConfigError, AdapterNotFoundError, UnsupportedError
 from .peft_names import DEFAULT_ADAPTER_NAME
-from .peft_options import LoadOptions, keep_adapter_dtype
+from .peft_options import LoadOptions, keep_adapter_dtype, set_adapter_trainable
 from .prompt_learning.tuner import PromptLearningTuner
 from .registry import get_method
 from .tuners.protocol import AdapterTuner, MergeableTuner, RestorableTuner, WeightedAdapterTuner
@@ -282,12 +282,15 @@ class AdapterModel(nn.Module):
         if not autocast_adapter_dtype:
             keep_adapter_dtype(self.base_model, adapter_name)
 
-    def set_adapter(self, adapter_name: str) -> None:
+    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Make `adapter_name` the active adapter; as in PEFT, its tensors become trainable unless
+        `inference_mode=True` (prompt encoders and LLaMA-Adapter gates are always trainable, as in PEFT)."""
         if adapter_name not in self.peft_config:
             raise AdapterNotFoundError(
                 f"no adapter named {adapter_name!r}; loaded: {sorted(self.peft_config)}."
             )
         self.base_model.set_adapter(adapter_name)
+        set_adapter_trainable(self.get_base_model(), adapter_name, inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         self.base_model.delete_adapter(adapter_name)

@@ -18,6 +18,7 @@ from torch import nn
 from .errors import UnsupportedError
 from .peft_names import INJECTED_PREFIX
 from .tuners.layer import TunerLayer
+from .tuners.modules_to_save import ModulesToSaveWrapper
 
 if TYPE_CHECKING:
     from .adapter_model import AdapterModel
@@ -89,6 +90,16 @@ def keep_adapter_dtype(tuner: Any, adapter_name: str) -> None:
             item = store[adapter_name]
             for param in item.parameters() if isinstance(item, nn.Module) else [item]:
                 param.data = param.data.to(dtype)
+
+
+def set_adapter_trainable(model: nn.Module, adapter_name: str, inference_mode: bool) -> None:
+    """PEFT's `set_adapter(name, inference_mode)`: the activated adapter's layer tensors and head copies
+    become trainable unless `inference_mode` (PEFT's default makes them trainable, even for a loaded adapter)."""
+    for module in model.modules():
+        if isinstance(module, TunerLayer) and module.has_adapter(adapter_name):
+            module.set_adapter([adapter_name], inference_mode=inference_mode)
+        elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+            module.set_adapter(adapter_name, inference_mode=inference_mode)
 
 
 def _embedding_paths(model: nn.Module) -> list[str]:

@@ -246,6 +246,32 @@ def test_print_trainable_parameters_prints_peft_line(method: str, capsys, tmp_pa
     assert capsys.readouterr().out == want
 
 
+@pytest.mark.parametrize("inference_mode", [False, True])
+@pytest.mark.parametrize(
+    ("build", "config_name", "kw"),
+    [
+        (tiny_llama, "LoraConfig", {"r": 4, "task_type": "CAUSAL_LM"}),
+        (tiny_llama, "IA3Config", {"task_type": "CAUSAL_LM"}),
+        (tiny_bert, "LoraConfig", {"r": 2, "task_type": "SEQ_CLS"}),
+        (tiny_bert, "PromptTuningConfig", {"num_virtual_tokens": 3, "task_type": "SEQ_CLS"}),
+    ],
+)
+def test_set_adapter_trainability_and_counts_match_peft(
+    build, config_name, kw, inference_mode, tmp_path, capsys
+):
+    """PEFT's `set_adapter(name)` makes a loaded (frozen) adapter trainable unless `inference_mode=True`."""
+    torch.manual_seed(0)
+    peft.get_peft_model(build(), getattr(peft, config_name)(**kw)).save_pretrained(str(tmp_path))
+    lines = []
+    for lib in (peft, adapters_core):
+        model = lib.PeftModel.from_pretrained(build(), str(tmp_path))
+        model.load_adapter(str(tmp_path), "other")
+        model.set_adapter("other", inference_mode=inference_mode)
+        model.print_trainable_parameters()
+        lines.append(capsys.readouterr().out)
+    assert lines[0] == lines[1]
+
+
 # -- item 6: signatures -------------------------------------------------------------------------------------
 
 
@@ -261,6 +287,7 @@ SIGNATURES = [
     (adapters_core.PeftModel.push_to_hub, peft.PeftModel.push_to_hub),
     (adapters_core.PeftModel.__init__, peft.PeftModel.__init__),
     (adapters_core.PeftModel.add_adapter, peft.PeftModel.add_adapter),
+    (adapters_core.PeftModel.set_adapter, peft.PeftModel.set_adapter),
     (adapters_core.PeftModel.create_or_update_model_card, peft.PeftModel.create_or_update_model_card),
     (adapters_core.PeftModel.get_prompt, peft.PeftModel.get_prompt),
     (adapters_core.PeftModel.get_prompt_embedding_to_save, peft.PeftModel.get_prompt_embedding_to_save),
