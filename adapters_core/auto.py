@@ -39,7 +39,9 @@ class _AutoAdapterModel:
         raise TypeError(f"use {type(self).__name__}.from_pretrained(path_or_hub_id).")
 
     @classmethod
-    def _base_class(cls, config: AdapterConfig, source: str) -> Any:
+    def _base_class(
+        cls, config: AdapterConfig, source: str, allowlist: tuple[str, ...] = IMPORT_ALLOWLIST
+    ) -> Any:
         task = config.task_type
         if cls.transformers_auto is None:
             if task is not None:
@@ -49,9 +51,10 @@ class _AutoAdapterModel:
                 )
             mapping = config.auto_mapping or {}
             library = str(mapping.get("parent_library", ""))
-            if not mapping or library.split(".")[0] not in IMPORT_ALLOWLIST:
+            if not mapping or library.split(".")[0] not in allowlist:
                 raise AdapterConfigError(
-                    f"{source}: cannot infer the base model class (auto_mapping={mapping!r}); load the base model "
+                    f"{source}: cannot infer the base model class (auto_mapping={mapping!r}, allowed packages "
+                    f"{list(allowlist)}); pass import_allowlist=[...] if you trust it, or load the base model "
                     "yourself and call AdapterModel.from_pretrained(model, ...)."
                 )
             return getattr(importlib.import_module(library), mapping["base_model_class"])
@@ -68,40 +71,51 @@ class _AutoAdapterModel:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_hub_id: str | os.PathLike[str],
+        pretrained_model_name_or_path: str | os.PathLike[str],
         adapter_name: str = DEFAULT_ADAPTER_NAME,
         is_trainable: bool = False,
-        *,
+        config: AdapterConfig | None = None,
         revision: str | None = None,
-        subfolder: str | None = None,
-        cache_dir: str | None = None,
-        token: str | bool | None = None,
-        allow_pickle: bool = False,
-        **model_kwargs: Any,
+        import_allowlist: list[str] | None = None,
+        **kwargs: Any,
     ) -> AdapterModel:
         """Base model from the adapter's `base_model_name_or_path` (at its `revision`), then the adapter.
 
-        `revision`/`subfolder` address the adapter; `model_kwargs` go to the base model's `from_pretrained`.
+        As PEFT's `AutoPeftModel*.from_pretrained`: `revision` addresses the adapter; `config` overrides the
+        adapter's config for loading; `import_allowlist` lists the packages `auto_mapping` may import from
+        (default: transformers). `subfolder`, `cache_dir`, `token`, `allow_pickle`, `torch_device` go to the adapter;
+        every other keyword goes to the base model's `from_pretrained` (e.g. `torch_dtype`, `device_map`).
         """
-        source = str(path_or_hub_id)
+        source = str(pretrained_model_name_or_path)
+        adapter_keys = ("subfolder", "cache_dir", "token", "use_auth_token", "allow_pickle", "torch_device")
+        adapter_kwargs = {k: kwargs.pop(k) for k in adapter_keys if k in kwargs}
         hub: dict[str, Any] = {
-            "subfolder": subfolder,
+            "subfolder": adapter_kwargs.get("subfolder"),
             "revision": revision,
-            "cache_dir": cache_dir,
-            "token": token,
+            "cache_dir": adapter_kwargs.get("cache_dir"),
+            "token": adapter_kwargs.get("token", adapter_kwargs.get("use_auth_token")),
         }
-        config = AdapterConfig.from_pretrained(source, **hub)
-        if not config.base_model_name_or_path:
+        file_config = AdapterConfig.from_pretrained(source, **hub)
+        if not file_config.base_model_name_or_path:
             raise AdapterConfigError(
                 f"{source}: adapter_config.json has no base_model_name_or_path; load the base model yourself and "
                 "call AdapterModel.from_pretrained(model, ...)."
             )
-        base_cls = cls._base_class(config, source)
-        kwargs = {"cache_dir": cache_dir, "token": token, **model_kwargs}
-        base = base_cls.from_pretrained(config.base_model_name_or_path, revision=config.revision, **kwargs)
+        allow = tuple(import_allowlist) if import_allowlist is not None else IMPORT_ALLOWLIST
+        base_cls = cls._base_class(file_config, source, allow)
+        base_kwargs = {"cache_dir": hub["cache_dir"], "token": hub["token"], **kwargs}
+        base = base_cls.from_pretrained(
+            file_config.base_model_name_or_path, revision=file_config.revision, **base_kwargs
+        )
         _grow_embeddings_for_tokenizer(base, source, hub)
         return cls.adapter_cls.from_pretrained(
-            base, source, adapter_name, is_trainable, config, allow_pickle=allow_pickle, **hub
+            base,
+            source,
+            adapter_name,
+            is_trainable,
+            config if config is not None else file_config,
+            revision=revision,
+            **adapter_kwargs,
         )
 
 

@@ -13,7 +13,9 @@ generates. Swapyard decodes with its own short loop over the base model and a KV
 Stopping and padding follow transformers: a row that emits an EOS id is finished and gets `pad_token_id`
 afterwards; decoding stops when every row is finished or after `max_new_tokens`. Sampling applies the
 repetition penalty, then temperature, top-k and top-p (transformers' own processors), then draws from the
-softmax with `torch.multinomial` (pass `generator=` for reproducible draws).
+softmax with `torch.multinomial` (pass `generator=` for reproducible draws). Every other transformers option
+(beam search, `num_return_sequences`, `logits_processor`, ...) set to a non-default value, as an argument or in
+`generation_config`, raises `UnsupportedError` naming it: it is never silently ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -30,6 +32,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from ..errors import UnsupportedError
 
 
 @dataclass
@@ -57,14 +61,85 @@ _KNOWN = {
     "generation_config",
     "num_beams",
 }
+# generation_config entries that change nothing here: the start ids (read by the model or by decode_seq2seq),
+# the cache kind (this loop always uses a dynamic cache) and version stamps.
+_INERT = {
+    "bos_token_id",
+    "decoder_start_token_id",
+    "use_cache",
+    "cache_implementation",
+    "_from_model_config",
+    "transformers_version",
+}
+# transformers 5 stores None for unset options; these values mean the same (they change nothing).
+_NEUTRAL: dict[str, Any] = {
+    "num_return_sequences": 1,
+    "num_beam_groups": 1,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "diversity_penalty": 0.0,
+    "encoder_repetition_penalty": 1.0,
+    "guidance_scale": 1.0,
+}
+# transformers' `generate` arguments that are not GenerationConfig fields.
+_GENERATE_ARGS = {
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "synced_gpus",
+    "assistant_model",
+    "streamer",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "custom_generate",
+    "use_model_defaults",
+    "tokenizer",
+    "assistant_tokenizer",
+}
+
+
+def _unsupported(names: list[str], where: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"generate() with a prompt-learning or LLaMA-Adapter adapter does not support {names} ({where}); Swapyard "
+        f"decodes greedily or by sampling with {sorted(_KNOWN - {'generation_config', 'use_cache'})}. Drop those "
+        "options (for beam search: num_beams=1)."
+    )
+
+
+def _neutral(name: str, value: Any, defaults: dict[str, Any]) -> bool:
+    return value is None or value is False or value == defaults.get(name) or value == _NEUTRAL.get(name)
+
+
+def check_supported(kwargs: dict[str, Any], cfg: Any) -> None:
+    """Refuse, by name, every transformers generation option this loop would otherwise ignore."""
+    defaults = GenerationConfig().to_dict()
+    fields = set(defaults)
+    unknown = sorted(set(kwargs) - _KNOWN - fields - _GENERATE_ARGS)
+    if unknown:
+        raise TypeError(f"generate() got unexpected arguments {unknown}; supported: {sorted(_KNOWN)}.")
+    passed = sorted(k for k in set(kwargs) - _KNOWN if not _neutral(k, kwargs[k], defaults))
+    if passed:
+        raise _unsupported(passed, "arguments")
+    if cfg is not None:
+        changed = sorted(
+            k
+            for k, v in cfg.to_dict().items()
+            if k in fields and k not in _KNOWN | _INERT and not _neutral(k, v, defaults)
+        )
+        if changed:
+            raise _unsupported(changed, "set in generation_config")
 
 
 def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> DecodeOptions:
     """Resolve generation settings: explicit kwargs, else `generation_config` (the model's by default)."""
-    unknown = sorted(set(kwargs) - _KNOWN)
-    if unknown:
-        raise TypeError(f"generate() got unsupported arguments {unknown}; supported: {sorted(_KNOWN)}.")
     cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    check_supported(kwargs, cfg)
 
     def opt(name: str, default: Any = None) -> Any:
         if kwargs.get(name) is not None:
@@ -73,7 +148,7 @@ def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> Dec
         return default if value is None else value
 
     if opt("num_beams", 1) != 1:
-        raise NotImplementedError("beam search is not supported for adapters here; use num_beams=1.")
+        raise _unsupported([f"num_beams={opt('num_beams')}"], "beam search")
     max_new = opt("max_new_tokens")
     if max_new is None:
         max_new = max(opt("max_length", 20) - input_length, 0)

@@ -73,6 +73,15 @@ class PromptLearningTuner(nn.Module):
         model.requires_grad_(False)  # the base stays frozen; only encoders and head copies train
         self.add_adapter(adapter_name, config)
 
+    def __getattr__(self, name: str) -> Any:
+        """Forward missing attributes to the wrapped transformers model (`config`, `device`, ...), as PEFT does."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
     @property
     def word_embeddings(self) -> Any:
         """The module real tokens are embedded with (reference §8.3)."""
@@ -234,6 +243,26 @@ class PromptLearningTuner(nn.Module):
                 ) from exc
 
     # -- running ----------------------------------------------------------------------------------------
+    def get_prompt(self, batch_size: int) -> Any:
+        """PEFT's `get_prompt` for the active adapter.
+
+        Prompt tuning / P-tuning: the prompt table repeated per row, (batch_size, n·submodules, d). Prefix tuning:
+        the transformers cache holding each layer's prefix keys and values (what the forward passes to the model).
+        """
+        if self.active_adapter is None:
+            raise AdapterConfigError("no adapter is active; call set_adapter first.")
+        config = self.peft_config[self.active_adapter]
+        assert isinstance(config, PromptLearningConfig)
+        table = self.prompt_table(self.active_adapter)
+        if not self.is_prefix:
+            return table.repeat(batch_size, 1, 1)
+        assert config.num_layers is not None and config.num_attention_heads is not None
+        dtype = getattr(self.model, "dtype", None)
+        table = table.to(dtype) if dtype is not None else table
+        return fwd.build_prefix_cache(
+            self._strategy, table, batch_size, config.num_layers, config.num_attention_heads
+        )
+
     def _active(self) -> tuple[PromptLearningConfig, torch.Tensor] | None:
         if not self._enabled or self.active_adapter is None:
             return None

@@ -79,3 +79,35 @@ def test_no_task_type_uses_auto_mapping_and_no_base_is_an_error(tmp_path) -> Non
         json.dump(data, fh)
     with pytest.raises(AdapterConfigError, match="has no base_model_name_or_path"):
         AutoAdapterModel.from_pretrained(adapter_dir)
+
+
+def test_peft_keywords_config_import_allowlist_and_base_model_kwargs(tmp_path, monkeypatch) -> None:
+    """PEFT's AutoPeftModel keywords: `config` overrides the file's, `import_allowlist` widens `auto_mapping`'s
+    packages, other keywords (here `dtype`) go to the base model's from_pretrained."""
+    _, adapter_dir = _adapter_on_saved_base(tmp_path, tiny_llama, AutoModelForCausalLM, None)
+    (tmp_path / "my_bases.py").write_text("from transformers import LlamaForCausalLM as MyLlama\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(config_path) as fh:
+        data = json.load(fh)
+    data["auto_mapping"] = {"base_model_class": "MyLlama", "parent_library": "my_bases"}
+    with open(config_path, "w") as fh:
+        json.dump(data, fh)
+    with pytest.raises(AdapterConfigError, match="import_allowlist"):
+        AutoAdapterModel.from_pretrained(adapter_dir)
+    with pytest.raises(ValueError, match="import allowlist"):
+        peft.AutoPeftModel.from_pretrained(adapter_dir)
+    model = AutoAdapterModel.from_pretrained(adapter_dir, import_allowlist=["my_bases"], dtype=torch.float64)
+    reference = peft.AutoPeftModel.from_pretrained(
+        adapter_dir, import_allowlist=["my_bases"], dtype=torch.float64
+    )
+    assert model.get_base_model().dtype == torch.float64 == reference.get_base_model().dtype
+    assert max_abs_diff(_logits(model, "llama"), _logits(reference.eval(), "llama")) <= 1e-8
+
+    from adapters_core import LoraConfig
+
+    override = LoraConfig.from_pretrained(adapter_dir)
+    override.lora_alpha = 2 * override.lora_alpha  # a visibly different adapter from the same weights
+    doubled = AutoAdapterModel.from_pretrained(adapter_dir, config=override, import_allowlist=["my_bases"])
+    assert doubled.peft_config["default"].lora_alpha == override.lora_alpha
+    assert max_abs_diff(_logits(doubled, "llama"), _logits(model.float(), "llama")) > 1e-3

@@ -47,6 +47,15 @@ class AdaptionPromptModel(nn.Module):
         model.requires_grad_(False)
         self.add_adapter(adapter_name, config)
 
+    def __getattr__(self, name: str) -> Any:
+        """Forward missing attributes to the wrapped transformers model (`config`, `device`, ...), as PEFT does."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
     # -- adapters ------------------------------------------------------------------------------------------
     def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:
         if not isinstance(config, AdaptionPromptConfig):

@@ -73,9 +73,34 @@ class LoraTuner(InjectionTuner):
         adapter_name: str,
         combination_type: str = "svd",
         svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        svd_full_matrices: bool = True,
+        svd_driver: str | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
     ) -> None:
-        """A new adapter combining `adapters` (reference §5.7): "linear", "cat" or "svd"; not activated."""
-        add_weighted_lora_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+        """A new adapter combining `adapters` (reference §5.7): "linear", "cat" or "svd"; not activated.
+
+        The `svd_*` options are PEFT's (`torch.linalg.svd`'s `full_matrices`/`driver`, and a quantile clamp of
+        the factors). `density`/`majority_sign_method` belong to PEFT's TIES/DARE/magnitude-prune combinations,
+        which Swapyard does not implement: passing them is an error, not a silent no-op.
+        """
+        if density is not None or majority_sign_method != "total":
+            raise UnsupportedError(
+                "density/majority_sign_method apply to PEFT's ties/dare/magnitude_prune combinations, which Swapyard "
+                "does not implement; use combination_type 'linear', 'cat' or 'svd' without them."
+            )
+        add_weighted_lora_adapter(
+            self,
+            adapters,
+            weights,
+            adapter_name,
+            combination_type,
+            svd_rank,
+            svd_clamp=svd_clamp,
+            svd_full_matrices=svd_full_matrices,
+            svd_driver=svd_driver,
+        )
 
 
 register_method(MethodSpec(peft_type=PeftType.LORA, config_cls=LoraConfig, tuner_cls=LoraTuner))

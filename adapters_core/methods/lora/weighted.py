@@ -64,6 +64,9 @@ def add_weighted_lora_adapter(
     adapter_name: str,
     combination_type: str = "svd",
     svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+    svd_full_matrices: bool = True,
+    svd_driver: str | None = None,
 ) -> None:
     for a in adapters:
         if a not in tuner.peft_config:
@@ -127,6 +130,12 @@ def add_weighted_lora_adapter(
                 delta = torch.stack([w * layer.get_delta_weight(a) for a, w in present]).sum(dim=0)
                 if getattr(layer, "fan_in_fan_out", False):
                     delta = delta.T
-                u, s, vh = torch.linalg.svd(delta, full_matrices=True)
-                new_b.copy_(u[:, :new_rank] @ torch.diag(s[:new_rank]))
-                new_a.copy_(vh[:new_rank, :])
+                u, s, vh = torch.linalg.svd(delta, full_matrices=svd_full_matrices, driver=svd_driver)
+                b, a = u[:, :new_rank] @ torch.diag(s[:new_rank]), vh[:new_rank, :]
+                if (
+                    svd_clamp is not None
+                ):  # PEFT: clip both factors to the `svd_clamp` quantile of their values
+                    high = torch.quantile(torch.cat([b.flatten(), a.flatten()]), svd_clamp)
+                    b, a = b.clamp(-high, high), a.clamp(-high, high)
+                new_b.copy_(b)
+                new_a.copy_(a)
