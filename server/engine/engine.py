@@ -172,7 +172,11 @@ class Engine:
         loop: asyncio.AbstractEventLoop,
         lease: Lease | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
-        """Queue texts for classification; the future resolves to one logits vector (C,) per text."""
+        """Queue texts for classification; the future resolves to one logits vector (C,) per text. 422 if a
+        text crosses the input limit counting the positions its adapter adds (a resident key, leased)."""
+        virtual = prompt_positions(self.model, adapter)
+        for i, ids in enumerate(input_ids):
+            self.limits.check_input(len(ids), virtual, name=f"input {i}" if len(input_ids) > 1 else "inputs")
         job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
         with self._cond:
             self._admit_check()

@@ -112,24 +112,31 @@ class TokenLimits:
             return f"{flag}, lowered to fit the base model's context of {self.context} positions"
         return flag
 
-    def check(self, input_tokens: int, new_tokens: int, virtual_tokens: int = 0) -> None:
-        """422 naming the limit a request crosses. `virtual_tokens`: positions its adapter adds."""
+    def check_input(self, input_tokens: int, virtual_tokens: int = 0, name: str = "inputs") -> None:
+        """422 when a prompt (plus the positions its adapter adds) is over the input limit."""
         prompt = input_tokens + virtual_tokens
-        what = f"{input_tokens} tokens" + (
-            f" + {virtual_tokens} virtual tokens of the adapter = {prompt}" if virtual_tokens else ""
-        )
         if prompt > self.max_input_tokens:
             raise InvalidInputError(
-                f"inputs have {what}, more than the limit of {self.max_input_tokens} "
-                f"({self._name('max_input_tokens')})"
+                f"{name} have {_count(input_tokens, virtual_tokens)}, more than the limit of "
+                f"{self.max_input_tokens} ({self._name('max_input_tokens')})"
             )
+
+    def check(self, input_tokens: int, new_tokens: int, virtual_tokens: int = 0) -> None:
+        """422 naming the limit a generation crosses. `virtual_tokens`: positions its adapter adds."""
+        self.check_input(input_tokens, virtual_tokens)
         if new_tokens > self.max_new_tokens:
             raise InvalidInputError(
                 f"max_new_tokens {new_tokens} is over the limit of {self.max_new_tokens} "
                 f"({self._name('max_new_tokens')})"
             )
-        if prompt + new_tokens > self.max_total_tokens:
+        if input_tokens + virtual_tokens + new_tokens > self.max_total_tokens:
             raise InvalidInputError(
-                f"inputs ({what}) + max_new_tokens ({new_tokens}) exceed the limit of "
-                f"{self.max_total_tokens} total tokens ({self._name('max_total_tokens')})"
+                f"inputs ({_count(input_tokens, virtual_tokens)}) + max_new_tokens ({new_tokens}) exceed the "
+                f"limit of {self.max_total_tokens} total tokens ({self._name('max_total_tokens')})"
             )
+
+
+def _count(input_tokens: int, virtual_tokens: int) -> str:
+    if not virtual_tokens:
+        return f"{input_tokens} tokens"
+    return f"{input_tokens} tokens + {virtual_tokens} virtual tokens of the adapter = {input_tokens + virtual_tokens}"
