@@ -1,26 +1,33 @@
 """What the generate-style routes share: turning a body into an engine request within the limits, and
 awaiting or streaming its events with disconnect handling.
 
-Limits that depend on settings live here (schemas.py checks what a value may be, this checks how much):
-input tokens, max_new_tokens, total tokens, stop sequences — each a 422 naming the limit and its flag.
+Limits live here and in the engine (schemas.py checks what a value may be, these check how much): input
+tokens, max_new_tokens, total tokens (the engine's `TokenLimits`: the settings' clamped to the base's context),
+stop sequences — each a 422 naming the limit and its flag. The positions an adapter adds (virtual tokens,
+prefix) are known once its lease is held: `Engine.submit_generate` checks them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from .engine import Engine, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
+from .engine import (
+    Engine,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    RequestCancelledError,
+    RequestHandle,
+    TokenEvent,
+)
 from .engine.types import release_lease
 from .errors import BadRequestError, InvalidInputError
 from .sampling import SamplingParams
 from .settings import Settings
-
-DISCONNECT_POLL_S = 0.25
 
 
 def check_kind(engine: Engine, *kinds: str) -> None:
@@ -42,27 +49,17 @@ def build_request(
     max_new_tokens: int | None,
     stop: list[str],
 ) -> GenerationRequest:
-    """Check the adapter (404) and every limit (422), then build the engine request."""
+    """Check the adapter (404) and every limit (422), then build the engine request.
+
+    The token limits are checked here without the adapter's virtual tokens (so that an over-long prompt never
+    waits for an adapter to load), and again with them when the request is queued.
+    """
     check_kind(engine, "causal-lm", "seq2seq-lm")
     engine.registry.require(adapter)
     if not input_ids:
         raise InvalidInputError("inputs tokenize to no tokens; give a non-empty prompt")
-    if len(input_ids) > settings.max_input_tokens:
-        raise InvalidInputError(
-            f"inputs have {len(input_ids)} tokens, more than the limit of {settings.max_input_tokens} "
-            "(--max-input-tokens)"
-        )
-    new_tokens = settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
-    if new_tokens > settings.max_new_tokens_limit:
-        raise InvalidInputError(
-            f"max_new_tokens {new_tokens} is over the limit of {settings.max_new_tokens_limit} "
-            "(--max-new-tokens-limit)"
-        )
-    if len(input_ids) + new_tokens > settings.max_total_tokens:
-        raise InvalidInputError(
-            f"inputs ({len(input_ids)} tokens) + max_new_tokens ({new_tokens}) exceed the limit of "
-            f"{settings.max_total_tokens} total tokens (--max-total-tokens)"
-        )
+    new_tokens = engine.limits.default_new_tokens if max_new_tokens is None else max_new_tokens
+    engine.limits.check(len(input_ids), new_tokens)
     if len(stop) > settings.max_stop_sequences:
         raise InvalidInputError(
             f"{len(stop)} stop sequences given; at most {settings.max_stop_sequences} are allowed "
@@ -74,7 +71,8 @@ def build_request(
 
 
 async def submit_generate(engine: Engine, request: GenerationRequest) -> RequestHandle:
-    """Take a lease on the request's adapter (waiting for its load if it is not resident), then queue it.
+    """Take a lease on the request's adapter (waiting for its load if it is not resident), then queue it
+    (422 if the positions the adapter adds take it over a token limit).
 
     From here the engine owns the lease and releases it when the row leaves the batch; the request runs on
     the adapter version that was current now, even if the adapter is re-uploaded meanwhile.
@@ -97,32 +95,41 @@ class Completed:
     finish: FinishEvent | None = None
 
 
-async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
-    while not handle.cancelled:
-        if await request.is_disconnected():
-            handle.cancel()
-            return
-        await asyncio.sleep(DISCONNECT_POLL_S)
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client disconnects. The body has been read, so the next ASGI message is the
+    disconnect (as Starlette's StreamingResponse listens for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(handle: RequestHandle) -> Completed:
+    done = Completed()
+    async for event in handle.events():
+        if isinstance(event, TokenEvent):
+            done.tokens.append(event)
+        elif isinstance(event, FinishEvent):
+            done.finish = event
+        else:
+            raise event.error
+    return done
 
 
 async def run_to_completion(request: Request, handle: RequestHandle) -> Completed:
-    """Await the whole generation; a client that goes away cancels its row."""
-    watcher = asyncio.create_task(_watch_disconnect(request, handle))
-    done = Completed()
+    """Await the whole generation, racing it against the client's disconnect: a client that goes away
+    cancels its row and its handler ends at once (RequestCancelledError), rather than waiting for events
+    nobody will read while it counts as in flight (a drain would wait for it)."""
+    events = asyncio.ensure_future(_collect(handle))
+    gone = asyncio.ensure_future(_until_disconnect(request))
     try:
-        async for event in handle.events():
-            if isinstance(event, TokenEvent):
-                done.tokens.append(event)
-            elif isinstance(event, FinishEvent):
-                done.finish = event
-            else:
-                raise event.error
+        await asyncio.wait({events, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if events.done():
+            return events.result()
+        raise RequestCancelledError()
     finally:
         handle.cancel()  # no-op once finished; frees the row if we leave early
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-    return done
+        for task in (events, gone):
+            task.cancel()
+        await asyncio.gather(events, gone, return_exceptions=True)
 
 
 async def stream_events(handle: RequestHandle) -> AsyncIterator[TokenEvent | FinishEvent | ErrorEvent]:

@@ -1,4 +1,4 @@
-"""Per-row next-token choice: greedy, temperature, top-k, top-p, repetition penalty, seeded sampling.
+"""Choosing each row's next token: greedy, temperature, top-k, top-p, repetition penalty, seeded sampling.
 
 Every row owns a `RowSampler`. A sampled row draws from its own `torch.Generator` (seeded by the request's
 `seed`, or a fresh random seed that is reported back), on the CPU, from that row's logits only — so a seeded
@@ -6,14 +6,44 @@ request gives the same tokens whatever else shares its batch. Greedy rows withou
 argmax; rows that need processing are handled one by one (the work is O(V) per row, tiny next to a forward).
 
 Logprobs are the model's own: `log_softmax` of the raw logits (before penalty and warpers), as vLLM reports.
+
+Numerics (decided for issue 12): every valid parameter is served exactly; none is refused or changed. Any
+temperature > 0, however small (1e-300, 5e-324) or large, and any top_p in (0, 1] give a well-defined
+distribution, so they are computed safely rather than rejected with a 422 and rather than floored:
+
+* the warpers run in float64 on `scores - max(scores)`: the best token scores exactly 0, so dividing by
+  the temperature gives 0 for it and <= 0 (at worst -inf) for the rest, never nan. float32 cannot do this:
+  it rounds 5e-324 and 1e-300 to 0 (a division by zero). As the temperature goes to 0 the distribution goes
+  to the argmax, which is what a tiny temperature means;
+* top_p always keeps the best token (a top_p below float32's smallest number used to drop every token);
+* before a token is picked, a row whose scores have no finite value, or a nan or +inf, fails that row alone
+  with an error that says why (`NonFiniteScoresError`, 500: the model's logits — e.g. a broken adapter;
+  `InvalidInputError`, 422: a repetition_penalty so large that every token's score overflows). A row is never
+  given a different answer silently. Values that are not numbers at all (temperature <= 0, nan, inf) are
+  refused when `SamplingParams` is built (422; the HTTP schemas refuse them first).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+
+from .errors import EngineError, InvalidInputError
+
+
+class NonFiniteScoresError(EngineError):
+    """The model's logits for a row hold nan or +inf, or no finite value: no token can be picked honestly."""
+
+
+class Pick(NamedTuple):
+    """A row's next token and its logprob under the model's raw logits."""
+
+    token_id: int
+    logprob: float
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,17 @@ class SamplingParams:
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidInputError(f"temperature must be a finite number > 0, not {self.temperature}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise InvalidInputError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InvalidInputError(f"top_k must be at least 1, not {self.top_k}")
+        penalty = self.repetition_penalty
+        if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
+            raise InvalidInputError(f"repetition_penalty must be a finite number > 0, not {penalty}")
 
     @classmethod
     def from_request(
@@ -72,8 +113,8 @@ class RowSampler:
             self.seen.add(token_id)
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Pick the next token from this row's logits (V,)."""
-        scores = logits.float()
+        """Pick the next token from this row's logits (V,), which hold no nan or +inf (`choose_tokens`)."""
+        scores = logits.double()  # float64 throughout: see the module docstring
         penalty = self.params.repetition_penalty
         if penalty not in (None, 1.0) and self.seen:
             assert penalty is not None
@@ -81,37 +122,62 @@ class RowSampler:
             picked = scores[idx]
             scores = scores.clone()
             scores[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+            if not torch.isfinite(scores).any():
+                raise InvalidInputError(
+                    f"repetition_penalty {penalty} pushes every token's score to -inf, so no token can be "
+                    "chosen; use a smaller repetition_penalty (typical values are 1.0 to 2.0)"
+                )
         if not self.params.do_sample:
             return int(torch.argmax(scores))
-        return self._sample(scores)
+        return self._sample(scores.cpu())  # the generator lives on the CPU
 
     def _sample(self, scores: torch.Tensor) -> int:
-        scores = (scores / self.params.temperature).cpu()  # the generator lives on the CPU
+        """scores: (V,) float64 with at least one finite value and no nan or +inf."""
+        scores = (scores - scores.max()) / self.params.temperature  # the best token is 0, the rest <= 0
         if self.params.top_k is not None and self.params.top_k < scores.numel():
             kth = torch.topk(scores, self.params.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if self.params.top_p is not None and self.params.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=True)
-            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-            # Drop a token when the mass before it already reaches top_p (the best token always stays).
-            drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) >= self.params.top_p
+            probs = torch.softmax(sorted_scores, dim=-1)
+            # Drop a token when the mass before it already reaches top_p; the best token always stays.
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self.params.top_p
+            drop_sorted[0] = False
             drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def choose_tokens(samplers: list[RowSampler], logits: torch.Tensor) -> tuple[list[int], list[float]]:
-    """Next token and its logprob for every row. logits: (B, V), row i belongs to samplers[i]."""
+def usable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows of logits (B, V) a token can be picked from — no nan, no +inf, some finite value
+    (-inf alone is allowed: models mask tokens that way)."""
+    bad = torch.isnan(logits).any(dim=-1) | torch.isposinf(logits).any(dim=-1)
+    return ~bad & torch.isfinite(logits).any(dim=-1)
+
+
+def choose_tokens(samplers: list[RowSampler], logits: torch.Tensor) -> list[Pick | Exception]:
+    """Next token and its logprob for every row. logits: (B, V), row i belongs to samplers[i].
+
+    A row whose choice fails gets its exception in place of a `Pick`; the other rows are unaffected.
+    """
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
     greedy = torch.argmax(logits, dim=-1).tolist()  # one batched argmax covers every plain-greedy row
-    tokens = [
-        int(greedy[i]) if sampler.is_plain_greedy else sampler.choose(logits[i])
-        for i, sampler in enumerate(samplers)
-    ]
-    for sampler, token in zip(samplers, tokens):
+    usable = usable_rows(logits).tolist()
+    picks: list[int | Exception] = []
+    for i, sampler in enumerate(samplers):
+        try:
+            if not usable[i]:
+                raise NonFiniteScoresError(
+                    "the model's scores for this request are not finite numbers (nan or inf), so no token "
+                    "can be chosen; its adapter may hold weights that overflow"
+                )
+            token = int(greedy[i]) if sampler.is_plain_greedy else sampler.choose(logits[i])
+        except Exception as exc:  # this row fails alone
+            picks.append(exc)
+            continue
         sampler.observe(token)
-    chosen = logprobs[
-        torch.arange(len(tokens), device=logprobs.device), torch.tensor(tokens, device=logprobs.device)
-    ].tolist()
-    return tokens, [float(x) for x in chosen]
+        picks.append(token)
+    index = torch.tensor([p if isinstance(p, int) else 0 for p in picks], device=logprobs.device)
+    chosen = logprobs[torch.arange(len(picks), device=logprobs.device), index].tolist()
+    return [p if isinstance(p, Exception) else Pick(p, float(lp)) for p, lp in zip(picks, chosen)]

@@ -9,19 +9,31 @@ from ..metrics import Metrics
 from ..modeling import load_base
 from ..settings import Settings
 from ..store import PrometheusStoreMetrics
-from .engine import Engine
-from .types import ClassifyJob, ErrorEvent, FinishEvent, GenerationRequest, RequestHandle, TokenEvent
+from .engine import Engine, EngineHold
+from .limits import TokenLimits, context_length
+from .types import (
+    ClassifyJob,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    RequestCancelledError,
+    RequestHandle,
+    TokenEvent,
+)
 
 log = logging.getLogger("swapyard.engine")
 
 __all__ = [
     "ClassifyJob",
     "Engine",
+    "EngineHold",
     "ErrorEvent",
     "FinishEvent",
     "GenerationRequest",
+    "RequestCancelledError",
     "RequestHandle",
     "TokenEvent",
+    "TokenLimits",
     "build_engine",
 ]
 
@@ -29,7 +41,8 @@ __all__ = [
 def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
     """Load the base model and every adapter the settings name; the engine is returned not yet started.
 
-    Without --base-model the embedded demo is served (built on first run, see server/demo.py).
+    Without --base-model the embedded demo is served (built on first run, see server/demo.py). The token
+    limits are the settings', clamped to the base's context length (engine/limits.py; the clamp is logged).
     """
     base_model, adapter_dir, base_name = settings.base_model, settings.adapter_dir, settings.served_model_name
     if base_model is None:
@@ -60,5 +73,8 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
         registry,
         max_batch_size=settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
+        limits=TokenLimits.from_settings(
+            settings, context_length(base.config, base.tokenization.tokenizer), base.kind
+        ),
         metrics=metrics,
     )

@@ -24,10 +24,17 @@ class Row:
     decoder: IncrementalDecoder
     generated: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    failed: bool = False  # it got an ErrorEvent
+
+    @property
+    def ended(self) -> bool:
+        """It got its last event (a FinishEvent or an ErrorEvent)."""
+        return self.finish_reason is not None or self.failed
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None or self.handle.cancelled
+        """It leaves the batch at the next schedule."""
+        return self.ended or self.handle.cancelled
 
     @property
     def last_token(self) -> int:

@@ -10,29 +10,47 @@ the model. The thread repeats one step, a short named pipeline:
     emit      send tokens, detect EOS / stop sequences / length, send finish events
 
 So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
-for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule.
+for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
+with a last `ErrorEvent(RequestCancelledError)`, so whoever still awaits its events stops waiting.
+
+A per-row failure (sampling, stop handling, detokenization, pushing its event) fails that row alone: it gets
+an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. Only a
+failure of the batched forward fails the rows it ran.
+
+`hold()` is an explicit hook for tests and operations: no step starts while it is held, so a test can fill
+the queue or put requests into one step deterministically, without waiting on the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..adapters import AdapterRegistry
-from ..errors import NotReadyError, QueueFullError
+from ..errors import NotReadyError, QueueFullError, status_of
 from ..metrics import Metrics
 from ..modeling import LoadedBase
-from ..sampling import RowSampler, choose_tokens
+from ..sampling import Pick, RowSampler, choose_tokens
 from ..store import Lease
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
-from .types import ClassifyJob, ErrorEvent, GenerationRequest, RequestHandle, release_lease
+from .limits import TokenLimits, prompt_positions
+from .types import (
+    ClassifyJob,
+    ErrorEvent,
+    GenerationRequest,
+    RequestCancelledError,
+    RequestHandle,
+    release_lease,
+)
 
 log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
@@ -48,6 +66,7 @@ class Engine:
         *,
         max_batch_size: int,
         max_queued_requests: int,
+        limits: TokenLimits,
         metrics: Metrics | None = None,
     ) -> None:
         self.base = base
@@ -58,12 +77,16 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.max_batch_size = max_batch_size
         self.max_queued_requests = max_queued_requests
+        # The token limits in force (the settings', clamped to the base's context by build_engine).
+        self.limits = limits
         self._waiting: collections.deque[Row] = collections.deque()
         self._classify: collections.deque[ClassifyJob] = collections.deque()
         self._batch = RunningBatch()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._holds = 0  # hold() depth: no step starts while > 0
+        self._step_lock = threading.Lock()  # held by the thread for each step (hold() waits on it)
         self.draining = False
         # Held for each step: the adapter store changes the model's pools only between steps.
         self.model_lock = registry.model_lock
@@ -96,6 +119,22 @@ class Engine:
         self._classify.clear()
         self._batch = RunningBatch()
 
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[EngineHold]:
+        """Pause the loop between steps: on entry the step in progress (if any) has ended and no other starts
+        until exit. Requests are still accepted and queue up (or get 429). A hook for tests: fill the queue,
+        or put several requests into one step, without depending on timing."""
+        with self._cond:
+            self._holds += 1
+        try:
+            with self._step_lock:  # the step in progress, if any, ends; the thread starts no other
+                pass
+            yield EngineHold(self)
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify_all()
+
     # -- submitting (event loop side) --------------------------------------------------------------------
     def _admit_check(self) -> None:
         # Draining refuses new requests at the HTTP layer (InflightMiddleware); one accepted before it began
@@ -110,7 +149,10 @@ class Engine:
             )
 
     def submit_generate(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> RequestHandle:
-        """Queue a generation; its events arrive on the returned handle."""
+        """Queue a generation; its events arrive on the returned handle. 422 if the request crosses a token
+        limit counting the positions its adapter adds (a resident key: the caller holds its lease)."""
+        virtual = prompt_positions(self.model, request.adapter)
+        self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
         handle = RequestHandle(loop)
         row = Row(
             request, handle, RowSampler(request.sampling, request.input_ids), IncrementalDecoder(self.tok)
@@ -120,7 +162,7 @@ class Engine:
             self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
-            self._cond.notify()
+            self._cond.notify_all()
         return handle
 
     def submit_classify(
@@ -130,14 +172,18 @@ class Engine:
         loop: asyncio.AbstractEventLoop,
         lease: Lease | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
-        """Queue texts for classification; the future resolves to one logits vector (C,) per text."""
+        """Queue texts for classification; the future resolves to one logits vector (C,) per text. 422 if a
+        text crosses the input limit counting the positions its adapter adds (a resident key, leased)."""
+        virtual = prompt_positions(self.model, adapter)
+        for i, ids in enumerate(input_ids):
+            self.limits.check_input(len(ids), virtual, name=f"input {i}" if len(input_ids) > 1 else "inputs")
         job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
         with self._cond:
             self._admit_check()
             self._classify.append(job)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(adapter)
-            self._cond.notify()
+            self._cond.notify_all()
         return job.future
 
     # -- the loop (engine thread) -----------------------------------------------------------------------
@@ -145,16 +191,22 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not (self._stopping or self._waiting or self._classify or self._batch.rows):
+                while not self._stopping and (self._holds or not self._has_work()):
                     self._cond.wait(IDLE_WAIT_S)
                 if self._stopping:
                     return
+                self._step_lock.acquire()  # taken under the condition: hold() cannot slip in between
             try:
                 self.step()
             except Exception as exc:  # a bug or device error: fail what is running, keep serving others
                 log.exception("engine step failed")
                 self._fail(self._batch.rows, exc)
                 self._batch = RunningBatch()
+            finally:
+                self._step_lock.release()
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._classify or self._batch.rows)
 
     def step(self) -> None:
         """One iteration: schedule -> classify -> forward -> sample -> emit."""
@@ -172,14 +224,14 @@ class Engine:
                 raise
             if logits is None:
                 return
-            tokens, logprobs = self._sample(logits)
-            self._emit(tokens, logprobs)
+            picks = self._sample(logits)
+            self._emit(picks)
 
     def _schedule(self) -> tuple[list[Row], list[ClassifyJob]]:
         batch = self._batch
         for row in batch.rows:
             if row.done:  # it leaves the batch now: its adapter may be unloaded from here on
-                release_lease(row.request.lease)
+                self._leave(row)
         batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
         self.metrics.running_rows.set(len(batch))
         admitted: list[Row] = []
@@ -190,7 +242,7 @@ class Engine:
                 if not row.handle.cancelled:
                     admitted.append(row)
                 else:
-                    release_lease(row.request.lease)
+                    self._leave(row)
             texts = 0
             while self._classify and (
                 not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
@@ -238,24 +290,42 @@ class Engine:
             return [part for row in rows for part in self._prefill([row])]
         return [(rows, logits, state)]
 
-    def _sample(self, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    def _sample(self, logits: torch.Tensor) -> list[Pick | Exception]:
+        """Each row's next token, or the exception that failed that row alone."""
         return choose_tokens([row.sampler for row in self._batch.rows], logits)
 
-    def _emit(self, tokens: list[int], logprobs: list[float]) -> None:
+    def _emit(self, picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()
-        for row, token, logprob in zip(self._batch.rows, tokens, logprobs):
+        for row, pick in zip(self._batch.rows, picks):
             if row.handle.cancelled:
                 continue
-            event = row.accept(token, logprob, self.tok)
-            if row.handle.first_token_at is None:
-                row.handle.first_token_at = now
-                self.metrics.time_to_first_token.observe(now - row.handle.submitted_at)
-            row.handle.push(event)
-            if row.finish_reason is not None:
-                row.handle.push(row.finish_event())
-                # Done: it leaves at the next schedule, before any forward, so its adapter may go now.
-                release_lease(row.request.lease)
+            try:
+                if isinstance(pick, Exception):
+                    raise pick
+                self._emit_row(row, pick, now)
+            except Exception as exc:  # this row fails alone; the others go on
+                status, _ = status_of(exc)
+                log.log(
+                    logging.ERROR if status >= 500 else logging.INFO,
+                    "request %d failed alone: %s",
+                    row.handle.id,
+                    exc,
+                    exc_info=exc if status >= 500 else None,
+                )
+                self._fail([row], exc)
         self.metrics.observe_tokens([row.request.adapter for row in self._batch.rows])
+
+    def _emit_row(self, row: Row, pick: Pick, now: float) -> None:
+        """Record the row's token (detokenize, check stops), send its events."""
+        event = row.accept(pick.token_id, pick.logprob, self.tok)
+        if row.handle.first_token_at is None:
+            row.handle.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - row.handle.submitted_at)
+        row.handle.push(event)
+        if row.finish_reason is not None:
+            row.handle.push(row.finish_event())
+            # Done: it leaves at the next schedule, before any forward, so its adapter may go now.
+            release_lease(row.request.lease)
 
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
         ids = [seq for job in jobs for seq in job.input_ids]
@@ -281,6 +351,30 @@ class Engine:
     @staticmethod
     def _fail(rows: list[Row], exc: BaseException) -> None:
         for row in rows:
-            row.finish_reason = row.finish_reason or "length"  # leaves at the next schedule
+            row.failed = True  # leaves at the next schedule
             row.handle.push(ErrorEvent(exc))
             release_lease(row.request.lease)  # failed rows never run again
+
+    @staticmethod
+    def _leave(row: Row) -> None:
+        """A row leaves the engine: a cancelled one still gets a last event, so that nobody awaits it forever."""
+        if not row.ended:
+            row.failed = True
+            row.handle.push(ErrorEvent(RequestCancelledError()))
+        release_lease(row.request.lease)
+
+
+class EngineHold:
+    """What `Engine.hold()` yields: waits for the queue to reach a size (the thread is paused meanwhile)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def wait_queued(self, count: int, timeout: float = 60.0) -> None:
+        """Block until `count` requests are queued (generations and classifications); TimeoutError after
+        `timeout` seconds — a safety net against a hang, not a timing assumption."""
+        engine = self.engine
+        with engine._cond:
+            queued = lambda: len(engine._waiting) + len(engine._classify) >= count  # noqa: E731
+            if not engine._cond.wait_for(queued, timeout):
+                raise TimeoutError(f"{count} request(s) were never queued")

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from ..errors import BadRequestError
 from ..sampling import SamplingParams
 from ..store import Lease
 
@@ -67,6 +68,13 @@ class FinishEvent:
 @dataclass
 class ErrorEvent:
     error: BaseException
+
+
+class RequestCancelledError(BadRequestError):
+    """The request was cancelled (its client went away) before it finished: its handler stops waiting."""
+
+    def __init__(self) -> None:
+        super().__init__("the request was cancelled: its client disconnected before the answer was complete")
 
 
 Event = TokenEvent | FinishEvent | ErrorEvent

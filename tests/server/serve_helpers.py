@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, BertForSequenceClassification, Pr
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # pad 0, bos 1, eos 2 as in tiny_models
 WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]
 # A chat template, so /v1/chat/completions has something to apply (plain words the vocabulary knows).
+LLAMA_CONTEXT = 512  # positions of the served tiny Llama
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 
 
@@ -41,6 +42,9 @@ def save_base(kind: str, directory: Path) -> Path:
     if kind == "llama":
         with torch.no_grad():  # a sharper head: greedy tokens then differ clearly between adapters
             model.get_output_embeddings().weight.mul_(10.0)
+        # The server clamps its token limits to the context: give the long-request tests room (RoPE's
+        # weights do not depend on this number, so the outputs are unchanged).
+        model.config.max_position_embeddings = LLAMA_CONTEXT
     if kind == "t5":
         model.config.eos_token_id = 2
         model.generation_config.eos_token_id = 2

@@ -4,7 +4,6 @@ serving. Limits are set small so that each is easy to cross."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,24 +97,19 @@ def test_chunked_body_over_limit(client) -> None:
 
 
 def test_queue_full_is_429(llama_dir: Path) -> None:
-    settings = Settings(
-        base_model=str(llama_dir), max_batch_size=1, max_queued_requests=1, max_new_tokens_limit=400
-    )
-    long = {"inputs": "w1", "parameters": {"max_new_tokens": 400}}
+    """The engine is held (no step runs), so the first request stays queued for sure and the second finds
+    the queue full; released, the first is served."""
+    settings = Settings(base_model=str(llama_dir), max_batch_size=1, max_queued_requests=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        engine = c.app.state.swapyard.engine
         statuses: list[int] = []
-        threads = [
-            threading.Thread(target=lambda: statuses.append(c.post("/generate", json=long).status_code))
-        ]
-        threads += [
-            threading.Thread(target=lambda: statuses.append(c.post("/generate", json=long).status_code))
-        ]
-        for t in threads:
-            t.start()
-            time.sleep(0.2)  # the first is running, the second waits in the queue
-        _check(c.post("/generate", json=OK), 429, "queue_full")
-        for t in threads:
-            t.join(timeout=60)
-        assert statuses == [200, 200]
+        queued = threading.Thread(target=lambda: statuses.append(c.post("/generate", json=OK).status_code))
+        with engine.hold() as held:
+            queued.start()
+            held.wait_queued(1)
+            body = _check(c.post("/generate", json=OK), 429, "queue_full")
+            assert "--max-queued-requests" in body["error"]
+        queued.join(timeout=60)
+        assert statuses == [200]
         assert c.post("/generate", json=OK).status_code == 200
         assert 'swapyard_rejected_requests_total{reason="queue_full"} 1.0' in c.get("/metrics").text
