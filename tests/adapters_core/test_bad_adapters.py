@@ -140,11 +140,12 @@ def test_pickle_needs_opt_in(good_dir, tmp_path) -> None:
 
 def test_target_missing_from_the_model(good_dir, tmp_path) -> None:
     def gpt2_names(config):
-        config["target_modules"] = ["q_proj", "c_attn"]
+        config["target_modules"] = ["c_attn", "c_fc"]
 
     base = tiny_llama()
     with pytest.raises(
-        NoTargetModulesError, match="target_modules entry 'c_attn' matches no module of LlamaForCausalLM"
+        NoTargetModulesError,
+        match=r"target_modules=\['c_attn', 'c_fc'\] matched no module of LlamaForCausalLM",
     ):
         AdapterModel.from_pretrained(base, edited_copy(good_dir, tmp_path, edit_config=gpt2_names))
     assert_untouched(base)
