@@ -100,7 +100,7 @@ class AdapterModel(nn.Module):
         subfolder: str | None = None,
         cache_dir: str | None = None,
         token: str | bool | None = None,
-        allow_pickle: bool = False,
+        allow_pickle: bool = True,
     ) -> AdapterModel:
         """Load a saved adapter (local directory or Hub id) onto `model` (modified in place, like PEFT).
 
@@ -144,7 +144,7 @@ class AdapterModel(nn.Module):
         subfolder: str | None = None,
         cache_dir: str | None = None,
         token: str | bool | None = None,
-        allow_pickle: bool = False,
+        allow_pickle: bool = True,
     ) -> None:
         """Add a saved adapter under `adapter_name` without activating it (use `set_adapter`)."""
         if adapter_name in self.peft_config:

@@ -76,7 +76,7 @@ class _AutoAdapterModel:
         subfolder: str | None = None,
         cache_dir: str | None = None,
         token: str | bool | None = None,
-        allow_pickle: bool = False,
+        allow_pickle: bool = True,
         **model_kwargs: Any,
     ) -> AdapterModel:
         """Base model from the adapter's `base_model_name_or_path` (at its `revision`), then the adapter.
