@@ -21,8 +21,14 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def base_layer_dims(module: nn.Module, name: str = "") -> tuple[int, int]:
-    """`(in_features, out_features)` of a Linear or Conv1D; `(num_embeddings, embedding_dim)` of an Embedding."""
+    """`(in_features, out_features)` of a Linear or Conv1D; `(num_embeddings, embedding_dim)` of an Embedding;
+    `(in_channels, out_channels)` of an `nn.Conv1d/2d/3d`."""
+    if isinstance(module, CONV_TYPES):
+        return module.in_channels, module.out_channels
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if is_conv1d(module):
@@ -32,7 +38,8 @@ def base_layer_dims(module: nn.Module, name: str = "") -> tuple[int, int]:
         return module.num_embeddings, module.embedding_dim
     raise UnsupportedError(
         f"{name or type(module).__name__}: module type {type(module).__name__} cannot be adapted; Swapyard supports "
-        "nn.Linear, GPT-2's Conv1D and nn.Embedding. Narrow target_modules to such layers."
+        "nn.Linear, GPT-2's Conv1D, nn.Embedding and (LoRA only) nn.Conv1d/2d/3d. Narrow target_modules to such "
+        "layers."
     )
 
 

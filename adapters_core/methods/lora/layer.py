@@ -79,6 +79,20 @@ class LoraLayer(TunerLayer):
         drop = config.lora_dropout
         self.lora_dropout[adapter_name] = nn.Dropout(p=drop) if drop > 0.0 else nn.Identity()
 
+    def _init_weights(self, adapter_name: str, init: bool | str) -> None:
+        """PEFT's `reset_lora_parameters`: A kaiming-uniform (or gaussian), B zeros, so the adapter starts as a no-op."""
+        a, b = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        if init is False:
+            return  # PEFT leaves nn.Linear's default init: the adapter is not a no-op
+        with torch.no_grad():
+            if isinstance(init, str) and init.lower() == "gaussian":
+                nn.init.normal_(a.weight, std=1 / self.r[adapter_name])
+            else:
+                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.zeros_(b.weight)
+            if b.bias is not None:
+                nn.init.zeros_(b.bias)
+
 
 class Linear(LoraLayer):
     """LoRA over `nn.Linear` or `Conv1D`.
@@ -109,19 +123,6 @@ class Linear(LoraLayer):
                 self._base_weight_rows(), self._delta_rows(adapter_name, self.scaling[adapter_name])
             )
             self.lora_magnitude_vector[adapter_name] = dora
-
-    def _init_weights(self, adapter_name: str, init: bool | str) -> None:
-        a, b = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        if init is False:
-            return  # PEFT leaves nn.Linear's default init: the adapter is not a no-op
-        with torch.no_grad():
-            if isinstance(init, str) and init.lower() == "gaussian":
-                nn.init.normal_(a.weight, std=1 / self.r[adapter_name])
-            else:
-                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-            nn.init.zeros_(b.weight)
-            if b.bias is not None:
-                nn.init.zeros_(b.bias)
 
     # -- shapes for load-time messages ------------------------------------------------------------
     def shape_spec(self, container: str, adapter_name: str) -> tuple[tuple[str, int], ...]:
