@@ -35,6 +35,7 @@ from .errors import (
     UnsafeFormatError,
     UnsupportedError,
 )
+from .kbit_training import prepare_model_for_kbit_training
 from .methods.adalora import AdaLoraConfig
 from .methods.adaption_prompt import AdaptionPromptConfig
 from .methods.ia3 import IA3Config
@@ -83,4 +84,5 @@ __all__ = [
     "UnsafeFormatError",
     "UnsupportedError",
     "get_adapter_model",
+    "prepare_model_for_kbit_training",
 ]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedError
+from .quantized import bnb_kind
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -148,6 +149,15 @@ class TunerLayer(nn.Module):
                 f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken"
             )
         return new_weight
+
+    def refuse_quantized_merge(self, method: str) -> None:
+        """PEFT merges only LoRA into bitsandbytes layers; other methods raise instead of corrupting packed data."""
+        kind = bnb_kind(self.base_layer)
+        if kind is not None:
+            raise UnsupportedError(
+                f"cannot merge {method} into a bitsandbytes {kind} layer (PEFT cannot either); keep the adapter "
+                "unmerged, or load the base model unquantized to merge."
+            )
 
     def adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
         """The adapters of `adapter_names` (default: the active ones) that are present and not merged yet."""
