@@ -42,15 +42,16 @@ def prepare_model_for_kbit_training(
             torch.cuda.empty_cache()
 
     if (loaded_in_kbit or no_upcast) and use_gradient_checkpointing:
+        hf_model: Any = model  # a transformers PreTrainedModel (its methods are not typed on nn.Module)
         # Reentrant checkpointing needs an input that requires grad, or no gradient reaches the adapters.
         if kwargs.get("use_reentrant", True):
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
+            if hasattr(hf_model, "enable_input_require_grads"):
+                hf_model.enable_input_require_grads()
             else:
-                model.get_input_embeddings().register_forward_hook(  # type: ignore[operator]
+                hf_model.get_input_embeddings().register_forward_hook(
                     lambda _module, _input, output: output.requires_grad_(True)
                 )
-        enable: Any = model.gradient_checkpointing_enable
+        enable: Any = hf_model.gradient_checkpointing_enable
         if "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
             enable(gradient_checkpointing_kwargs=kwargs)
         else:
