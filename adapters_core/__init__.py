@@ -36,6 +36,7 @@ from .errors import (
     UnsafeFormatError,
     UnsupportedError,
 )
+from .kbit_training import prepare_model_for_kbit_training
 from .methods.adalora import AdaLoraConfig
 from .methods.adaption_prompt import AdaptionPromptConfig
 from .methods.ia3 import IA3Config
@@ -127,5 +128,6 @@ __all__ = [
     "get_peft_model",
     "get_peft_model_state_dict",
     "inject_adapter_in_model",
+    "prepare_model_for_kbit_training",
     "set_peft_model_state_dict",
 ]

@@ -11,35 +11,11 @@ from typing import Any
 
 from torch import nn
 
-# PEFT's per-model_type defaults when `target_modules` is null (peft/utils/constants.py).
-LORA_DEFAULT_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "t5": ["q", "v"],
-    "mt5": ["q", "v"],
-}
-IA3_DEFAULT_TARGETS: dict[str, list[str]] = {
-    "llama": ["k_proj", "v_proj", "down_proj"],
-    "mistral": ["k_proj", "v_proj", "down_proj"],
-    "gpt2": ["c_attn", "mlp.c_proj"],
-    "bert": ["key", "value", "output.dense"],
-    "roberta": ["key", "value", "output.dense"],
-    "t5": ["k", "v", "wo"],
-    "mt5": ["k", "v", "wi_1"],
-}
-IA3_DEFAULT_FEEDFORWARD: dict[str, list[str]] = {
-    "llama": ["down_proj"],
-    "mistral": ["down_proj"],
-    "gpt2": ["mlp.c_proj"],
-    "bert": ["output.dense"],
-    "roberta": ["output.dense"],
-    "t5": ["wo"],
-    "mt5": [],
-}
+# PEFT's per-model_type defaults when `target_modules` is null (copied from peft 0.21), re-exported here
+from .target_defaults import ADALORA_DEFAULT_TARGETS as ADALORA_DEFAULT_TARGETS
+from .target_defaults import IA3_DEFAULT_FEEDFORWARD as IA3_DEFAULT_FEEDFORWARD
+from .target_defaults import IA3_DEFAULT_TARGETS as IA3_DEFAULT_TARGETS
+from .target_defaults import LORA_DEFAULT_TARGETS as LORA_DEFAULT_TARGETS
 
 Targets = str | Iterable[str] | None
 
@@ -60,7 +36,7 @@ def is_under_modules_to_save(key: str, modules_to_save: Iterable[str] | None) ->
 
 def layer_index(key: str, layers_pattern: str | list[str] | None) -> int | None:
     """The transformer-layer index in a module path, found as PEFT finds it; None if there is none."""
-    if layers_pattern is None:
+    if not layers_pattern:  # None, "" or []: any layer pattern (as PEFT)
         m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
         return int(m.group("idx")) if m else None
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
@@ -88,7 +64,7 @@ def matches_target(
         return True  # a full-path match bypasses layers_to_transform
     if not any(key.endswith("." + t) for t in targets):
         return False
-    if layers_to_transform is None:
+    if layers_to_transform is None or layers_to_transform == []:  # PEFT: an empty list means all layers
         return True
     idx = layer_index(key, layers_pattern)
     if idx is None:
@@ -122,7 +98,7 @@ def expand_all_linear(model: nn.Module, task_type: Any = None) -> set[str]:
 
 
 def resolve_target_modules(
-    model: nn.Module, target_modules: Targets, defaults: Mapping[str, list[str]], task_type: Any = None
+    model: nn.Module, target_modules: Targets, defaults: Mapping[str, list[str] | str], task_type: Any = None
 ) -> str | set[str]:
     """Turn null into the model type's defaults and "all-linear" into full paths; keep regexes."""
     if target_modules is None:
@@ -134,7 +110,8 @@ def resolve_target_modules(
                 f"target_modules is null and there are no default targets for model_type {model_type!r}; "
                 "set target_modules explicitly (a list of module names, a regex, or 'all-linear')."
             )
-        return set(defaults[str(model_type)])
+        default = defaults[str(model_type)]
+        return default if isinstance(default, str) else set(default)  # a regex default stays a regex
     if isinstance(target_modules, str):
         if target_modules.lower() == "all-linear":
             return expand_all_linear(model, task_type)

@@ -1,12 +1,15 @@
 """Read and write adapter weight files in PEFT's layout (reference §1).
 
-safetensors is the format; pickle (`adapter_model.bin`) is refused unless the caller opts in, and is then
-read with `torch.load(weights_only=True)` only.
+safetensors is the format. `adapter_model.bin` (PEFT's default until late 2023) is read as PEFT reads it, with
+`torch.load(weights_only=True)` only: tensors and plain containers, never arbitrary objects, so a pickle that
+would run code is refused without being executed. Callers that take no pickle at all (the server) pass
+`allow_pickle=False`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 import torch
@@ -25,13 +28,14 @@ def load_adapter_weights(
     revision: str | None = None,
     cache_dir: str | None = None,
     token: str | bool | None = None,
-    allow_pickle: bool = False,
+    allow_pickle: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """The state dict of an adapter, keys exactly as PEFT saved them.
 
-    Raises `UnsafeFormatError` for a pickle-only adapter without `allow_pickle=True`,
-    `AdapterWeightsError` for an unreadable file or non-finite values.
+    `adapter_model.safetensors` is preferred; without it `adapter_model.bin` is read weights-only, unless
+    `allow_pickle=False`, which raises `UnsafeFormatError` instead. Raises `AdapterWeightsError` for an
+    unreadable file, a pickle holding anything but tensors, or non-finite values.
     """
     kw: dict[str, Any] = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token)
     path = resolve_file(path_or_hub_id, SAFETENSORS_WEIGHTS_NAME, missing_ok=True, **kw)
@@ -51,19 +55,34 @@ def load_adapter_weights(
             )
         if not allow_pickle:
             raise UnsafeFormatError(
-                f"{pickle_path}: only a pickle file ({PICKLE_WEIGHTS_NAME}) was found, and pickle can run code. "
-                f"Convert it to {SAFETENSORS_WEIGHTS_NAME}, or pass allow_pickle=True if you trust its author "
-                "(it is then read with torch.load(weights_only=True))."
+                f"{pickle_path}: only a pickle file ({PICKLE_WEIGHTS_NAME}) was found, and this caller takes "
+                f"safetensors only. Convert it to {SAFETENSORS_WEIGHTS_NAME}, or pass allow_pickle=True (it is "
+                "then read with torch.load(weights_only=True), as PEFT reads it)."
             )
-        try:
-            state = torch.load(pickle_path, map_location=device, weights_only=True)
-        except Exception as exc:  # torch raises many types for bad pickles
-            raise AdapterWeightsError(
-                f"{pickle_path}: cannot be read with weights_only=True ({exc})."
-            ) from exc
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise AdapterWeightsError(f"{pickle_path}: expected a dict of tensors.")
+        state = _load_weights_only(pickle_path, device)
     check_finite(state, source=str(path_or_hub_id))
+    return state
+
+
+def _load_weights_only(path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """`torch.load(weights_only=True)`: the unpickler only builds tensors and plain containers, so an
+    object with a `__reduce__` (code to run) is rejected before anything of it executes."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise AdapterWeightsError(
+            f"{path}: cannot be read with weights_only=True: the pickle holds objects other than tensors, which "
+            "could run code when unpickled, so it was refused without being executed. Re-save the adapter "
+            f"from its state dict as {SAFETENSORS_WEIGHTS_NAME} (PEFT's save_pretrained does)."
+        ) from exc
+    except Exception as exc:  # torch raises many types for damaged archives
+        raise AdapterWeightsError(
+            f"{path}: cannot be read with weights_only=True ({exc}); re-save or re-download the adapter."
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AdapterWeightsError(
+            f"{path}: expected a dict of tensors (a state dict), got {type(state).__name__}."
+        )
     return state
 
 

@@ -150,7 +150,7 @@ class MultiAdapterModel(nn.Module):
             k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if kwargs.get(k) is not None
         }
         config = AdapterConfig.from_pretrained(path, **hub)
-        state = load_adapter_weights(path, allow_pickle=kwargs.get("allow_pickle", False), **hub)
+        state = load_adapter_weights(path, allow_pickle=kwargs.get("allow_pickle", True), **hub)
         return config, state, path
 
     def parse(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:

@@ -10,6 +10,7 @@ optional save/load key hooks.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ from .state_io import adapter_state_dict, load_adapter_state, remove_adapter_nam
 class InjectionTuner(nn.Module):
     """Adapters injected as tuner layers into one transformers model (`self.model`, modified in place)."""
 
-    default_targets: ClassVar[Mapping[str, list[str]]] = {}
+    default_targets: ClassVar[Mapping[str, list[str] | str]] = {}
     model: Any  # the transformers model (typed loosely: its methods vary by architecture)
     # PEFT condenses target lists of >= 20 entries into distinguishing suffixes before saving (not for IA3).
     minimize_targets: ClassVar[bool] = True
@@ -118,46 +119,72 @@ class InjectionTuner(nn.Module):
         return out
 
     def _match(self, config: AdapterConfig) -> list[str]:
-        """HF paths this config adapts; raises `NoTargetModulesError` naming what did not match."""
+        """HF paths this config adapts, decided as PEFT's `inject_adapter` decides them.
+
+        A list of `target_modules` may name modules the model lacks (one adapter config for several
+        architectures); only an adapter that adapts nothing is an error, `NoTargetModulesError`, worded by why:
+        everything matched was excluded, or nothing matched at all.
+        """
         targets = getattr(config, "target_modules", None)
-        candidates = self._candidate_modules()
-        model_name = type(self.model).__name__
-        if isinstance(targets, (set, list, tuple)):
-            for t in sorted(targets):
-                if not any(k == t or k.endswith("." + t) for k, _ in candidates):
-                    raise NoTargetModulesError(
-                        f"target_modules entry {t!r} matches no module of {model_name}: the adapter was made for "
-                        "another architecture, or the name is misspelt. Module names look like "
-                        f"{[k for k, m in candidates if isinstance(m, nn.Linear)][:3]}."
-                    )
         layers_to_transform = getattr(config, "layers_to_transform", None)
         layers_pattern = getattr(config, "layers_pattern", None)
         modules_to_save = getattr(config, "modules_to_save", None)
         exclude = getattr(config, "exclude_modules", None)
-        matched = [
-            key
-            for key, _ in candidates
-            if not is_under_modules_to_save(key, modules_to_save)
-            and not is_excluded(key, exclude)
-            and matches_target(
+        matched: list[str] = []
+        excluded: list[str] = []
+        for key, _ in self._candidate_modules():
+            if is_excluded(key, exclude) or is_under_modules_to_save(key, modules_to_save):
+                excluded.append(key)
+            elif matches_target(
                 key, targets, layers_to_transform=layers_to_transform, layers_pattern=layers_pattern
-            )
-        ]
+            ):
+                matched.append(key)
         if not matched:
-            detail = f"target_modules={_show(targets)}"
-            if layers_to_transform is not None:
-                detail += f", layers_to_transform={layers_to_transform}, layers_pattern={layers_pattern!r}"
-            if exclude:
-                detail += f", exclude_modules={_show(exclude)}"
-            raise NoTargetModulesError(
-                f"{detail} matched no module of {model_name}; nothing would be adapted. Check the names against "
-                "model.named_modules()."
+            raise NoTargetModulesError(self._no_match_message(config, excluded))
+        if exclude and not any(is_excluded(k, exclude) for k in excluded):
+            warnings.warn(
+                f"You have passed exclude_modules={_show(exclude)} but no modules were excluded. "
+                "Please check that exclude_modules was set correctly.",
+                stacklevel=3,
             )
         for key in matched:
             module = self.model.get_submodule(key)
             if not isinstance(module, TunerLayer):
                 base_layer_dims(module, key)  # raises UnsupportedError naming the module
         return matched
+
+    def _no_match_message(self, config: AdapterConfig, excluded: list[str]) -> str:
+        targets = getattr(config, "target_modules", None)
+        layers_to_transform = getattr(config, "layers_to_transform", None)
+        exclude = getattr(config, "exclude_modules", None)
+        model_name = type(self.model).__name__
+        detail = f"target_modules={_show(targets)}"
+        if layers_to_transform is not None:
+            detail += f", layers_to_transform={layers_to_transform}, layers_pattern={getattr(config, 'layers_pattern', None)!r}"
+        if exclude:
+            detail += f", exclude_modules={_show(exclude)}"
+        would_match = [
+            k
+            for k in excluded
+            if matches_target(
+                k,
+                targets,
+                layers_to_transform=layers_to_transform,
+                layers_pattern=getattr(config, "layers_pattern", None),
+            )
+        ]
+        if would_match:
+            return (
+                f"{detail}: every module it matches in {model_name} is excluded by exclude_modules or lies inside "
+                f"modules_to_save (e.g. {would_match[0]!r}); nothing would be adapted. Narrow exclude_modules / "
+                "modules_to_save, or target other modules."
+            )
+        examples = [k for k, m in self._candidate_modules() if isinstance(m, nn.Linear)][:3]
+        return (
+            f"{detail} matched no module of {model_name}; nothing would be adapted. The adapter was made for "
+            f"another architecture, or a name is misspelt: module names look like {examples} "
+            "(see model.named_modules())."
+        )
 
     # -- AdapterTuner protocol ------------------------------------------------------------------
     def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedError
+from .quantized import bnb_kind
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -21,8 +22,14 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def base_layer_dims(module: nn.Module, name: str = "") -> tuple[int, int]:
-    """`(in_features, out_features)` of a Linear or Conv1D; `(num_embeddings, embedding_dim)` of an Embedding."""
+    """`(in_features, out_features)` of a Linear or Conv1D; `(num_embeddings, embedding_dim)` of an Embedding;
+    `(in_channels, out_channels)` of an `nn.Conv1d/2d/3d`."""
+    if isinstance(module, CONV_TYPES):
+        return module.in_channels, module.out_channels
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if is_conv1d(module):
@@ -32,7 +39,8 @@ def base_layer_dims(module: nn.Module, name: str = "") -> tuple[int, int]:
         return module.num_embeddings, module.embedding_dim
     raise UnsupportedError(
         f"{name or type(module).__name__}: module type {type(module).__name__} cannot be adapted; Swapyard supports "
-        "nn.Linear, GPT-2's Conv1D and nn.Embedding. Narrow target_modules to such layers."
+        "nn.Linear, GPT-2's Conv1D, nn.Embedding and (LoRA only) nn.Conv1d/2d/3d. Narrow target_modules to such "
+        "layers."
     )
 
 
@@ -141,6 +149,15 @@ class TunerLayer(nn.Module):
                 f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken"
             )
         return new_weight
+
+    def refuse_quantized_merge(self, method: str) -> None:
+        """PEFT merges only LoRA into bitsandbytes layers; other methods raise instead of corrupting packed data."""
+        kind = bnb_kind(self.base_layer)
+        if kind is not None:
+            raise UnsupportedError(
+                f"cannot merge {method} into a bitsandbytes {kind} layer (PEFT cannot either); keep the adapter "
+                "unmerged, or load the base model unquantized to merge."
+            )
 
     def adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
         """The adapters of `adapter_names` (default: the active ones) that are present and not merged yet."""

@@ -6,7 +6,8 @@ live name and PEFT's; a saved key drops the adapter name (`….lora_A.weight`). 
 * DoRA magnitudes are saved without their `.weight` leaf (the method's `checkpoint_key` does it);
 * `modules_to_save` copies are saved under the wrapped module's own key (`…classifier.weight`);
 * `bias="all"`/`"lora_only"` and targeted embeddings add *base* tensors, which on load overwrite the base
-  model's values (they persist when adapters are disabled, as in PEFT).
+  model's values (they persist when adapters are disabled, as in PEFT); files from PEFT < 0.7 name a targeted
+  module's bias without `base_layer`, and load too.
 
 Loading checks every key before writing anything: a key the config does not explain, a missing adapter
 tensor or a shape that does not fit raises with the module named, and the model is left untouched.
@@ -190,6 +191,24 @@ def _explained_base_key(
     return False
 
 
+def _pre_07_bias_keys(
+    tuner: InjectionTuner, adapter_name: str, live: dict[str, torch.Tensor]
+) -> dict[str, str]:
+    """`<layer>.bias` → `<layer>.base_layer.bias` for every tuner layer with a bias, when the config saves biases.
+
+    Before PEFT 0.7 a LoRA layer *was* the `nn.Linear` (no `base_layer`), so `bias="all"`/`"lora_only"` saved a
+    targeted module's bias as `….q_proj.bias`. (PEFT 0.21 silently ignores such keys, leaving the trained biases
+    out; we put them where they belong.)
+    """
+    if getattr(tuner.peft_config[adapter_name], "bias", "none") == "none":
+        return {}
+    return {
+        f"{name}.bias": f"{name}.base_layer.bias"
+        for name, _ in _tuner_layers(tuner.model)
+        if f"{name}.base_layer.bias" in live and f"{name}.bias" not in live
+    }
+
+
 def load_adapter_state(
     tuner: InjectionTuner, adapter_name: str, state: dict[str, torch.Tensor], source: str = "adapter"
 ) -> None:
@@ -211,8 +230,10 @@ def load_adapter_state(
     unexplained: list[str] = []
     seen_adapter: set[str] = set()
     seen_live: set[str] = set()
+    old_bias_keys = _pre_07_bias_keys(tuner, adapter_name, live)
     for raw_key, value in state.items():
         key = raw_key.removeprefix(INJECTED_PREFIX)
+        key = old_bias_keys.get(key, key)
         if key in ckpt_to_live:
             live_key = ckpt_to_live[key]
             module_name, layer, container = adapter_keys[live_key]

@@ -122,16 +122,16 @@ def test_non_finite_weights(good_dir, tmp_path, value) -> None:
         AdapterModel.from_pretrained(tiny_llama(), edited_copy(good_dir, tmp_path, poison))
 
 
-def test_pickle_needs_opt_in(good_dir, tmp_path) -> None:
+def test_pickle_can_be_refused(good_dir, tmp_path) -> None:
     path = edited_copy(good_dir, tmp_path)
     state = load_file(os.path.join(path, "adapter_model.safetensors"))
     os.remove(os.path.join(path, "adapter_model.safetensors"))
     torch.save(state, os.path.join(path, "adapter_model.bin"))
     base = tiny_llama()
     with pytest.raises(UnsafeFormatError, match=r"only a pickle file .* pass allow_pickle=True"):
-        AdapterModel.from_pretrained(base, path)
+        AdapterModel.from_pretrained(base, path, allow_pickle=False)
     assert_untouched(base)
-    loaded = AdapterModel.from_pretrained(base, path, allow_pickle=True)
+    loaded = AdapterModel.from_pretrained(base, path)
     reference = AdapterModel.from_pretrained(tiny_llama(), good_dir)
     inputs = batch("llama")
     with torch.no_grad():
@@ -140,11 +140,12 @@ def test_pickle_needs_opt_in(good_dir, tmp_path) -> None:
 
 def test_target_missing_from_the_model(good_dir, tmp_path) -> None:
     def gpt2_names(config):
-        config["target_modules"] = ["q_proj", "c_attn"]
+        config["target_modules"] = ["c_attn", "c_fc"]
 
     base = tiny_llama()
     with pytest.raises(
-        NoTargetModulesError, match="target_modules entry 'c_attn' matches no module of LlamaForCausalLM"
+        NoTargetModulesError,
+        match=r"target_modules=\['c_attn', 'c_fc'\] matched no module of LlamaForCausalLM",
     ):
         AdapterModel.from_pretrained(base, edited_copy(good_dir, tmp_path, edit_config=gpt2_names))
     assert_untouched(base)

@@ -1,4 +1,4 @@
-"""weights_io: safetensors in PEFT's layout; pickle only on request (weights_only); NaN/Inf refused."""
+"""weights_io: safetensors in PEFT's layout; pickle read weights-only (or refused on request); NaN/Inf refused."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def test_non_finite_values_name_the_tensor(tmp_path, value) -> None:
         load_adapter_weights(str(tmp_path))
 
 
-def test_pickle_refused_then_weights_only(tmp_path) -> None:
+def test_pickle_read_weights_only_unless_refused(tmp_path) -> None:
     torch.save({"w": torch.ones(2)}, tmp_path / "adapter_model.bin")
     with pytest.raises(UnsafeFormatError, match="allow_pickle=True"):
-        load_adapter_weights(str(tmp_path))
-    assert torch.equal(load_adapter_weights(str(tmp_path), allow_pickle=True)["w"], torch.ones(2))
+        load_adapter_weights(str(tmp_path), allow_pickle=False)
+    assert torch.equal(load_adapter_weights(str(tmp_path))["w"], torch.ones(2))
 
 
 class _Evil:
@@ -44,11 +44,11 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_pickle_with_code_is_refused_even_with_opt_in(tmp_path) -> None:
+def test_pickle_with_code_is_refused(tmp_path) -> None:
     with open(tmp_path / "adapter_model.bin", "wb") as fh:
         pickle.dump({"w": _Evil()}, fh)
     with pytest.raises(AdapterWeightsError, match="cannot be read with weights_only=True"):
-        load_adapter_weights(str(tmp_path), allow_pickle=True)
+        load_adapter_weights(str(tmp_path))
 
 
 def test_corrupt_and_missing_files(tmp_path) -> None:

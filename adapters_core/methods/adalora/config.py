@@ -44,13 +44,16 @@ class AdaLoraConfig(LoraConfig):
                 "Note that `r` is not used in AdaLoRA and will be ignored; set the initial rank with `init_r`.",
                 stacklevel=3,
             )
-        if self.total_step is None or self.total_step <= 0:
+        # Older PEFT saved `total_step: null` for adapters that are only used for inference; it is the training
+        # schedule, so it is required only to train (PEFT 0.21 refuses such files; PEFT 0.6 loaded them).
+        inference_only = self.total_step is None and self.inference_mode
+        if not inference_only and (self.total_step is None or self.total_step <= 0):
             raise AdapterConfigError(
                 "AdaLoRA does not work when `total_step` is None; supply a value > 0 (the planned training steps)."
             )
         if self.orth_reg_weight < 0:
             raise AdapterConfigError(f"`orth_reg_weight` must be >= 0, got {self.orth_reg_weight}.")
-        if self.tinit >= (self.total_step - self.tfinal):
+        if self.total_step is not None and self.tinit >= (self.total_step - self.tfinal):
             raise AdapterConfigError(
                 "The supplied schedule values don't allow for a budgeting phase. Decrease `tfinal`/`tinit` or "
                 "increase `total_step`."

@@ -105,6 +105,7 @@ class SVDLinear(TunerLayer):
         return result
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self.refuse_quantized_merge("AdaLoRA")
         for name in self.adapters_to_merge(adapter_names):
             weight = self.base_layer.weight
             new_weight = weight.data + self.get_delta_weight(name).to(weight.dtype)

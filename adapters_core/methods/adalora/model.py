@@ -18,7 +18,7 @@ from torch import nn
 from ...config import PeftType
 from ...errors import AdapterConfigError, UnsupportedError
 from ...registry import MethodSpec, register_method
-from ...targeting import LORA_DEFAULT_TARGETS
+from ...targeting import ADALORA_DEFAULT_TARGETS
 from ...tuners.injection import InjectionTuner
 from ...tuners.layer import TunerLayer, is_conv1d
 from .allocator import RankAllocator, orthogonal_regularization
@@ -33,7 +33,7 @@ def _module_of_mask_key(mask_key: str, adapter_name: str) -> str:
 
 
 class AdaLoraTuner(InjectionTuner):
-    default_targets = LORA_DEFAULT_TARGETS
+    default_targets = ADALORA_DEFAULT_TARGETS
 
     def __init__(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str = "default") -> None:
         super().__init__(model, config, adapter_name)

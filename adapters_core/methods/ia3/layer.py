@@ -61,6 +61,7 @@ class Linear(TunerLayer):
         return vec.T if self.fan_in_fan_out else vec
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self.refuse_quantized_merge("IA3")
         for name in self.adapters_to_merge(adapter_names):
             base = self.base_layer
             new_weight = base.weight.data * self._weight_scale(name)

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...tuners.quantized import dequantized_weight
+
 
 def _transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
     return weight.T if fan_in_fan_out else weight
@@ -48,7 +50,7 @@ class DoraLinearLayer(nn.Module):
     ) -> torch.Tensor:
         """The DoRA term added to `base_result` = base(x): (m/n - 1) ⊙ (base(x) - b) + (m/n) ⊙ scaling·B A x."""
         lora_weight = (lora_b.weight @ lora_a.weight).to(x.dtype)  # (out, in)
-        weight_rows = _transpose(base_layer.weight, self.fan_in_fan_out).to(x.dtype)
+        weight_rows = _transpose(dequantized_weight(base_layer), self.fan_in_fan_out).to(x.dtype)
         norm = self.row_norm(weight_rows, scaling * lora_weight.detach()).detach()
         mag_norm_scale = (self.weight / norm).view(1, -1)
         lora_result = lora_b(lora_a(x))

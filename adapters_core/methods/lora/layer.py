@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...tuners.layer import TunerLayer, adapter_dtype, is_conv1d
+from ...tuners.quantized import bnb_kind, dequantized_weight, write_quantized_weight
 from .config import LoraConfig
 from .dora import DoraLinearLayer
 
@@ -79,6 +80,20 @@ class LoraLayer(TunerLayer):
         drop = config.lora_dropout
         self.lora_dropout[adapter_name] = nn.Dropout(p=drop) if drop > 0.0 else nn.Identity()
 
+    def _init_weights(self, adapter_name: str, init: bool | str) -> None:
+        """PEFT's `reset_lora_parameters`: A kaiming-uniform (or gaussian), B zeros, so the adapter starts as a no-op."""
+        a, b = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        if init is False:
+            return  # PEFT leaves nn.Linear's default init: the adapter is not a no-op
+        with torch.no_grad():
+            if isinstance(init, str) and init.lower() == "gaussian":
+                nn.init.normal_(a.weight, std=1 / self.r[adapter_name])
+            else:
+                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.zeros_(b.weight)
+            if b.bias is not None:
+                nn.init.zeros_(b.bias)
+
 
 class Linear(LoraLayer):
     """LoRA over `nn.Linear` or `Conv1D`.
@@ -110,19 +125,6 @@ class Linear(LoraLayer):
             )
             self.lora_magnitude_vector[adapter_name] = dora
 
-    def _init_weights(self, adapter_name: str, init: bool | str) -> None:
-        a, b = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        if init is False:
-            return  # PEFT leaves nn.Linear's default init: the adapter is not a no-op
-        with torch.no_grad():
-            if isinstance(init, str) and init.lower() == "gaussian":
-                nn.init.normal_(a.weight, std=1 / self.r[adapter_name])
-            else:
-                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-            nn.init.zeros_(b.weight)
-            if b.bias is not None:
-                nn.init.zeros_(b.bias)
-
     # -- shapes for load-time messages ------------------------------------------------------------
     def shape_spec(self, container: str, adapter_name: str) -> tuple[tuple[str, int], ...]:
         r = self.r[adapter_name]
@@ -134,8 +136,8 @@ class Linear(LoraLayer):
 
     # -- math ----------------------------------------------------------------------------------
     def _base_weight_rows(self) -> torch.Tensor:
-        """Base weight in (out, in) layout, whatever the module stores."""
-        return transpose(self.base_layer.weight, self.fan_in_fan_out)
+        """Base weight in (out, in) layout, whatever the module stores (bitsandbytes: dequantized)."""
+        return transpose(dequantized_weight(self.base_layer), self.fan_in_fan_out)
 
     def _delta_rows(self, adapter_name: str, scaling: float) -> torch.Tensor:
         """scaling · B A in (out, in) layout."""
@@ -176,17 +178,19 @@ class Linear(LoraLayer):
         return result.to(result_dtype)
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold adapters into the base weight; a bitsandbytes base is dequantized, merged and re-quantized as
+        PEFT does (so a merged 4-/8-bit model differs from the unmerged one by rounding)."""
         for name in self.adapters_to_merge(adapter_names):
             if name not in self.lora_A:
                 continue
             base = self.base_layer
-            weight = base.weight
+            weight = dequantized_weight(base).data
             if name in self.lora_magnitude_vector:
                 new_weight = self.lora_magnitude_vector[name].merged_weight(
-                    weight.data, self.get_delta_weight(name), name
+                    weight, self.get_delta_weight(name), name
                 )
             else:
-                new_weight = weight.data + self.get_delta_weight(name).to(weight.dtype)
+                new_weight = weight + self.get_delta_weight(name).to(weight.dtype)
             new_bias = None
             if self.lora_bias.get(name):
                 if base.bias is None:
@@ -194,8 +198,7 @@ class Linear(LoraLayer):
                         "cannot merge LoRA with lora_bias=True into a base layer without bias."
                     )
                 new_bias = base.bias.data + self.lora_B[name].bias * self.scaling[name]
-            new_weight = self.checked_merge(new_weight, name, safe_merge)
-            weight.data = new_weight.to(weight.dtype)
+            self._write_weight(self.checked_merge(new_weight, name, safe_merge))
             if new_bias is not None:
                 base.bias.data = new_bias.to(base.bias.dtype)
             self.merged_adapters.append(name)
@@ -205,11 +208,17 @@ class Linear(LoraLayer):
             name = self.merged_adapters.pop()
             if name not in self.lora_A:
                 continue
-            weight = self.base_layer.weight
+            weight = dequantized_weight(self.base_layer).data
             delta = self.get_delta_weight(name)
             if name in self.lora_magnitude_vector:
-                weight.data = self.lora_magnitude_vector[name].unmerged_weight(weight.data, delta, name)
+                self._write_weight(self.lora_magnitude_vector[name].unmerged_weight(weight, delta, name))
             else:
-                weight.data -= delta.to(weight.dtype)
+                self._write_weight(weight - delta.to(weight.dtype))
             if self.lora_bias.get(name):
                 self.base_layer.bias.data -= self.lora_B[name].bias * self.scaling[name]
+
+    def _write_weight(self, new_weight: torch.Tensor) -> None:
+        if bnb_kind(self.base_layer) is not None:
+            write_quantized_weight(self.base_layer, new_weight)
+        else:
+            self.base_layer.weight.data = new_weight.to(self.base_layer.weight.dtype)

@@ -11,8 +11,9 @@ from ...errors import UnsupportedError
 from ...registry import MethodSpec, register_method
 from ...targeting import LORA_DEFAULT_TARGETS, get_pattern_key
 from ...tuners.injection import InjectionTuner
-from ...tuners.layer import TunerLayer, is_conv1d
+from ...tuners.layer import CONV_TYPES, TunerLayer, is_conv1d
 from .config import LoraConfig
+from .conv import Conv
 from .embedding import Embedding
 from .layer import Linear, LoraLayer
 from .weighted import add_weighted_lora_adapter
@@ -38,6 +39,8 @@ class LoraTuner(InjectionTuner):
         r, alpha = rank_and_alpha(config, key)
         if isinstance(target, nn.Embedding):
             return Embedding(target, adapter_name, config, r, alpha)
+        if isinstance(target, CONV_TYPES):
+            return Conv(target, adapter_name, config, r, alpha)
         if isinstance(target, nn.Linear) or is_conv1d(target):
             conv1d = is_conv1d(target)
             if config.fan_in_fan_out != conv1d:
@@ -50,8 +53,8 @@ class LoraTuner(InjectionTuner):
                 config.fan_in_fan_out = conv1d
             return Linear(target, adapter_name, config, r, alpha)
         raise UnsupportedError(
-            f"{key}: LoRA cannot target a {type(target).__name__}; Swapyard supports nn.Linear, Conv1D and "
-            "nn.Embedding. Narrow target_modules."
+            f"{key}: LoRA cannot target a {type(target).__name__}; Swapyard supports nn.Linear, Conv1D, "
+            "nn.Embedding and nn.Conv1d/2d/3d. Narrow target_modules."
         )
 
     def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:  # type: ignore[override]
