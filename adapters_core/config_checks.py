@@ -68,9 +68,9 @@ class Number:
             return False
         if self.low is not None and value < self.low:
             return False
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return False
-        return True
+        if self.high is None:
+            return True
+        return value < self.high if self.high_open else value <= self.high
 
 
 def check_number(owner: str, name: str, value: Any, rule: Number) -> None:
@@ -78,9 +78,7 @@ def check_number(owner: str, name: str, value: Any, rule: Number) -> None:
     if not rule.accepts(value):
         hint = f"; {rule.hint}" if rule.hint else ""
         null = " or null" if rule.nullable else ""
-        raise AdapterConfigError(
-            f"{owner}: `{name}` must be {rule.describe()}{null}, got {value!r}{hint}."
-        )
+        raise AdapterConfigError(f"{owner}: `{name}` must be {rule.describe()}{null}, got {value!r}{hint}.")
 
 
 def check_numbers(config: Any, rules: dict[str, Number]) -> None:

@@ -52,6 +52,13 @@ def _weight_rows(module: nn.Module) -> torch.Tensor:
     return w.T if type(module).__name__ == "Conv1D" else w  # GPT-2's Conv1D stores (in, out)
 
 
+def probe_rows(features: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The probe input of a layer with `features` inputs: (PROBE_ROWS, features) standard Gaussian rows
+    (unit RMS, like hidden states after a normalisation), the same for every adapter."""
+    g = torch.Generator().manual_seed(_SEED)
+    return torch.randn(PROBE_ROWS, features, generator=g).to(device, dtype)
+
+
 def _check(where: str, y: torch.Tensor, dtype: torch.dtype, detail: str = "") -> None:
     """y: (T, F) float32 outputs. Refuse non-finite values, values the module's dtype cannot hold, and rows
     whose sum of squares overflows float32 (a normalisation downstream would)."""
@@ -79,8 +86,7 @@ def _linear(
     """(adapted, base) outputs, both (T, out) float32, of a Linear / Conv1D on the probe rows."""
     w = _weight_rows(module)  # (out, in)
     dev, dtype = w.device, w.dtype
-    g = torch.Generator().manual_seed(_SEED)
-    x = torch.randn(PROBE_ROWS, w.shape[1], generator=g).to(dev, dtype)  # (T, in), unit RMS
+    x = probe_rows(int(w.shape[1]), device=dev, dtype=dtype)  # (T, in)
     bias = module.bias if isinstance(module.bias, torch.Tensor) else None
     base = F.linear(x, w).float() + (bias.float() if bias is not None else 0.0)
     params = {k: v.to(dev, dtype) for k, v in (override or {}).items()}
@@ -162,5 +168,9 @@ def probe_adapter(parsed: ParsedAdapter, modules: dict[str, nn.Module]) -> Probe
     if parsed.prompt is not None:
         model_dtype = next((p.dtype for p in modules[""].parameters()), torch.float32)
         for table in parsed.prompt.tensors():  # rows that enter the model as hidden states, keys or values
-            _check(f"the {parsed.prompt.kind} prompt", table.detach().float().reshape(-1, table.shape[-1]), model_dtype)
+            _check(
+                f"the {parsed.prompt.kind} prompt",
+                table.detach().float().reshape(-1, table.shape[-1]),
+                model_dtype,
+            )
     return ProbeResult(best[0], best[1]) if best is not None else ProbeResult(None, None)
