@@ -113,6 +113,7 @@ def targeted_modules(config: AdapterConfig, modules: Mapping[str, nn.Module]) ->
 
 def module_paths(state: Mapping[str, torch.Tensor], config: AdapterConfig) -> set[str]:
     """HF paths of the modules that carry adapter tensors in a PEFT state dict."""
+    endings: tuple[str, ...]
     if isinstance(config, AdaLoraConfig):
         endings = ADALORA_KEYS
     elif isinstance(config, IA3Config):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import peft
 import pytest
@@ -61,6 +62,7 @@ BAD_NUMBERS = [
     ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj']"),
     ({"alpha_pattern": {"q_proj": float("-inf")}}, "alpha_pattern['q_proj']"),
     ({"layers_to_transform": [-1]}, "layers_to_transform"),
+    ({"init_lora_weights": float("nan")}, "init_lora_weights"),
     ({"use_dora": "false"}, "use_dora"),  # a truthy string would silently switch DoRA on
     ({"target_modules": 5}, "target_modules"),
     ({"peft_type": ["LORA"]}, "peft_type"),
@@ -69,7 +71,7 @@ BAD_NUMBERS = [
 
 @pytest.mark.parametrize(("change", "field"), BAD_NUMBERS, ids=[str(c) for c, _ in BAD_NUMBERS])
 def test_lora_config_numbers_are_checked(change, field) -> None:
-    with pytest.raises(AdapterConfigError, match=rf"{__import__('re').escape(field)}.* got "):
+    with pytest.raises(AdapterConfigError, match=rf"{re.escape(field)}.* got "):
         AdapterConfig.from_dict({**LORA, **change})
 
 

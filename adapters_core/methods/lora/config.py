@@ -124,6 +124,11 @@ class LoraConfig(AdapterConfig):
 
     def _validate(self) -> None:
         self._check_patterns()
+        if not isinstance(self.init_lora_weights, (bool, str)):
+            raise AdapterConfigError(
+                f"init_lora_weights must be true, false or an init name such as 'gaussian', got "
+                f"{self.init_lora_weights!r}."
+            )
         if self.bias not in ("none", "all", "lora_only"):
             raise AdapterConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
