@@ -109,12 +109,11 @@ class AdapterConfig:
             rules.update(vars(cls).get("NUMBERS", {}))
         check_numbers(self, rules)
         check_bools(self, [f.name for f in dataclasses.fields(self) if f.type == "bool"])
-        owner = type(self).__name__
         for name in _NAME_FIELDS:
             if hasattr(self, name):
-                check_names(owner, name, getattr(self, name))
+                check_names(name, getattr(self, name))
         if hasattr(self, "modules_to_save"):
-            check_names(owner, "modules_to_save", self.modules_to_save, regex_ok=False)
+            check_names("modules_to_save", self.modules_to_save, regex_ok=False)
 
     # -- identity ---------------------------------------------------------------------------------
     @property

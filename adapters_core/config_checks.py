@@ -46,6 +46,8 @@ class Number:
 
     def describe(self) -> str:
         what = "an integer" if self.kind is int else "a finite number"
+        if self.kind is int and self.low == 1:
+            return "a positive integer" + (f" <= {self.high:g}" if self.high is not None else "")
         if self.abs_high is not None:
             return f"{what} with absolute value <= {self.abs_high:g}"
         if self.low is not None and self.high is not None:
@@ -73,41 +75,40 @@ class Number:
         return value < self.high if self.high_open else value <= self.high
 
 
-def check_number(owner: str, name: str, value: Any, rule: Number) -> None:
-    """Raise `AdapterConfigError` naming `owner.name` unless `value` satisfies `rule`."""
+def check_number(name: str, value: Any, rule: Number) -> None:
+    """Raise `AdapterConfigError` naming the field `name` unless `value` satisfies `rule`."""
     if not rule.accepts(value):
         hint = f"; {rule.hint}" if rule.hint else ""
         null = " or null" if rule.nullable else ""
-        raise AdapterConfigError(f"{owner}: `{name}` must be {rule.describe()}{null}, got {value!r}{hint}.")
+        raise AdapterConfigError(f"{name} must be {rule.describe()}{null}, got {value!r}{hint}.")
 
 
 def check_numbers(config: Any, rules: dict[str, Number]) -> None:
     """Check every field of `config` that `rules` names."""
-    owner = type(config).__name__
     for name, rule in rules.items():
-        check_number(owner, name, getattr(config, name), rule)
+        check_number(name, getattr(config, name), rule)
 
 
-def check_number_map(owner: str, name: str, mapping: Any, rule: Number) -> None:
+def check_number_map(name: str, mapping: Any, rule: Number) -> None:
     """A `{module pattern: number}` field such as LoRA's `rank_pattern` / `alpha_pattern`."""
     if mapping is None:
         return
     if not isinstance(mapping, dict):
         raise AdapterConfigError(
-            f"{owner}: `{name}` must be an object mapping module names to numbers, got {mapping!r}."
+            f"{name} must be an object mapping module names to numbers, got {mapping!r}."
         )
     for key, value in mapping.items():
-        check_number(owner, f"{name}[{key!r}]", value, rule)
+        check_number(f"{name}[{key!r}]", value, rule)
 
 
-def check_names(owner: str, name: str, value: Any, *, regex_ok: bool = True) -> None:
+def check_names(name: str, value: Any, *, regex_ok: bool = True) -> None:
     """A module-name field: null, a string (a regex, where `regex_ok`), or a list of strings."""
     if value is None or (regex_ok and isinstance(value, str)):
         return
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return
     shape = "a list of module names" + (" or one regex string" if regex_ok else "")
-    raise AdapterConfigError(f"{owner}: `{name}` must be {shape}, got {value!r}.")
+    raise AdapterConfigError(f"{name} must be {shape}, got {value!r}.")
 
 
 def check_bools(config: Any, names: Iterable[str]) -> None:
@@ -115,9 +116,7 @@ def check_bools(config: Any, names: Iterable[str]) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, bool):
-            raise AdapterConfigError(
-                f"{type(config).__name__}: `{name}` must be true or false, got {value!r}."
-            )
+            raise AdapterConfigError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_depth(data: Any, *, source: str, limit: int = MAX_JSON_DEPTH) -> None:

@@ -53,10 +53,10 @@ BAD_NUMBERS = [
     ({"lora_alpha": float("inf")}, "lora_alpha"),
     ({"lora_alpha": 1e308}, "lora_alpha"),
     ({"lora_alpha": "16"}, "lora_alpha"),
-    ({"r": 0}, "`r`"),
-    ({"r": 10**9}, "`r`"),
-    ({"r": 4.0}, "`r`"),
-    ({"r": True}, "`r`"),
+    ({"r": 0}, "r must be"),
+    ({"r": 10**9}, "r must be"),
+    ({"r": 4.0}, "r must be"),
+    ({"r": True}, "r must be"),
     ({"lora_dropout": 1.0}, "lora_dropout"),
     ({"lora_dropout": float("nan")}, "lora_dropout"),
     ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj']"),
@@ -71,7 +71,7 @@ BAD_NUMBERS = [
 
 @pytest.mark.parametrize(("change", "field"), BAD_NUMBERS, ids=[str(c) for c, _ in BAD_NUMBERS])
 def test_lora_config_numbers_are_checked(change, field) -> None:
-    with pytest.raises(AdapterConfigError, match=rf"{re.escape(field)}.* got "):
+    with pytest.raises(AdapterConfigError, match=rf"(^|: ){re.escape(field)}.* got "):
         AdapterConfig.from_dict({**LORA, **change})
 
 
@@ -101,7 +101,7 @@ def test_lora_config_numbers_are_checked(change, field) -> None:
     ],
 )
 def test_other_methods_numbers_are_checked(data, field) -> None:
-    with pytest.raises(AdapterConfigError, match=f"`{field}` must be"):
+    with pytest.raises(AdapterConfigError, match=f"^{field} must be"):
         AdapterConfig.from_dict(data)
 
 
@@ -118,7 +118,7 @@ def test_json_nan_literals_parse_and_the_field_is_named(tmp_path) -> None:
     path = tmp_path / "adapter_config.json"
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
         path.write_text(json.dumps(LORA).replace('"lora_alpha": 8', f'"lora_alpha": {literal}'))
-        with pytest.raises(AdapterConfigError, match="`lora_alpha` must be a finite number"):
+        with pytest.raises(AdapterConfigError, match="lora_alpha must be a finite number"):
             AdapterConfig.from_json_file(path)
 
 

@@ -236,9 +236,9 @@ BAD = {
 }
 # The field or module each refusal names.
 NAMED = {
-    "alpha_nan": "`lora_alpha` must be a finite number",
-    "alpha_infinity": "`lora_alpha` must be a finite number",
-    "alpha_1e308": "`lora_alpha` must be a finite number",
+    "alpha_nan": "lora_alpha must be a finite number",
+    "alpha_infinity": "lora_alpha must be a finite number",
+    "alpha_1e308": "lora_alpha must be a finite number",
     "b_times_1e30": "model.layers.1.self_attn.v_proj: on the validation probe",
     "targets_empty": "target_modules=[] matches no module",
     "targets_one_of_two": "no tensors in the file: model.layers.1.self_attn.v_proj;",

@@ -162,10 +162,10 @@ BAD_UPLOADS = {
 }
 # What each refusal names: the field or module at fault.
 NAMED = {
-    "alpha_nan": "`lora_alpha` must be a finite number",
-    "alpha_infinity": "`lora_alpha` must be a finite number",
-    "alpha_1e308": "`lora_alpha` must be a finite number",
-    "rank_huge": "`r` must be an integer",
+    "alpha_nan": "lora_alpha must be a finite number",
+    "alpha_infinity": "lora_alpha must be a finite number",
+    "alpha_1e308": "lora_alpha must be a finite number",
+    "rank_huge": "r must be a positive integer <= 65536, got 1000000000",
     "b_times_1e30": "model.layers.1.self_attn.v_proj: on the validation probe",
     "targets_empty": "target_modules=[] matches no module",
     "targets_unknown": "target_modules=['nothing'] matches no module",

@@ -111,16 +111,15 @@ class LoraConfig(AdapterConfig):
 
     def _check_rank_pattern(self) -> None:
         """LoRA's rank_pattern: per-module r under r's rule (AdaLoRA's holds masks instead)."""
-        check_number_map(type(self).__name__, "rank_pattern", self.rank_pattern, RANK)
+        check_number_map("rank_pattern", self.rank_pattern, RANK)
 
     def _check_patterns(self) -> None:
         """Per-module ranks and alphas under the rules of r and lora_alpha; layer indices >= 0."""
-        owner = type(self).__name__
         self._check_rank_pattern()
-        check_number_map(owner, "alpha_pattern", self.alpha_pattern, ALPHA)
+        check_number_map("alpha_pattern", self.alpha_pattern, ALPHA)
         layers = self.layers_to_transform
         for index in layers if isinstance(layers, list) else [] if layers is None else [layers]:
-            check_number(owner, "layers_to_transform", index, LAYER_INDEX)
+            check_number("layers_to_transform", index, LAYER_INDEX)
 
     def _validate(self) -> None:
         self._check_patterns()
