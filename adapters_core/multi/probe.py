@@ -18,6 +18,7 @@ Math per probed module (x: probe rows (T, in), W: (out, in), b: bias), as multi/
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,6 @@ def _check(where: str, y: torch.Tensor, dtype: torch.dtype, detail: str = "") ->
 
 
 def _linear(
-    path: str,
     module: nn.Module,
     lora: LoraTensors | None,
     ia3: tuple[torch.Tensor, bool] | None,
@@ -114,27 +114,30 @@ def _linear(
 
 def _embedding_chunks(
     module: nn.Embedding, lora: LoraTensors | None, override: dict[str, torch.Tensor] | None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(adapted, base) rows, (n, D) float32, for every id of the table, in chunks."""
-    w = module.weight.detach().float()  # (V, D)
-    table = override["weight"].to(w) if override and "weight" in override else w
-    a_t = b_t = gain = None
-    scale = 0.0
-    if lora is not None:
-        a_t, b_t, scale = lora.a.T.to(w), lora.b.T.to(w), lora.scale  # (V, r), (r, D)
-        if lora.magnitude is not None:
-            squares = sum(
-                ((w[i : i + EMBEDDING_CHUNK] + scale * a_t[i : i + EMBEDDING_CHUNK] @ b_t) ** 2).sum(0)
-                for i in range(0, w.shape[0], EMBEDDING_CHUNK)
-            )
-            gain = lora.magnitude.to(w) / torch.as_tensor(squares).sqrt()  # (D,)
-    out = []
-    for i in range(0, w.shape[0], EMBEDDING_CHUNK):
-        y = table[i : i + EMBEDDING_CHUNK]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(adapted, base) rows, (n, D) float32, for every id of the table, EMBEDDING_CHUNK ids at a time (a
+    float32 copy of a whole large-vocabulary table would take gigabytes)."""
+    weight = module.weight.detach()  # (V, D)
+    dev = weight.device
+    full = override["weight"].to(dev) if override and "weight" in override else None
+    a_t = lora.a.T.to(dev, torch.float32) if lora is not None else None  # (V, r)
+    b_t = lora.b.T.to(dev, torch.float32) if lora is not None else None  # (r, D)
+    scale = lora.scale if lora is not None else 0.0
+    chunks = range(0, weight.shape[0], EMBEDDING_CHUNK)
+
+    def adapted(i: int) -> torch.Tensor:
+        y = (full if full is not None else weight)[i : i + EMBEDDING_CHUNK].float()
         if a_t is not None and b_t is not None:
             y = y + scale * a_t[i : i + EMBEDDING_CHUNK] @ b_t
-        out.append((y * gain if gain is not None else y, w[i : i + EMBEDDING_CHUNK]))
-    return out
+        return y
+
+    gain = None
+    if lora is not None and lora.magnitude is not None:  # DoRA: g = m / ||W + s·(B A)ᵀ|| per column
+        squares = sum(adapted(i).pow(2).sum(0) for i in chunks)
+        gain = lora.magnitude.to(dev) / torch.as_tensor(squares).sqrt()  # (D,)
+    for i in chunks:
+        y = adapted(i)
+        yield (y * gain if gain is not None else y), weight[i : i + EMBEDDING_CHUNK].float()
 
 
 def _effect(adapted: torch.Tensor, base: torch.Tensor) -> float | None:
@@ -151,7 +154,7 @@ def probe_adapter(parsed: ParsedAdapter, modules: dict[str, nn.Module]) -> Probe
         lora, ia3, override = parsed.lora.get(path), parsed.ia3.get(path), parsed.overrides.get(path)
         detail = f"; LoRA scale {lora.scale:.3g}" if lora is not None else ""
         if is_linear_like(module):
-            pairs = [_linear(path, module, lora, ia3, override)]
+            pairs: Iterable[tuple[torch.Tensor, torch.Tensor]] = [_linear(module, lora, ia3, override)]
         elif isinstance(module, nn.Embedding):
             pairs = _embedding_chunks(module, lora, override)
         else:  # e.g. a LayerNorm's trained bias: its values enter the hidden states as they are

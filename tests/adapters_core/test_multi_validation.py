@@ -17,7 +17,7 @@ from tiny_models import perturb_adapter_weights, tiny_llama
 from adapters_core import AdapterConfigError, AdapterWeightsError, NoTargetModulesError
 from adapters_core.config import AdapterConfig, parse_json
 from adapters_core.multi import MultiAdapterModel
-from adapters_core.multi.probe import PROBE_ROWS, probe_rows
+from adapters_core.multi.probe import probe_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 LAYER = "base_model.model.model.layers.{}.self_attn.{}"
@@ -211,17 +211,19 @@ def test_non_finite_weights_are_refused_from_memory_too(model, lora) -> None:
 
 
 def _served_effect(model: MultiAdapterModel, name: str) -> float:
-    """max |adapted − base| over every adapted module, measured through the serving layers on the probe rows."""
+    """max |adapted − base| over every adapted module, measured through the serving layers on the probe rows
+    (every id of an embedding)."""
     loaded = model.adapters[name]
     worst = 0.0
     for path in set(loaded.parsed.lora) | set(loaded.parsed.ia3):
         layer = model.model.get_submodule(path)
-        x = probe_rows(layer.in_features, device=torch.device("cpu"), dtype=torch.float32)[
-            :, None
-        ]  # (T, 1, in)
+        if isinstance(layer.base_layer, torch.nn.Embedding):
+            x = torch.arange(layer.base_layer.num_embeddings)[:, None]  # (V, 1)
+        else:
+            x = probe_rows(layer.in_features, device=torch.device("cpu"), dtype=torch.float32)[:, None]
         with torch.no_grad():
             base = layer.base_layer(x)
-            with model.rows([loaded.slot] * PROBE_ROWS):
+            with model.rows([loaded.slot] * x.shape[0]):
                 adapted = layer(x)
         worst = max(worst, float((adapted - base).abs().max()))
     return worst
@@ -234,8 +236,9 @@ def _served_effect(model: MultiAdapterModel, name: str) -> float:
         peft.LoraConfig(r=4, target_modules=["o_proj", "up_proj"], use_dora=True),
         peft.LoraConfig(r=2, target_modules=["k_proj"], lora_bias=True, use_rslora=True),
         peft.IA3Config(target_modules=["v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        peft.LoraConfig(r=4, target_modules=["embed_tokens"], use_dora=True),
     ],
-    ids=["lora", "dora", "lora_bias", "ia3"],
+    ids=["lora", "dora", "lora_bias", "ia3", "embedding_dora"],
 )
 def test_the_measured_effect_is_the_serving_layers_effect(tmp_path, config) -> None:
     model = MultiAdapterModel(tiny_llama(), max_adapters=2)
