@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .config_checks import Number, check_bools, check_depth, check_names, check_numbers
 from .errors import AdapterConfigError
 from .peft_names import CONFIG_NAME
 
@@ -60,16 +61,24 @@ def _enum_value(v: Any) -> Any:
     return v.value if isinstance(v, enum.Enum) else v
 
 
+# Module-name fields (whichever a config has): a list of names, or a regex string where PEFT allows one.
+_NAME_FIELDS = ("target_modules", "exclude_modules", "feedforward_modules", "layers_pattern")
+
+
 @dataclass
 class AdapterConfig:
     """Fields common to every PEFT config (PEFT's `PeftConfig`).
 
     Subclasses are dataclasses that set `PEFT_TYPE`, may set `REQUIRED_KEYS` (keys a file must carry)
-    and validate themselves in `__post_init__` with messages that say how to fix a bad value.
+    and `NUMBERS` (their numeric fields' rules, config_checks.py; a subclass's table extends its bases'),
+    and validate themselves in `__post_init__` with messages that say how to fix a bad value. Here, before
+    any subclass looks at a value: every declared number is checked, every `bool` field is a real boolean,
+    and module-name fields are strings.
     """
 
     PEFT_TYPE: ClassVar[PeftType]
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type",)
+    NUMBERS: ClassVar[dict[str, Number]] = {}
 
     task_type: TaskType | str | None = None
     peft_type: PeftType | str | None = None
@@ -92,6 +101,19 @@ class AdapterConfig:
                 ) from None
         if self.base_model_name_or_path == "":
             self.base_model_name_or_path = None
+        self._check_values()
+
+    def _check_values(self) -> None:
+        rules: dict[str, Number] = {}
+        for cls in reversed(type(self).__mro__):
+            rules.update(vars(cls).get("NUMBERS", {}))
+        check_numbers(self, rules)
+        check_bools(self, [f.name for f in dataclasses.fields(self) if f.type == "bool"])
+        for name in _NAME_FIELDS:
+            if hasattr(self, name):
+                check_names(name, getattr(self, name))
+        if hasattr(self, "modules_to_save"):
+            check_names("modules_to_save", self.modules_to_save, regex_ok=False)
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -134,6 +156,7 @@ class AdapterConfig:
         """
         if not isinstance(data, dict):
             raise AdapterConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
+        check_depth(data, source=source)
         data = dict(data)
         data.pop("runtime_config", None)
         peft_type = data.get("peft_type")
@@ -144,6 +167,10 @@ class AdapterConfig:
             )
         if peft_type is not None:
             peft_type = _enum_value(peft_type)
+            if not isinstance(peft_type, str):
+                raise AdapterConfigError(
+                    f'{source}: peft_type must be a string such as "LORA", got {peft_type!r}.'
+                )
             if peft_type not in _CONFIG_REGISTRY:
                 _load_builtin_methods()
             if peft_type not in _CONFIG_REGISTRY:
@@ -182,14 +209,7 @@ class AdapterConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> AdapterConfig:
         """Read one `adapter_config.json` file."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise AdapterConfigError(
-                f"{path}: not valid JSON ({exc}); re-save the adapter with save_pretrained."
-            ) from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     @classmethod
     def from_pretrained(
@@ -217,16 +237,34 @@ class AdapterConfig:
             token=token,
         )
         assert path is not None  # resolve_file raises rather than return None unless missing_ok
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise AdapterConfigError(f"{path}: not valid JSON ({exc}).") from exc
+        data = read_json(path)
         merged = {**overrides, **data} if isinstance(data, dict) else data
         return cls.from_dict(merged, source=str(path))
 
     def copy(self, **changes: Any) -> AdapterConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_json(text: str | bytes, *, source: str) -> Any:
+    """A JSON document, or `AdapterConfigError`: never a `RecursionError` from hostile nesting.
+
+    Like PEFT (which reads configs with `json.load`), the NaN/Infinity literals parse; every numeric field
+    is then checked by its config class, which names the field."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterConfigError(
+            f"{source}: not valid UTF-8 JSON ({exc}); re-save the adapter with save_pretrained."
+        ) from exc
+    except RecursionError:
+        raise AdapterConfigError(
+            f"{source}: the JSON nests too deeply to be an adapter config (a flat object is expected)."
+        ) from None
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, "rb") as fh:
+        return parse_json(fh.read(), source=str(path))
 
 
 def _load_builtin_methods() -> None:

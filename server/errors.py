@@ -62,6 +62,10 @@ class QueueFullError(ServerError):
     """`max_queued_requests` are already waiting or running."""
 
 
+class InsufficientStorageError(ServerError):
+    """The server cannot store what the request brought (its uploads disk is full): 507."""
+
+
 class NotReadyError(ServerError):
     """The model is not loaded, the engine is not running, or the server is draining."""
 
@@ -82,6 +86,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (PayloadTooLargeError, 413, "payload_too_large"),
     (QueueFullError, 429, "queue_full"),
     (NotReadyError, 503, "not_ready"),
+    (InsufficientStorageError, 507, "insufficient_storage"),
     (AdapterConfigError, 422, "adapter_config"),
     (AdapterLoadError, 422, "adapter_load"),
     (UnsupportedError, 422, "unsupported"),

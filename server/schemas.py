@@ -209,6 +209,11 @@ class AdapterRecord(BaseModel):
     content_hash: str | None = Field(description="sha256 of config + weights: the version being served")
     tier: Literal["device", "host", "disk", "source"]
     loaded_at: float | None = None
+    probe_max_delta: float | None = Field(
+        default=None,
+        description="the validation probe's max |adapted - base| over the adapted layers' outputs; "
+        "null until loaded, and for adapters without adapted layers (prompt methods)",
+    )
     hits: int = Field(description="requests that asked for it")
     leases: int = Field(description="requests holding it right now")
 

@@ -1,9 +1,11 @@
 """An adapter file turned into per-module tensors: what MultiAdapterModel writes into its pools.
 
-PEFT's state dict (reference §3) is parsed once, checked against the base model (every tensor must fit the
-module it targets), and normalised: AdaLoRA becomes exact LoRA (§7.3), DoRA keeps its magnitude, IA3 knows
-its side, and full base tensors (modules_to_save heads, `bias="all"` biases, saved embeddings) become
-per-adapter overrides. Nothing here touches the model.
+PEFT's state dict (reference §3) is parsed once and checked against the base model — every value finite,
+the file's modules exactly those the config targets (agreement.py), every tensor fitting its module, and a
+probe forward of every changed module whose outputs must stay finite (probe.py) — and normalised: AdaLoRA
+becomes exact LoRA (§7.3), DoRA keeps its magnitude, IA3 knows its side, and full base tensors
+(modules_to_save heads, `bias="all"` biases, saved embeddings) become per-adapter overrides. Nothing here
+touches the model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from ..methods.lora.model import rank_and_alpha
 from ..peft_names import BASE_LAYER_INFIX, INJECTED_PREFIX, PROMPT_PREFIX
 from ..prompt_learning.config import PromptLearningConfig
 from ..targeting import is_feedforward
+from ..weights_io import check_finite
+from .agreement import check_agreement
+from .probe import ProbeResult, probe_adapter
 from .prompt_parse import PromptTensors, parse_prompt_adapter
 
 LORA_SUFFIXES = (
@@ -70,6 +75,7 @@ class ParsedAdapter:
     overrides: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {param: tensor}
     prompt: PromptTensors | None = None  # prompt tuning, P-tuning, prefix, LLaMA-Adapter (prompt_parse.py)
     content_hash: str = ""
+    probe: ProbeResult = field(default_factory=lambda: ProbeResult(None, None))  # validation's probe forward
 
     @property
     def peft_type(self) -> PeftType:
@@ -133,10 +139,14 @@ def parse_adapter(
 ) -> ParsedAdapter:
     """Check `state` (PEFT keys) against the base model's `modules` (path -> module) and normalise it.
 
-    Raises `AdapterShapeError`, `AdapterWeightsError` (unexplained key), `NoTargetModulesError` (nothing
-    adapted, or a path the model lacks), `UnsupportedError` (a method the mixed batch does not serve).
+    Raises `AdapterShapeError`, `AdapterWeightsError` (a non-finite value, a key the config does not
+    explain, a targeted module without tensors, outputs that overflow on the probe), `NoTargetModulesError`
+    (nothing adapted, or a path the model lacks), `UnsupportedError` (a method the mixed batch does not serve).
     """
+    check_finite(state, source="adapter")
     digest = content_hash(config, state)
+    if isinstance(config, (LoraConfig, IA3Config)):  # AdaLoRA too: checked before its conversion
+        check_agreement(config, state, modules)
     if isinstance(config, AdaLoraConfig):
         config_lora, state = adalora_to_lora(config, state)
         parsed = _parse_injected(config_lora, state, modules)
@@ -150,6 +160,7 @@ def parse_adapter(
         for key, tensor in heads.items():
             _add_override(parsed, full_config, key, key.removeprefix(PROMPT_PREFIX), tensor, modules)  # type: ignore[arg-type]
         parsed.content_hash = digest
+        parsed.probe = probe_adapter(parsed, modules)
         return parsed
     else:
         raise UnsupportedError(
@@ -161,6 +172,7 @@ def parse_adapter(
             f"the {parsed.peft_type.value} adapter adapts no module of this base model (its file has no "
             "adapter tensors); check target_modules and that it was saved from this architecture."
         )
+    parsed.probe = probe_adapter(parsed, modules)
     return parsed
 
 

@@ -7,18 +7,21 @@
     DELETE /v1/adapters/{name}[?wait=true]   409 while requests use it, unless wait
 
 Uploads and loads are validated completely before they replace anything: a bad file is a 4xx and the
-adapter's current version keeps serving. Re-uploading a name serves the new weights to new requests while
+adapter's current version keeps serving. An upload's body is read only after the admin key has been checked
+(the route parses its multipart form itself: FastAPI reads form parameters before running dependencies). Re-uploading a name serves the new weights to new requests while
 running ones finish on the old.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
 
 from ..auth import require_admin
 from ..deps import EngineDep
+from ..errors import InvalidInputError
 from ..schemas import AdapterRecord, AdapterRecordList, DeletedAdapter, LoadAdapterRequest
 from ..store import AdapterInfo, UploadTooLargeError
 
@@ -51,19 +54,47 @@ async def get_adapter(name: str, engine: EngineDep) -> AdapterRecord:
     return _record(info)
 
 
-@router.post("", response_model=AdapterRecord, status_code=201)
-async def upload_adapter(
-    engine: EngineDep,
-    name: Annotated[str, Form(description="the adapter's name")],
-    config: Annotated[UploadFile, File(description="adapter_config.json")],
-    weights: Annotated[UploadFile, File(description="adapter_model.safetensors")],
-) -> AdapterRecord:
+_UPLOAD_FIELDS = {
+    "name": {"type": "string", "description": "the adapter's name"},
+    "config": {"type": "string", "format": "binary", "description": "adapter_config.json"},
+    "weights": {"type": "string", "format": "binary", "description": "adapter_model.safetensors"},
+}
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": list(_UPLOAD_FIELDS), "properties": _UPLOAD_FIELDS}
+            }
+        },
+    }
+}
+
+
+def _form_error(problem: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"{problem}: POST /v1/adapters takes multipart/form-data with a text field `name` and the files "
+        "`config` (adapter_config.json) and `weights` (adapter_model.safetensors)."
+    )
+
+
+@router.post("", response_model=AdapterRecord, status_code=201, openapi_extra=_UPLOAD_BODY)
+async def upload_adapter(request: Request, engine: EngineDep) -> AdapterRecord:
     """Upload an adapter (PEFT files); 201 with its record once it is validated and stored."""
-    engine.registry.check_name(name)
     store = engine.registry.store
     limit = store.config.max_adapter_bytes
-    config_bytes = await _read(config, limit)
-    weights_bytes = await _read(weights, limit)
+    async with request.form(max_files=2, max_fields=1) as form:  # after require_admin: auth comes first
+        missing = [f for f in _UPLOAD_FIELDS if f not in form]
+        if missing:
+            raise _form_error(f"missing field(s) {missing}")
+        name, config, weights = (form[f] for f in _UPLOAD_FIELDS)
+        if not isinstance(name, str):
+            raise _form_error("`name` must be a text field, not a file")
+        if not isinstance(config, UploadFile) or not isinstance(weights, UploadFile):
+            raise _form_error("`config` and `weights` must be files")
+        engine.registry.check_name(name)
+        config_bytes = await _read(config, limit)
+        weights_bytes = await _read(weights, limit)
     return _record(await store.upload(name, config_bytes, weights_bytes))
 
 

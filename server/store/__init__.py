@@ -14,6 +14,7 @@ from .errors import (
     SourceNotAllowedError,
     StoreBusyError,
     UnknownAdapterError,
+    UploadsDiskFullError,
     UploadTooLargeError,
 )
 from .lease import Lease
@@ -43,6 +44,7 @@ __all__ = [
     "StoreMetrics",
     "UnknownAdapterError",
     "UploadTooLargeError",
+    "UploadsDiskFullError",
     "check_name",
     "model_validator",
 ]

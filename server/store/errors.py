@@ -10,6 +10,7 @@ The store raises these (and lets adapters_core's validation errors through: `Ada
     UploadTooLargeError                             -> 413
     RankTooLargeError, adapters_core load errors    -> 422
     StoreBusyError                                  -> 503         (every device slot leased past the timeout)
+    UploadsDiskFullError                            -> 507         (the uploads root has no space left)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from server.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
+    InsufficientStorageError,
     NotReadyError,
     PayloadTooLargeError,
     UnknownAdapterError,
@@ -33,6 +35,7 @@ __all__ = [
     "StoreBusyError",
     "UnknownAdapterError",
     "UploadTooLargeError",
+    "UploadsDiskFullError",
 ]
 
 
@@ -67,3 +70,7 @@ class RankTooLargeError(AdapterLoadError):
 
 class StoreBusyError(NotReadyError):
     """No device room could be made in time: every resident adapter is leased by a running request."""
+
+
+class UploadsDiskFullError(InsufficientStorageError):
+    """Writing an upload failed for lack of space (ENOSPC, EDQUOT); nothing half-written is left behind."""

@@ -21,7 +21,13 @@ from adapters_core.errors import (
     UnsupportedError,
 )
 
-from .errors import RankTooLargeError, SourceNotAllowedError, StoreBusyError, UploadTooLargeError
+from .errors import (
+    RankTooLargeError,
+    SourceNotAllowedError,
+    StoreBusyError,
+    UploadsDiskFullError,
+    UploadTooLargeError,
+)
 
 Tier = Literal["device", "host", "disk", "source"]
 Stage = Literal["fetch", "parse", "device"]
@@ -41,6 +47,7 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (SourceNotAllowedError, "not_allowed"),
     (UnsupportedError, "unsupported"),
     (StoreBusyError, "busy"),
+    (UploadsDiskFullError, "disk_full"),
 )
 REASONS: tuple[str, ...] = (*(reason for _, reason in _REASONS), "other")
 

@@ -3,12 +3,12 @@
 Every source (local, Hub, upload) goes through the same checks in the same order: the config parses; the
 weights are safetensors (pickle is recognised and refused by its magic bytes, whatever the file is called);
 every float is finite; the adapter fits the base model (the `Validator` callback, MultiAdapterModel's own
-parser: shapes, targets, supported method); the rank is within the server's maximum.
+parser: every config number sane, the file's modules exactly the targeted ones, shapes, supported method,
+and a probe forward whose outputs must be finite); the rank is within the server's maximum.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from adapters_core.config import AdapterConfig
+from adapters_core.config import AdapterConfig, parse_json
 from adapters_core.errors import AdapterConfigError, AdapterWeightsError, UnsafeFormatError
 from adapters_core.multi.model import MultiAdapterModel
 from adapters_core.multi.parsed import ParsedAdapter
@@ -49,6 +49,7 @@ class HostAdapter:
     host_bytes: int
     device_bytes: int
     revision: str | None = None
+    probe_max_delta: float | None = None  # the validation probe's max |adapted − base| (multi/probe.py)
 
     @property
     def key(self) -> str:
@@ -66,12 +67,14 @@ def model_validator(model: MultiAdapterModel) -> Validator:
 
 
 def parse_config(data: bytes, origin: str) -> AdapterConfig:
-    """An `adapter_config.json` from bytes; anything unparsable is an `AdapterConfigError`."""
+    """An `adapter_config.json` from bytes; anything unparsable (bad UTF-8 or JSON, hostile nesting, a
+    value of the wrong type) is an `AdapterConfigError`."""
+    source = f"{origin}: adapter_config.json"
     try:
-        payload = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterConfigError(f"{origin}: adapter_config.json is not valid UTF-8 JSON ({exc}).") from exc
-    return AdapterConfig.from_dict(payload, source=f"{origin}: adapter_config.json")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AdapterConfigError(f"{source} is not valid UTF-8 ({exc}).") from exc
+    return AdapterConfig.from_dict(parse_json(text, source=source), source=source)
 
 
 def parse_weights(data: bytes, origin: str) -> dict[str, torch.Tensor]:
@@ -115,4 +118,5 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
         host_bytes=sum(t.numel() * t.element_size() for t in state.values()),
         device_bytes=parsed.nbytes,
         revision=files.revision,
+        probe_max_delta=parsed.probe.max_delta,
     )

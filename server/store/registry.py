@@ -32,6 +32,7 @@ class AdapterRecord:
     size_bytes: int | None = None
     revision: str | None = None
     loaded_at: float | None = None
+    probe_max_delta: float | None = None
     hits: int = 0
     on_disk: bool = False  # files on local disk: a local/upload source, or a Hub download in the HF cache
 
@@ -49,6 +50,7 @@ class AdapterRecord:
         self.size_bytes = adapter.device_bytes
         self.revision = adapter.revision or self.source.revision
         self.loaded_at = now
+        self.probe_max_delta = adapter.probe_max_delta
         self.on_disk = True
 
 
@@ -66,6 +68,7 @@ class AdapterInfo:
     content_hash: str | None
     tier: Tier
     loaded_at: float | None
+    probe_max_delta: float | None
     hits: int
     leases: int
 
@@ -83,6 +86,7 @@ def snapshot(record: AdapterRecord, *, tier: Tier, leases: int) -> AdapterInfo:
         content_hash=record.content_hash,
         tier=tier,
         loaded_at=record.loaded_at,
+        probe_max_delta=record.probe_max_delta,
         hits=record.hits,
         leases=leases,
     )

@@ -48,16 +48,19 @@ def check_name(name: str) -> str:
 @dataclass(frozen=True)
 class AdapterSource:
     """One adapter's origin. `location` is an absolute directory (local, upload) or `owner/name` (hub);
-    `root` is the adapter root a request-given local path must stay inside (None when operator-trusted)."""
+    `root` is the adapter root a request-given local path must stay inside (None when operator-trusted);
+    `label` is how an operator-given local directory is shown (its name as given, never the server path)."""
 
     kind: SourceKind
     location: str
     revision: str | None = None
     subfolder: str | None = None
     root: str | None = None
+    label: str | None = None
 
     def describe(self) -> str:
-        """A short public description (no absolute server paths for request-given sources)."""
+        """The public description, shown on every route and in error messages: `hub:<owner/name>[@rev]`,
+        `upload`, or `local:<path relative to its adapter root>` — never an absolute server path."""
         if self.kind == "hub":
             extra = (f"/{self.subfolder}" if self.subfolder else "") + (
                 f"@{self.revision}" if self.revision else ""
@@ -65,8 +68,9 @@ class AdapterSource:
             return f"hub:{self.location}{extra}"
         if self.kind == "upload":
             return "upload"
-        shown = os.path.relpath(self.location, self.root) if self.root else self.location
-        return f"local:{shown}"
+        if self.root:
+            return f"local:{os.path.relpath(self.location, self.root)}"
+        return f"local:{self.label or os.path.basename(self.location)}"
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,14 @@ class SourcePolicy:
         self.allow_hub = allow_hub
         self.hub_owners = frozenset(hub_owners) if hub_owners is not None else None
 
-    def local_trusted(self, path: str | os.PathLike[str]) -> AdapterSource:
-        """An operator-given directory (CLI flags, settings): any path, made absolute."""
+    def local_trusted(self, path: str | os.PathLike[str], *, label: str | None = None) -> AdapterSource:
+        """An operator-given directory (CLI flags, settings): any path, made absolute; shown as `label`
+        (default: the directory's name as given)."""
         location = os.path.realpath(os.fspath(path))
         if not os.path.isdir(location):
             raise AdapterNotFoundError(f"{path}: no such adapter directory.")
-        return AdapterSource("local", location)
+        shown = label or os.path.basename(os.path.normpath(os.fspath(path))) or None
+        return AdapterSource("local", location, label=shown)
 
     def local_from_request(self, path: str) -> AdapterSource:
         """A request-given path: relative, no `..`, resolving (symlinks too) inside an adapter root."""

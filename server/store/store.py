@@ -16,6 +16,7 @@ it acquired.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from .errors import (
     AdapterInUseError,
     SourceNotAllowedError,
     StoreBusyError,
+    UploadsDiskFullError,
     UploadTooLargeError,
 )
 from .host import HostCache
@@ -111,7 +113,7 @@ class AdapterStore:
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
             if os.path.isfile(os.path.join(path, CONFIG_NAME)):
-                self.register(check_name(entry), self.policy.local_trusted(path), replace=True)
+                self.register(check_name(entry), self.policy.local_trusted(path, label=entry), replace=True)
                 names.append(entry)
         return names
 
@@ -274,9 +276,18 @@ class AdapterStore:
         async with self._name_lock(name):
             files = FetchedFiles(config, weights, origin=f"upload {name!r}")
             adapter = await self.pipeline.parse(name, files)
-            directory = await self.pipeline.call(
-                lambda: uploads.write_upload(root, name, adapter.content_hash, config, weights)
-            )
+            try:
+                directory = await self.pipeline.call(
+                    lambda: uploads.write_upload(root, name, adapter.content_hash, config, weights)
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.metrics.failure("disk_full")
+                raise UploadsDiskFullError(
+                    f"the uploads disk is full ({exc.strerror}); nothing was stored and the current version of "
+                    f"{name!r} keeps serving. Free space under the uploads directory, or delete unused adapters."
+                ) from exc
             return self._publish(name, AdapterSource("upload", directory), adapter)
 
     def _publish(self, name: str, source: AdapterSource, adapter: HostAdapter) -> AdapterInfo:

@@ -4,7 +4,9 @@ while the request completes; bad uploads and loads get their 4xx and the server 
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import os
 import shutil
 import threading
@@ -22,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adapters_core.multi import MultiAdapterModel
 from server.app import create_app
 from server.settings import Settings
+from server.store import uploads
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 NEW = 6
@@ -199,6 +202,22 @@ def _wrong_base(files: tuple[bytes, bytes]) -> bytes:
     return save({k: v[:, :-1].contiguous() if "lora_A" in k else v for k, v in load(files[1]).items()})
 
 
+def _config(**changes):
+    """An edit of the config: json.dumps writes float('nan') as the literal NaN, as a hostile client might."""
+    return lambda f: json.dumps({**json.loads(f[0]), **changes}).encode()
+
+
+def _b_times_1e30(files: tuple[bytes, bytes]) -> bytes:
+    state = load(files[1])
+    key = next(k for k in sorted(state) if "layers.1.self_attn.v_proj.lora_B" in k)
+    state[key] = state[key] * 1e30  # finite, but the layer's outputs overflow once normalised
+    return save(state)
+
+
+def _without_layer1_v(files: tuple[bytes, bytes]) -> bytes:
+    return save({k: v for k, v in load(files[1]).items() if "layers.1.self_attn.v_proj" not in k})
+
+
 BAD = {
     "pickle": (lambda f: f[0], _pickled, 422),
     "corrupt": (lambda f: f[0], lambda f: f[1][: len(f[1]) // 2], 422),
@@ -206,6 +225,25 @@ BAD = {
     "wrong_base": (lambda f: f[0], _wrong_base, 422),
     "bad_config": (lambda f: b"{oops", lambda f: f[1], 422),
     "oversized": (lambda f: f[0], lambda f: b"\0" * (LIMIT + 1), 413),
+    "alpha_nan": (_config(lora_alpha=float("nan")), lambda f: f[1], 422),
+    "alpha_infinity": (_config(lora_alpha=float("inf")), lambda f: f[1], 422),
+    "alpha_1e308": (_config(lora_alpha=1e308), lambda f: f[1], 422),
+    "b_times_1e30": (lambda f: f[0], _b_times_1e30, 422),
+    "targets_empty": (_config(target_modules=[]), lambda f: f[1], 422),
+    "targets_one_of_two": (lambda f: f[0], _without_layer1_v, 422),
+    "peft_type_list": (_config(peft_type=["LORA"]), lambda f: f[1], 422),
+    "nested_100k": (lambda f: b"[" * 100_000 + b"]" * 100_000, lambda f: f[1], 422),
+}
+# The field or module each refusal names.
+NAMED = {
+    "alpha_nan": "lora_alpha must be a finite number",
+    "alpha_infinity": "lora_alpha must be a finite number",
+    "alpha_1e308": "lora_alpha must be a finite number",
+    "b_times_1e30": "model.layers.1.self_attn.v_proj: on the validation probe",
+    "targets_empty": "target_modules=[] matches no module",
+    "targets_one_of_two": "no tensors in the file: model.layers.1.self_attn.v_proj;",
+    "peft_type_list": "peft_type must be a string",
+    "nested_100k": "nests too deeply",
 }
 
 
@@ -217,6 +255,7 @@ def test_bad_uploads_are_refused_and_serving_goes_on(env, oracle, causal_adapter
     response = _upload(client, f"bad-{case}", (config(files), weights(files)))
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error", "error_type"}
+    assert NAMED.get(case, "") in response.json()["error"]
     assert client.get(f"/v1/adapters/bad-{case}", headers=ADMIN).status_code == 404
     text = prompt(43)
     assert _upload(client, "fine", files).status_code == 201
@@ -255,3 +294,55 @@ def test_load_from_the_adapter_root_and_the_hub_policy(env, oracle) -> None:
         response = client.post("/v1/adapters/other/load", json=body, headers=ADMIN)
         assert response.status_code == status, (body, response.text)
     assert client.delete("/v1/adapters/never-was", headers=ADMIN).status_code == 404
+
+
+def test_a_full_uploads_disk_is_507_and_serving_goes_on(env, oracle, causal_adapters, monkeypatch) -> None:
+    client, _ = env
+    files = _files(causal_adapters["lora4"])
+    assert _upload(client, "kept", files).status_code == 201
+    real_write = uploads._write_file
+
+    def full_disk(path: str, data: bytes) -> None:
+        if path.endswith(".safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(uploads, "_write_file", full_disk)
+    for name in ("kept", "new"):  # a new version of a name, and a new name
+        response = _upload(client, name, _files(causal_adapters["lora8"]))
+        assert response.status_code == 507, response.text
+        assert response.json()["error_type"] == "insufficient_storage"
+        assert "uploads disk is full" in response.json()["error"]
+    assert client.get("/v1/adapters/new", headers=ADMIN).status_code == 404
+    text = prompt(45)
+    assert _tokens(client, "kept", text) == _expected(oracle, "lora4", text)  # the old version serves
+
+
+def test_the_record_shows_the_probe_effect(env, oracle, causal_adapters) -> None:
+    client, _ = env
+    response = _upload(client, "probed", _files(causal_adapters["lora4"]))
+    assert response.status_code == 201, response.text
+    expected = oracle[0].adapters["lora4"].parsed.probe.max_delta  # the library's own validation of it
+    assert expected is not None and expected > 0.01
+    for record in (response.json(), client.get("/v1/adapters/probed", headers=ADMIN).json()):
+        assert record["probe_max_delta"] == pytest.approx(expected)
+
+
+def test_no_route_shows_a_server_path(serve, llama_dir, causal_adapters, tmp_path) -> None:
+    operator_dir = causal_adapters["lora4"]
+    with serve(
+        base_model=str(llama_dir),
+        adapters=[f"mine={operator_dir}"],
+        adapter_dir=str(operator_dir.parent),
+        admin_key="admin-secret",
+        uploads_dir=str(tmp_path / "uploads"),
+    ) as client:
+        assert _upload(client, "sent", _files(operator_dir)).status_code == 201
+        models = client.get("/v1/models")
+        listed = client.get("/v1/adapters", headers=ADMIN)
+        one = client.get("/v1/adapters/mine", headers=ADMIN)
+    sources = {card["id"]: card.get("source") for card in models.json()["data"]}
+    assert sources["mine"] == "local:lora4" and sources["ia3"] == "local:ia3" and sources["sent"] == "upload"
+    assert {a["name"]: a["source"] for a in listed.json()["data"]} == {k: v for k, v in sources.items() if v}
+    for response in (models, listed, one):
+        assert str(operator_dir.parent) not in response.text and str(tmp_path) not in response.text

@@ -68,6 +68,40 @@ def test_admin_routes_are_off_without_an_admin_key(open_server, method, path, bo
     assert response.status_code == 404 and response.json()["error_type"] == "not_found"
 
 
+class BodyCounter:
+    """ASGI wrapper: counts the request-body bytes the app pulls through `receive`."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.received = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def counting_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                self.received += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def test_an_upload_is_refused_before_its_body_is_read(keyed) -> None:
+    counter = BodyCounter(keyed.app)
+    client = TestClient(counter, raise_server_exceptions=False)  # the app's lifespan already ran (keyed)
+    files = {
+        "config": ("adapter_config.json", b"{}"),
+        "weights": ("adapter_model.safetensors", b"\0" * 300_000),
+    }
+    for key, status in ((None, 401), (WRONG, 401), (API, 403)):
+        response = client.post("/v1/adapters", data={"name": "big"}, files=files, headers=_bearer(key))
+        assert response.status_code == status, response.text
+        assert counter.received == 0, key  # refused without reading a byte of the 300 kB
+    response = client.post("/v1/adapters", data={"name": "big"}, files=files, headers=_bearer(ADMIN))
+    # past auth the body is read (then refused: this server has no uploads directory)
+    assert response.status_code == 403 and "uploads are off" in response.json()["error"]
+    assert counter.received > 300_000
+
+
 def test_inference_routes_need_the_api_key_when_one_is_set(keyed, open_server) -> None:
     body = {"inputs": prompt(1), "parameters": {"adapter_id": "lora4", "max_new_tokens": 2}}
     for key, status in ((None, 401), (WRONG, 401), (API, 200), (ADMIN, 200)):

@@ -189,3 +189,34 @@ def test_failure_reasons_are_a_bounded_label_set() -> None:
         s.labels["reason"] for m in registry.collect() for s in m.samples if s.name.endswith("failures_total")
     }
     assert reasons == set(REASONS)
+
+
+def test_sources_are_shown_without_server_paths(tmp_path) -> None:
+    store = make_store(str(tmp_path))
+    operator_dir = tmp_path / "srv" / "secret-place" / "fr"
+    write_adapter(str(operator_dir), GOOD)
+    write_adapter(str(tmp_path / "adapters" / "nested" / "de"), GOOD)
+    os.makedirs(tmp_path / "dir")
+    write_adapter(str(tmp_path / "dir" / "es"), GOOD)
+    os.symlink(operator_dir, tmp_path / "dir" / "alias")  # shown by its name in the dir, not its target's
+    os.makedirs(tmp_path / "srv" / "empty")
+    store.register("fr", store.policy.local_trusted(str(operator_dir)))
+    store.register("de", store.policy.local_from_request("nested/de"))
+    store.register_dir(str(tmp_path / "dir"))
+    store.register("empty", store.policy.local_trusted(str(tmp_path / "srv" / "empty")))
+    shown = {info.name: info.source for info in store.list()}
+    assert shown == {
+        "fr": "local:fr",
+        "de": "local:nested/de",
+        "es": "local:es",
+        "alias": "local:alias",
+        "empty": "local:empty",
+    }
+
+    async def scenario() -> None:
+        with pytest.raises(AdapterNotFoundError) as info:  # error messages carry the public source too
+            await store.acquire("empty")
+        assert str(tmp_path) not in str(info.value) and "local:empty" in str(info.value)
+        await store.close()
+
+    run(scenario())

@@ -4,6 +4,7 @@ every other adapter keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
 import os
@@ -24,7 +25,14 @@ from adapters_core.errors import (
     UnsafeFormatError,
 )
 from server.errors import status_of
-from server.store import PrometheusStoreMetrics, RankTooLargeError, UploadTooLargeError
+from server.store import (
+    PrometheusStoreMetrics,
+    RankTooLargeError,
+    UploadsDiskFullError,
+    UploadTooLargeError,
+    uploads,
+)
+from server.store.parsing import parse_config, parse_weights
 
 BASE = tiny_llama(0)
 GOOD = lora_files(BASE, 1)
@@ -62,6 +70,33 @@ def _no_targets() -> bytes:
     return save({f"{key}.lora_A.weight": torch.ones(4, 64), f"{key}.lora_B.weight": torch.ones(192, 4)})
 
 
+def _config(**changes) -> bytes:
+    return json.dumps({**json.loads(GOOD[0]), **changes}).encode()
+
+
+def _alpha_literal(literal: str) -> bytes:
+    """GOOD's config with a JSON literal Python's json accepts (NaN, Infinity) as lora_alpha."""
+    return GOOD[0].replace(b'"lora_alpha": 8', b'"lora_alpha": ' + literal.encode())
+
+
+def _weights(edit) -> bytes:
+    from safetensors.torch import load
+
+    state = load(GOOD[1])
+    edit(state)
+    return save(state)
+
+
+def _times_1e30(state) -> None:  # finite in float32; the layer's outputs overflow once normalised
+    key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+    state[key] = state[key] * 1e30
+
+
+def _drop_layer1_v(state) -> None:
+    for key in [k for k in state if ".layers.1.self_attn.v_proj." in k]:
+        del state[key]
+
+
 BAD_UPLOADS = {
     "pickle": (GOOD[0], _pickled, UnsafeFormatError, 422, "pickle"),
     "corrupt": (GOOD[0], lambda: GOOD[1][:-7], AdapterWeightsError, 422, "weights"),
@@ -92,6 +127,52 @@ BAD_UPLOADS = {
         422,
         "config",
     ),
+    # numbers (issue 12, bug 2): JSON literals and out-of-range values, named by their field
+    "alpha_nan": (_alpha_literal("NaN"), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "alpha_infinity": (_alpha_literal("Infinity"), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "alpha_1e308": (_config(lora_alpha=1e308), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "rank_huge": (_config(r=10**9), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "b_times_1e30": (GOOD[0], lambda: _weights(_times_1e30), AdapterWeightsError, 422, "weights"),
+    # state and config disagree (bug 3)
+    "targets_empty": (
+        _config(target_modules=[]),
+        lambda: GOOD[1],
+        NoTargetModulesError,
+        422,
+        "no_target_modules",
+    ),
+    "targets_unknown": (
+        _config(target_modules=["nothing"]),
+        lambda: GOOD[1],
+        NoTargetModulesError,
+        422,
+        "no_target_modules",
+    ),
+    "untargeted_weights": (
+        _config(target_modules=["q_proj"]),
+        lambda: GOOD[1],
+        AdapterWeightsError,
+        422,
+        "weights",
+    ),
+    "partial_weights": (GOOD[0], lambda: _weights(_drop_layer1_v), AdapterWeightsError, 422, "weights"),
+    # odd input (bug 5)
+    "peft_type_list": (_config(peft_type=["LORA"]), lambda: GOOD[1], AdapterConfigError, 422, "config"),
+    "nested_100k": (b"[" * 100_000 + b"]" * 100_000, lambda: GOOD[1], AdapterConfigError, 422, "config"),
+}
+# What each refusal names: the field or module at fault.
+NAMED = {
+    "alpha_nan": "lora_alpha must be a finite number",
+    "alpha_infinity": "lora_alpha must be a finite number",
+    "alpha_1e308": "lora_alpha must be a finite number",
+    "rank_huge": "r must be a positive integer <= 65536, got 1000000000",
+    "b_times_1e30": "model.layers.1.self_attn.v_proj: on the validation probe",
+    "targets_empty": "target_modules=[] matches no module",
+    "targets_unknown": "target_modules=['nothing'] matches no module",
+    "untargeted_weights": "does not target: model.layers.0.self_attn.v_proj, model.layers.1.self_attn.v_proj",
+    "partial_weights": "no tensors in the file: model.layers.1.self_attn.v_proj;",
+    "peft_type_list": "peft_type must be a string",
+    "nested_100k": "nests too deeply",
 }
 
 
@@ -107,6 +188,7 @@ def test_bad_upload_is_refused_and_the_current_version_keeps_serving(tmp_path, c
         with pytest.raises(error) as info:
             await store.upload("a", config, weights())
         assert status_of(info.value)[0] == status
+        assert NAMED.get(case, "") in str(info.value)
         assert store.get("a").content_hash == good.content_hash
         async with store.acquire("a") as lease:
             out = forward(store.model, store.model_lock, [lease.adapter_name])[0]
@@ -175,6 +257,78 @@ def test_oversized_local_file_is_413(tmp_path) -> None:
     async def scenario() -> None:
         with pytest.raises(UploadTooLargeError):
             await store.acquire("big")
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_full_uploads_disk_is_507_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    registry = CollectorRegistry()
+    store = make_store(str(tmp_path), metrics=PrometheusStoreMetrics(registry))
+    ref = Reference()
+    other = lora_files(BASE, 7)
+    real_write = uploads._write_file
+    written: list[str] = []
+
+    def write_until_full(path: str, data: bytes) -> None:
+        written.append(path)
+        if path.endswith(".safetensors"):  # the config is written, then the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    async def scenario() -> None:
+        good = await store.upload("a", *GOOD)
+        monkeypatch.setattr(uploads, "_write_file", write_until_full)
+        for name in ("a", "fresh"):
+            with pytest.raises(UploadsDiskFullError, match="uploads disk is full") as info:
+                await store.upload(name, *other)
+            assert status_of(info.value) == (507, "insufficient_storage")
+        assert len(written) == 4  # the write really ran (config, then weights) for both uploads
+        assert store.get("a").content_hash == good.content_hash and "fresh" not in store.registry
+        async with store.acquire("a") as lease:
+            assert torch.equal(
+                forward(store.model, store.model_lock, [lease.adapter_name])[0], ref.logits(GOOD)
+            )
+        root = tmp_path / "uploads"
+        assert os.listdir(root / "versions") == [lease.adapter_name] and os.listdir(root / ".tmp") == []
+        assert not os.path.lexists(root / "fresh")
+        await store.close()
+
+    run(scenario())
+    assert registry.get_sample_value("swapyard_adapter_load_failures_total", {"reason": "disk_full"}) == 2
+
+
+def test_other_write_errors_are_not_disguised_as_a_full_disk(tmp_path, monkeypatch) -> None:
+    store = make_store(str(tmp_path))
+
+    def denied(path: str, data: bytes) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(uploads, "_write_file", denied)
+
+    async def scenario() -> None:
+        with pytest.raises(PermissionError):
+            await store.upload("a", *GOOD)
+        await store.close()
+
+    run(scenario())
+
+
+def test_the_probe_effect_is_in_the_record(tmp_path) -> None:
+    store = make_store(str(tmp_path))
+    write_adapter(str(tmp_path / "adapters" / "local"), GOOD)
+    store.register("local", store.policy.local_from_request("local"))
+    expected = store.model.parse(parse_config(GOOD[0], "t"), parse_weights(GOOD[1], "t")).probe.max_delta
+
+    async def scenario() -> None:
+        assert store.get("local").probe_max_delta is None  # not read yet
+        uploaded = await store.upload("up", *GOOD)
+        assert uploaded.probe_max_delta == pytest.approx(expected) and expected > 0.01
+        async with store.acquire("local"):
+            pass
+        assert store.get("local").probe_max_delta == pytest.approx(expected)
+        ia3 = await store.upload("ia3", *ia3_files(BASE, 3))
+        assert ia3.probe_max_delta is not None and ia3.probe_max_delta != pytest.approx(expected)
         await store.close()
 
     run(scenario())

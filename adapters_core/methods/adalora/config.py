@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...config import PeftType, register_config
+from ...config_checks import MAX_ABS_ALPHA, MAX_RANK, MAX_STEPS, Number
 from ...errors import AdapterConfigError
 from ..lora.config import LoraConfig
+
+_STEP = Number(int, 0, MAX_STEPS)
+_BETA = Number(float, 0, 1, hint="AdaLoRA's EMA coefficients are in [0, 1] (default 0.85)")
 
 
 @register_config
@@ -21,6 +25,17 @@ from ..lora.config import LoraConfig
 class AdaLoraConfig(LoraConfig):
     PEFT_TYPE: ClassVar[PeftType] = PeftType.ADALORA
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "init_r", "lora_alpha", "target_modules")
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "init_r": Number(int, 1, MAX_RANK, hint='set e.g. "init_r": 12 (the rank before pruning)'),
+        "target_r": Number(int, 0, MAX_RANK),
+        "tinit": _STEP,
+        "tfinal": _STEP,
+        "deltaT": Number(int, 1, MAX_STEPS),
+        "beta1": _BETA,
+        "beta2": _BETA,
+        "orth_reg_weight": Number(float, 0, MAX_ABS_ALPHA),
+        "total_step": Number(int, 1, MAX_STEPS, nullable=True),
+    }
 
     rank_pattern: dict[str, Any] | None = None
     target_r: int = 8
@@ -51,15 +66,18 @@ class AdaLoraConfig(LoraConfig):
             raise AdapterConfigError(
                 "AdaLoRA does not work when `total_step` is None; supply a value > 0 (the planned training steps)."
             )
-        if self.orth_reg_weight < 0:
-            raise AdapterConfigError(f"`orth_reg_weight` must be >= 0, got {self.orth_reg_weight}.")
         if self.total_step is not None and self.tinit >= (self.total_step - self.tfinal):
             raise AdapterConfigError(
                 "The supplied schedule values don't allow for a budgeting phase. Decrease `tfinal`/`tinit` or "
                 "increase `total_step`."
             )
-        if self.init_r < 0:
-            raise AdapterConfigError(f"init_r must be >= 0, got {self.init_r}.")
+
+    def _check_rank_pattern(self) -> None:
+        """AdaLoRA's rank_pattern holds kept-rank masks (booleans), not ranks."""
+        if self.rank_pattern is not None and not isinstance(self.rank_pattern, dict):
+            raise AdapterConfigError(
+                f"rank_pattern must be an object of boolean masks, got {self.rank_pattern!r}."
+            )
         for key, mask in (self.rank_pattern or {}).items():
             if not isinstance(mask, list) or not all(isinstance(m, bool) for m in mask):
                 raise AdapterConfigError(

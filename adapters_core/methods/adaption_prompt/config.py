@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...config import AdapterConfig, PeftType, register_config
+from ...config_checks import MAX_LAYERS, MAX_VIRTUAL_TOKENS, Number
 from ...errors import AdapterConfigError
 
 # model_type -> the attribute name of the attention modules PEFT wraps (TRANSFORMERS_MODEL_CONFIG).
@@ -19,6 +20,10 @@ class AdaptionPromptConfig(AdapterConfig):
 
     PEFT_TYPE: ClassVar[PeftType] = PeftType.ADAPTION_PROMPT
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "adapter_len", "adapter_layers")
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "adapter_len": Number(int, 1, MAX_VIRTUAL_TOKENS, nullable=True, hint="set e.g. adapter_len=10"),
+        "adapter_layers": Number(int, 1, MAX_LAYERS, nullable=True, hint="set e.g. adapter_layers=30"),
+    }
 
     target_modules: str | None = None
     adapter_len: int | None = None
@@ -26,10 +31,6 @@ class AdaptionPromptConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("adapter_len", "adapter_layers"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise AdapterConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.target_modules is not None and not isinstance(self.target_modules, str):
             raise AdapterConfigError(
                 f"target_modules must be one attribute name such as 'self_attn', got {self.target_modules!r}."

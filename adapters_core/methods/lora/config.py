@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...config import AdapterConfig, PeftType, register_config
+from ...config_checks import MAX_ABS_ALPHA, MAX_LAYERS, MAX_RANK, Number, check_number, check_number_map
 from ...errors import AdapterConfigError, UnsupportedError
 
 # init_lora_weights values that rewrite the *base* weights when the adapter is created (reference §5.8).
 _BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+
+RANK = Number(int, 1, MAX_RANK, hint='set e.g. "r": 8 (the rank the adapter was trained with)')
+ALPHA = Number(
+    float, abs_high=MAX_ABS_ALPHA, hint='set e.g. "lora_alpha": 16 (the LoRA scale is lora_alpha / r)'
+)
+LAYER_INDEX = Number(int, 0, MAX_LAYERS, hint="layers_to_transform lists transformer layer indices")
 
 
 @register_config
@@ -26,6 +33,12 @@ class LoraConfig(AdapterConfig):
 
     PEFT_TYPE: ClassVar[PeftType] = PeftType.LORA
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "r", "lora_alpha", "target_modules")
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        "r": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": Number(float, 0, 1, high_open=True, hint='set e.g. "lora_dropout": 0.05'),
+        "qalora_group_size": Number(int, 1, MAX_RANK),
+    }
 
     r: int = 8
     target_modules: set[str] | list[str] | str | None = None
@@ -96,9 +109,25 @@ class LoraConfig(AdapterConfig):
                 "use a plain LoRA adapter."
             )
 
+    def _check_rank_pattern(self) -> None:
+        """LoRA's rank_pattern: per-module r under r's rule (AdaLoRA's holds masks instead)."""
+        check_number_map("rank_pattern", self.rank_pattern, RANK)
+
+    def _check_patterns(self) -> None:
+        """Per-module ranks and alphas under the rules of r and lora_alpha; layer indices >= 0."""
+        self._check_rank_pattern()
+        check_number_map("alpha_pattern", self.alpha_pattern, ALPHA)
+        layers = self.layers_to_transform
+        for index in layers if isinstance(layers, list) else [] if layers is None else [layers]:
+            check_number("layers_to_transform", index, LAYER_INDEX)
+
     def _validate(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise AdapterConfigError(f'r must be a positive integer, got {self.r!r}; set e.g. "r": 8.')
+        self._check_patterns()
+        if not isinstance(self.init_lora_weights, (bool, str)):
+            raise AdapterConfigError(
+                f"init_lora_weights must be true, false or an init name such as 'gaussian', got "
+                f"{self.init_lora_weights!r}."
+            )
         if self.bias not in ("none", "all", "lora_only"):
             raise AdapterConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:

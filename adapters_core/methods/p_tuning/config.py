@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...config import PeftType, register_config
+from ...config_checks import MAX_LAYERS, MAX_WIDTH, PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
 
@@ -24,6 +25,12 @@ class PromptEncoderConfig(PromptLearningConfig):
     """P-tuning: virtual tokens produced by a small MLP or bidirectional LSTM over trainable embeddings."""
 
     PEFT_TYPE: ClassVar[PeftType] = PeftType.P_TUNING
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        **PROMPT_LEARNING_NUMBERS,
+        "encoder_hidden_size": Number(int, 1, MAX_WIDTH, nullable=True),
+        "encoder_num_layers": Number(int, 1, MAX_LAYERS),
+        "encoder_dropout": Number(float, 0, 1, high_open=True),
+    }
 
     encoder_reparameterization_type: PromptEncoderReparameterizationType | str = (
         PromptEncoderReparameterizationType.MLP

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ...config import PeftType, register_config
+from ...config_checks import MAX_WIDTH, PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
 
@@ -20,6 +21,10 @@ class PrefixTuningConfig(PromptLearningConfig):
     """
 
     PEFT_TYPE: ClassVar[PeftType] = PeftType.PREFIX_TUNING
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        **PROMPT_LEARNING_NUMBERS,
+        "encoder_hidden_size": Number(int, 1, MAX_WIDTH, nullable=True),
+    }
 
     init_weights: Literal["zero"] | None = None
     encoder_hidden_size: int | None = None

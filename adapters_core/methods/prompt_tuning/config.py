@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...config import PeftType, register_config
+from ...config_checks import PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
 
@@ -25,6 +26,9 @@ class PromptTuningConfig(PromptLearningConfig):
     """Prompt tuning: `num_virtual_tokens` trainable embedding rows prepended to the input."""
 
     PEFT_TYPE: ClassVar[PeftType] = PeftType.PROMPT_TUNING
+    NUMBERS: ClassVar[dict[str, Number]] = {
+        **PROMPT_LEARNING_NUMBERS,
+    }
 
     prompt_tuning_init: PromptTuningInit | str = PromptTuningInit.RANDOM
     prompt_tuning_init_text: str | None = None
