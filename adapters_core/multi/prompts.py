@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdapterShapeError
 from ..methods.adaption_prompt.layer import _gated_attention, _rotate_half
 from ..prompt_learning.prefix_cache import self_attention_modules
 from .context import ContextHolder
@@ -66,6 +67,29 @@ class PromptBatch:
     cache: Any = None  # the prefix cache handed to BERT-style encoders by the pre-hooks
 
 
+@torch.no_grad()
+def _cached_heads(model: Any) -> list[tuple[int, int]]:
+    """Per layer (key/value heads, head width) of the cache a one-token forward of `model` fills."""
+    device = model.get_input_embeddings().weight.device
+    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None) or []
+    return [(int(layer.keys.shape[1]), int(layer.keys.shape[-1])) for layer in layers]
+
+
+def _check_prefix_heads(tensors: PromptTensors, heads: list[tuple[int, int]]) -> None:
+    """A prefix the model's attention cannot take (e.g. Falcon's multi-query attention caches one key/value head,
+    but PEFT 0.21 sizes the prefix by num_attention_heads, so PEFT cannot run it either) is refused here."""
+    have = [(int(k.shape[0]), int(k.shape[-1])) for k, _ in tensors.prefix]
+    if have != heads:
+        raise AdapterShapeError(
+            f"the prefix has {len(have)} layers of (key/value heads, head width) {have[0] if have else None}, but "
+            f"this model caches {len(heads)} layers of {heads[0] if heads else None} (multi-query or grouped-query "
+            "attention that the adapter's config does not describe); no prefix of this shape can run on it — "
+            "PEFT cannot run it either. Use prompt tuning, P-tuning or LoRA on this base."
+        )
+
+
 class PromptStore:
     """Per-slot prompt tables, prefixes and LLaMA-Adapter terms of one MultiAdapterModel."""
 
@@ -83,6 +107,8 @@ class PromptStore:
         self.slots: dict[int, PromptTensors] = {}
         self._adaption: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._hooks: dict[str, Any] = {}
+        # What a decoder-only model really caches per layer, (key/value heads, head width): a prefix must match.
+        self.cache_heads = _cached_heads(model) if self.kind == "causal" else None
         if self.kind == "encoder":
             # BERT-style encoders get no cache from their model class; each self-attention takes the prefix from
             # the running batch (the semantics of PEFT with transformers 4, see prompt_learning/prefix_cache.py).
@@ -96,6 +122,8 @@ class PromptStore:
         """Place one adapter's tensors on the model's device (and dtype); precompute LLaMA-Adapter keys/values."""
         ref = self.embed.weight
         dtype = getattr(self.model, "dtype", ref.dtype)
+        if tensors.kind == "prefix" and self.cache_heads is not None:
+            _check_prefix_heads(tensors, self.cache_heads)
         placed = PromptTensors(tensors.kind, tensors.length, keep_token_types=tensors.keep_token_types)
         if tensors.virtual is not None:
             placed.virtual = tensors.virtual.to(ref.device)
