@@ -87,7 +87,7 @@ _FAMILIES = [
         "causal",
         "MistralForCausalLM",
         "MistralConfig",
-        _llama_like(sliding_window=None),
+        _llama_like(sliding_window=4),
         QV,
         GATE,
         llama_adapter=True,

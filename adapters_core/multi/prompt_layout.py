@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
+from .masks import sliding_window
 from .prompts import PromptBatch, PromptStore
 
 
@@ -155,4 +156,7 @@ def prefix_cache(store: PromptStore, batch: PromptBatch, *, for_generation: bool
         return EncoderDecoderCache(DynamicCache(pairs) if pairs else DynamicCache(), DynamicCache())
     if pairs:
         return DynamicCache(pairs)
-    return DynamicCache(config=store.model.config) if for_generation else None
+    if not for_generation:
+        return None
+    # Sliding-window layers drop columns by index: with masks.py's windows every column is kept instead.
+    return DynamicCache() if sliding_window(store.model.config) else DynamicCache(config=store.model.config)

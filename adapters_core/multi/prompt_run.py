@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from ..prompt_learning.generation import _loop, decode_options
 from .context import RowContext
+from .masks import attention_masks
 from .prompt_layout import plan_batch, prefix_cache
 from .prompts import PromptBatch, PromptStore
 from .step_run import decode, decoder_start, prefill
@@ -71,6 +72,10 @@ def run_forward(store: PromptStore, ctx: RowContext, kwargs: dict[str, Any]) -> 
     if batch.token_type_ids is not None:
         call["token_type_ids"] = batch.token_type_ids
     cache = prefix_cache(store, batch)
+    if store.kind == "causal":  # sliding windows count each row's own tokens, not columns (masks.py)
+        call["attention_mask"] = attention_masks(
+            model, batch.attention_mask, batch.real_index.shape[1] + batch.n_virtual, cache
+        )
     if store.kind == "encoder":
         batch.cache = cache  # handed to each self-attention by the pre-hooks
     elif cache is not None:

@@ -18,6 +18,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from .context import RowContext
+from .masks import attention_masks
 from .prompt_layout import plan_batch, prefix_cache
 from .prompts import PromptStore
 from .steps import DecodeState
@@ -96,9 +97,10 @@ def prefill(
         if batch.position_ids is not None:
             first["position_ids"] = batch.position_ids
         # Left padding puts every row's last real token in the last column: the LM head runs there only.
-        out = model(
-            **first, attention_mask=batch.attention_mask, cache=cache, use_cache=True, logits_to_keep=1
+        masks = attention_masks(
+            model, batch.attention_mask, batch.attention_mask.shape[1] - batch.n_prefix, cache
         )
+        out = model(**first, attention_mask=masks, cache=cache, use_cache=True, logits_to_keep=1)
     finally:
         ctx.prompt = None  # the layout (and its prefix tensors) is not needed after prefill
     state = DecodeState(
@@ -137,7 +139,8 @@ def decode(store: PromptStore, state: DecodeState, tokens: torch.Tensor) -> tupl
         )
     else:
         positions = {"position_ids": state.next_position[:, None]} if store.takes_positions else {}
-        out = store.model(input_ids=ids, attention_mask=mask, cache=state.cache, use_cache=True, **positions)
+        masks = attention_masks(store.model, mask, 1, state.cache)
+        out = store.model(input_ids=ids, attention_mask=masks, cache=state.cache, use_cache=True, **positions)
     return out.logits[:, -1], replace(
         state, cache=out.cache, mask=mask, next_position=state.next_position + 1, spent=False
     )
