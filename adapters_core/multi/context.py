@@ -24,6 +24,9 @@ class RowContext:
     row_slots: list[int]
     # Per-forward state of prompt-family rows (multi/prompts.py `PromptBatch`): read by the prefix hooks.
     prompt: Any = None
+    # (B,) masked cache columns before each row's decoder tokens, for decoders that number tokens from the cache
+    # length (BART): set per forward by prompt_run.py / step_run.py, read by PromptStore's position hook.
+    decoder_shift: torch.Tensor | None = None
     _metas: dict[tuple[int, str], BatchMeta] = field(default_factory=dict)
     _slot_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     _lengths: set[int] = field(default_factory=set)  # tokens per row seen in this forward (note_shape)

@@ -90,6 +90,16 @@ def _check_prefix_heads(tensors: PromptTensors, heads: list[tuple[int, int]]) ->
         )
 
 
+def _cache_length_positions(decoder: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Positional embeddings that number tokens from the cache length they are given (BART's decoder)."""
+    found = []
+    for path, module in decoder.named_modules():
+        params = inspect.signature(module.forward).parameters
+        if "position_ids" in params and "cache_length" in params and isinstance(module, nn.Embedding):
+            found.append((path, module))
+    return found
+
+
 class PromptStore:
     """Per-slot prompt tables, prefixes and LLaMA-Adapter terms of one MultiAdapterModel."""
 
@@ -115,6 +125,13 @@ class PromptStore:
             for path, module in self_attention_modules(model):
                 self._hooks[path] = module.register_forward_pre_hook(
                     self._encoder_prefix_hook, with_kwargs=True
+                )
+        if self.kind == "seq2seq":
+            # BART-style decoders number their tokens from the cache length: rows whose cache has masked columns
+            # (a shorter prefix, a later join) are numbered from their own length instead (`decoder_shift`).
+            for path, module in _cache_length_positions(model.get_decoder()):
+                self._hooks[f"decoder.{path}"] = module.register_forward_hook(
+                    self._shift_positions_hook, with_kwargs=True
                 )
 
     # -- slots ----------------------------------------------------------------------------------------
@@ -216,6 +233,25 @@ class PromptStore:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin  # RoPE on the query only, as PEFT
         return _base(attn.o_proj)(_gated_attention(q, k, v, gate, hd))
+
+    # -- decoder positions that count cache columns -------------------------------------------------------
+    def _shift_positions_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """BART's decoder asks its positional embedding for `cache_length + arange(L)` (as `position_ids`, or
+        from `cache_length`); each row gets its own numbering, `decoder_shift` less."""
+        ctx = self._holder.current
+        shift = getattr(ctx, "decoder_shift", None)
+        if shift is None or not bool(shift.any()):
+            return output
+        ids = args[0] if args else kwargs["input_ids"]
+        cache_length = int(args[1]) if len(args) > 1 else int(kwargs.get("cache_length", 0))
+        positions = kwargs.get("position_ids")
+        out = output.expand(ids.shape[0], *output.shape[-2:]).clone()  # (B, L, d)
+        for value in shift.unique().tolist():
+            rows = (shift == value).nonzero().flatten()
+            own = {"position_ids": positions - value} if positions is not None else {}
+            # the module itself, numbering from the rows' own past length (.forward: the hook does not recurse)
+            out[rows] = module.forward(ids[rows], cache_length - value, **own).to(out.dtype)
+        return out
 
     # -- prefix for encoders ----------------------------------------------------------------------------
     def _encoder_prefix_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
