@@ -24,9 +24,10 @@ class RowContext:
     row_slots: list[int]
     # Per-forward state of prompt-family rows (multi/prompts.py `PromptBatch`): read by the prefix hooks.
     prompt: Any = None
-    # (B,) masked cache columns before each row's decoder tokens, for decoders that number tokens from the cache
-    # length (BART): set per forward by prompt_run.py / step_run.py, read by PromptStore's position hook.
-    decoder_shift: torch.Tensor | None = None
+    # (B,) added to the positions the model numbers its tokens with, per row (PromptStore's position hooks):
+    # BART's decoder counts cache columns, so minus the row's masked ones; an encoder's prefix rows plus the
+    # prefix length. Set per forward by prompt_run.py / step_run.py.
+    position_offset: torch.Tensor | None = None
     _metas: dict[tuple[int, str], BatchMeta] = field(default_factory=dict)
     _slot_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     _lengths: set[int] = field(default_factory=set)  # tokens per row seen in this forward (note_shape)

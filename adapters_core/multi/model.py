@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from ..errors import AdapterLoadError, AdapterNotFoundError
+from ..errors import AdapterLoadError, AdapterNotFoundError, UnsupportedError
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
 from .layers import (
@@ -94,6 +94,11 @@ class MultiAdapterModel(nn.Module):
         rank_capacity: int = 256,
     ) -> None:
         super().__init__()
+        if getattr(base_model, "main_input_name", "input_ids") == "pixel_values":
+            raise UnsupportedError(
+                f"{type(base_model).__name__} takes pixel_values: MultiAdapterModel has no pixel input yet (issue 15 "
+                "item 3) and serves token models only; load image adapters with AdapterModel for now."
+            )
         base_model.eval()
         base_model.requires_grad_(False)
         self.model = base_model

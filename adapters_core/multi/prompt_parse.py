@@ -33,7 +33,7 @@ from ..methods.adaption_prompt.config import SUPPORTED_TARGETS, AdaptionPromptCo
 from ..methods.prefix_tuning.config import PrefixTuningConfig
 from ..peft_names import INJECTED_PREFIX, PROMPT_EMBEDDINGS_KEY, PROMPT_PREFIX
 from ..prompt_learning.config import PromptLearningConfig, fill_derived_fields
-from ..prompt_learning.prefix_cache import prefix_kv, self_attention_modules
+from ..prompt_learning.prefix_cache import prefix_kv, prefix_strategy, self_attention_modules
 
 # Task types whose token_type_ids PEFT keeps (zero-prefixed); others drop them (forward.py, §9.2).
 KEEPS_TOKEN_TYPES = (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
@@ -120,6 +120,8 @@ def parse_prompt_adapter(
             f"({type(model).__name__}); the adapter was trained for another kind of model."
         )
     _check_fields(config, model, prefix)
+    if prefix and kind == "encoder":
+        prefix_strategy(model)  # UnsupportedError when no self-attention of the model takes a KV cache
     state = dict(state)
     if PROMPT_EMBEDDINGS_KEY not in state:
         raise AdapterWeightsError(

@@ -78,11 +78,12 @@ def run_forward(store: PromptStore, ctx: RowContext, kwargs: dict[str, Any]) -> 
         )
     if store.kind == "encoder":
         batch.cache = cache  # handed to each self-attention by the pre-hooks
+        ctx.position_offset = batch.prefix_mask.sum(dim=1) if batch.n_prefix else None
     elif cache is not None:
         call["cache"] = cache
     if store.kind == "seq2seq" and batch.n_prefix:
         call["decoder_attention_mask"] = _decoder_mask(batch, call)
-        ctx.decoder_shift = (batch.prefix_mask == 0).sum(dim=1)  # shorter prefixes are left-padded
+        ctx.position_offset = -(batch.prefix_mask == 0).sum(dim=1)  # shorter prefixes are left-padded
     if store.kind == "causal" and batch.n_virtual and call.get("labels") is not None:
         labels = call["labels"]  # no loss on virtual or padded-virtual positions
         call["labels"] = torch.cat([labels.new_full((labels.shape[0], batch.n_virtual), -100), labels], dim=1)

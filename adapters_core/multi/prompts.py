@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterShapeError
+from ..errors import AdapterShapeError, UnsupportedError
 from ..methods.adaption_prompt.layer import _gated_attention, _rotate_half
 from ..prompt_learning.prefix_cache import self_attention_modules
 from .context import ContextHolder
@@ -90,6 +90,16 @@ def _check_prefix_heads(tensors: PromptTensors, heads: list[tuple[int, int]]) ->
         )
 
 
+def _absolute_positions(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The learned absolute position embeddings of a BERT-style encoder (`embeddings.position_embeddings`)."""
+    return [
+        (path, module)
+        for path, module in model.named_modules()
+        if isinstance(module, nn.Embedding)
+        and path.removesuffix(".base_layer").endswith(".position_embeddings")
+    ]
+
+
 def _cache_length_positions(decoder: nn.Module) -> list[tuple[str, nn.Module]]:
     """Positional embeddings that number tokens from the cache length they are given (BART's decoder)."""
     found = []
@@ -126,9 +136,14 @@ class PromptStore:
                 self._hooks[path] = module.register_forward_pre_hook(
                     self._encoder_prefix_hook, with_kwargs=True
                 )
+            # A prefix row's tokens are numbered after its prefix (PEFT's semantics, transformers 4): the model
+            # numbers them itself (BERT from 0, RoBERTa after padding_idx) and the hook adds the prefix length.
+            self.position_embeddings = _absolute_positions(model)
+            for path, module in self.position_embeddings:
+                self._hooks[path] = module.register_forward_pre_hook(self._offset_positions_hook)
         if self.kind == "seq2seq":
             # BART-style decoders number their tokens from the cache length: rows whose cache has masked columns
-            # (a shorter prefix, a later join) are numbered from their own length instead (`decoder_shift`).
+            # (a shorter prefix, a later join) are numbered from their own length instead (`position_offset`).
             for path, module in _cache_length_positions(model.get_decoder()):
                 self._hooks[f"decoder.{path}"] = module.register_forward_hook(
                     self._shift_positions_hook, with_kwargs=True
@@ -141,6 +156,12 @@ class PromptStore:
         dtype = getattr(self.model, "dtype", ref.dtype)
         if tensors.kind == "prefix" and self.cache_heads is not None:
             _check_prefix_heads(tensors, self.cache_heads)
+        if tensors.kind == "prefix" and self.kind == "encoder" and not self.position_embeddings:
+            raise UnsupportedError(
+                f"prefix tuning on {type(self.model).__name__}: Swapyard numbers a bidirectional encoder's tokens "
+                "after the prefix through its learned absolute position embeddings, and this model has none. "
+                "Use prompt tuning, P-tuning or LoRA on this base."
+            )
         placed = PromptTensors(tensors.kind, tensors.length, keep_token_types=tensors.keep_token_types)
         if tensors.virtual is not None:
             placed.virtual = tensors.virtual.to(ref.device)
@@ -237,9 +258,9 @@ class PromptStore:
     # -- decoder positions that count cache columns -------------------------------------------------------
     def _shift_positions_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """BART's decoder asks its positional embedding for `cache_length + arange(L)` (as `position_ids`, or
-        from `cache_length`); each row gets its own numbering, `decoder_shift` less."""
+        from `cache_length`); each row gets its own numbering: `position_offset` (≤ 0) added."""
         ctx = self._holder.current
-        shift = getattr(ctx, "decoder_shift", None)
+        shift = getattr(ctx, "position_offset", None)
         if shift is None or not bool(shift.any()):
             return output
         ids = args[0] if args else kwargs["input_ids"]
@@ -248,10 +269,18 @@ class PromptStore:
         out = output.expand(ids.shape[0], *output.shape[-2:]).clone()  # (B, L, d)
         for value in shift.unique().tolist():
             rows = (shift == value).nonzero().flatten()
-            own = {"position_ids": positions - value} if positions is not None else {}
+            own = {"position_ids": positions + value} if positions is not None else {}
             # the module itself, numbering from the rows' own past length (.forward: the hook does not recurse)
-            out[rows] = module.forward(ids[rows], cache_length - value, **own).to(out.dtype)
+            out[rows] = module.forward(ids[rows], cache_length + value, **own).to(out.dtype)
         return out
+
+    def _offset_positions_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """(B or 1, L) position ids -> plus each row's `position_offset`."""
+        offset = getattr(self._holder.current, "position_offset", None)
+        if offset is None or not bool(offset.any()):
+            return None
+        ids = args[0]
+        return (ids.expand(offset.shape[0], -1) + offset[:, None].to(ids), *args[1:])
 
     # -- prefix for encoders ----------------------------------------------------------------------------
     def _encoder_prefix_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -75,7 +75,7 @@ def prefill(
             rows = batch.attention_mask.shape[0]
             ids = torch.full((rows, 1), decoder_start(model), dtype=torch.long, device=input_ids.device)
             mask = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones(rows, 1)], dim=1)  # (B, M+1)
-            ctx.decoder_shift = (batch.prefix_mask == 0).sum(dim=1)  # BART numbers from the cache length
+            ctx.position_offset = -(batch.prefix_mask == 0).sum(dim=1)  # BART numbers from the cache length
             out = model(
                 encoder_outputs=encoder,
                 attention_mask=batch.attention_mask,
@@ -130,7 +130,7 @@ def decode(store: PromptStore, state: DecodeState, tokens: torch.Tensor) -> tupl
     mask = torch.cat([state.mask, state.mask.new_ones(state.rows, 1)], dim=1)  # (B, S+1)
     state.spent = True  # from here on its cache grows: never reuse it, even if the forward fails half-way
     if state.is_seq2seq:
-        state.ctx.decoder_shift = (state.mask == 0).sum(dim=1)  # left-padded cache columns (prefix, joins)
+        state.ctx.position_offset = -(state.mask == 0).sum(dim=1)  # left-padded cache columns (prefix, joins)
         out = store.model(
             encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
             attention_mask=state.encoder_mask,
