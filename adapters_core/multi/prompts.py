@@ -102,7 +102,7 @@ def _absolute_positions(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _cache_length_positions(decoder: nn.Module) -> list[tuple[str, nn.Module]]:
     """Positional embeddings that number tokens from the cache length they are given (BART's decoder)."""
-    found = []
+    found: list[tuple[str, nn.Module]] = []
     for path, module in decoder.named_modules():
         params = inspect.signature(module.forward).parameters
         if "position_ids" in params and "cache_length" in params and isinstance(module, nn.Embedding):
