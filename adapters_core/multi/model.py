@@ -161,7 +161,12 @@ class MultiAdapterModel(nn.Module):
     def parse(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
         """Check an adapter (PEFT keys) against this base and normalise it, without loading it: exactly the
         validation `add` runs first (a store validates uploads with it before they become visible)."""
-        return parse_adapter(config, state, self._base_modules)
+        parsed = parse_adapter(config, state, self._base_modules)
+        if parsed.prompt is not None:
+            self._prompts.check(
+                parsed.prompt
+            )  # what only the running model can tell (e.g. its cache's heads)
+        return parsed
 
     def add(self, name: str, source: AdapterSource, **kwargs: Any) -> LoadedAdapter:
         """Load an adapter under `name` from a local directory, a Hub id (kwargs: revision, subfolder,

@@ -129,6 +129,7 @@ class PromptStore:
         self._hooks: dict[str, Any] = {}
         # What a decoder-only model really caches per layer, (key/value heads, head width): a prefix must match.
         self.cache_heads = _cached_heads(model) if self.kind == "causal" else None
+        self.position_embeddings: list[tuple[str, nn.Module]] = []
         if self.kind == "encoder":
             # BERT-style encoders get no cache from their model class; each self-attention takes the prefix from
             # the running batch (the semantics of PEFT with transformers 4, see prompt_learning/prefix_cache.py).
@@ -138,7 +139,7 @@ class PromptStore:
                 )
             # A prefix row's tokens are numbered after its prefix (PEFT's semantics, transformers 4): the model
             # numbers them itself (BERT from 0, RoBERTa after padding_idx) and the hook adds the prefix length.
-            self.position_embeddings = _absolute_positions(model)
+            self.position_embeddings += _absolute_positions(model)
             for path, module in self.position_embeddings:
                 self._hooks[path] = module.register_forward_pre_hook(self._offset_positions_hook)
         if self.kind == "seq2seq":
@@ -152,16 +153,9 @@ class PromptStore:
     # -- slots ----------------------------------------------------------------------------------------
     def load(self, slot: int, tensors: PromptTensors, modules: dict[str, nn.Module]) -> None:
         """Place one adapter's tensors on the model's device (and dtype); precompute LLaMA-Adapter keys/values."""
+        self.check(tensors)
         ref = self.embed.weight
         dtype = getattr(self.model, "dtype", ref.dtype)
-        if tensors.kind == "prefix" and self.cache_heads is not None:
-            _check_prefix_heads(tensors, self.cache_heads)
-        if tensors.kind == "prefix" and self.kind == "encoder" and not self.position_embeddings:
-            raise UnsupportedError(
-                f"prefix tuning on {type(self.model).__name__}: Swapyard numbers a bidirectional encoder's tokens "
-                "after the prefix through its learned absolute position embeddings, and this model has none. "
-                "Use prompt tuning, P-tuning or LoRA on this base."
-            )
         placed = PromptTensors(tensors.kind, tensors.length, keep_token_types=tensors.keep_token_types)
         if tensors.virtual is not None:
             placed.virtual = tensors.virtual.to(ref.device)
@@ -172,6 +166,19 @@ class PromptStore:
                 hook = self._make_adaption_hook(path)
                 self._hooks[path] = modules[path].register_forward_hook(hook, with_kwargs=True)
         self.slots[slot] = placed
+
+    def check(self, tensors: PromptTensors) -> None:
+        """Refuse what this model cannot run (MultiAdapterModel.parse runs it, so a store refuses it early)."""
+        if tensors.kind != "prefix":
+            return
+        if self.cache_heads is not None:
+            _check_prefix_heads(tensors, self.cache_heads)
+        if self.kind == "encoder" and not self.position_embeddings:
+            raise UnsupportedError(
+                f"prefix tuning on {type(self.model).__name__}: Swapyard numbers a bidirectional encoder's tokens "
+                "after the prefix through its learned absolute position embeddings, and this model has none. "
+                "Use prompt tuning, P-tuning or LoRA on this base."
+            )
 
     def remove(self, slot: int) -> None:
         self.slots.pop(slot, None)

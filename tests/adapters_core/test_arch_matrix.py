@@ -12,6 +12,7 @@ by `add` with an error that says why — never served silently wrong. The docs t
 from __future__ import annotations
 
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from arch_matrix import (
 )
 from safetensors.torch import load_file
 
-from adapters_core.errors import UnsupportedError
+from adapters_core.config import AdapterConfig
+from adapters_core.errors import AdapterError, UnsupportedError
 from adapters_core.multi import DecodeState, MultiAdapterModel
 
 TOL = 1e-4
@@ -43,7 +45,7 @@ class Served:
 
     def __init__(self, fam: Family, root: Path) -> None:
         warnings.simplefilter("ignore")
-        self.fam = fam
+        self.fam, self.root = fam, root
         self.oracles: dict[str | None, torch.nn.Module] = {None: fam.build()}
         self.multi = MultiAdapterModel(fam.build())
         self.refused: dict[str, str] = {}
@@ -128,6 +130,11 @@ def test_cells_are_served_or_refused(served: Served) -> None:
         else:
             reason = want.split('"')[1] if '"' in want else want
             assert reason in served.refused.get(method, "<served>"), (method, served.refused.get(method))
+            # parse() — what a store validates uploads with — refuses it too, before anything is loaded
+            directory = served.root / method
+            state = load_file(directory / "adapter_model.safetensors")
+            with pytest.raises(AdapterError, match=re.escape(reason)):
+                served.multi.parse(AdapterConfig.from_pretrained(str(directory)), state)
 
 
 @torch.no_grad()
