@@ -8,6 +8,7 @@ step, simply ask for a different length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,13 @@ class RowContext:
     row_slots: list[int]
     # Per-forward state of prompt-family rows (multi/prompts.py `PromptBatch`): read by the prefix hooks.
     prompt: Any = None
+    # (B,) added to the positions the model numbers its tokens with, per row (PromptStore's position hooks):
+    # BART's decoder counts cache columns, so minus the row's masked ones; an encoder's prefix rows plus the
+    # prefix length. Set per forward by prompt_run.py / step_run.py.
+    position_offset: torch.Tensor | None = None
     _metas: dict[tuple[int, str], BatchMeta] = field(default_factory=dict)
     _slot_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    _lengths: set[int] = field(default_factory=set)  # tokens per row seen in this forward (note_shape)
 
     @property
     def batch_size(self) -> int:
@@ -34,6 +40,30 @@ class RowContext:
         # Every wrapped layer asks which slots the batch uses on every call: computed once. `row_slots`
         # is never mutated (select/concat build new contexts).
         self.slot_set: frozenset[int] = frozenset(self.row_slots)
+
+    def note_shape(self, shape: torch.Size) -> None:
+        """Record the tokens per row of an activation (B, L, ..., H) a layer saw, so that a later layer can
+        tell a model's flattened tokens (B·L, H) from something it cannot attribute to rows (`rows_view`)."""
+        if len(shape) > 2 and shape[0] == len(self.row_slots):
+            self._lengths.add(math.prod(shape[1:-1]))
+
+    def rows_view(self, x: torch.Tensor, where: str) -> torch.Tensor:
+        """`x` as (B, L, H) with row i's tokens in `[i]`: adapters follow tokens, not the leading dim.
+
+        (B, ..., H) keeps its rows; (B·L, H) — OPT flattens every token before its MLP — is accepted when L is
+        the tokens per row of an activation seen in this forward, rows in order (a reshape, no copy).
+        """
+        rows = len(self.row_slots)
+        if x.shape[0] == rows:
+            return x.reshape(rows, -1, x.shape[-1])
+        tokens = x.numel() // x.shape[-1]
+        if x.dim() == 2 and tokens % rows == 0 and tokens // rows in self._lengths:
+            return x.view(rows, tokens // rows, x.shape[-1])
+        raise RuntimeError(
+            f"{where}: got activations {tuple(x.shape)} for a batch of {rows} rows (one adapter name per row); "
+            "they are neither (rows, …) nor the batch's tokens flattened in row order, so no token can be given "
+            "its row's adapter (beam search and expanded batches are not supported)."
+        )
 
     @property
     def any_adapter(self) -> bool:

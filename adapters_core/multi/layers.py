@@ -194,17 +194,21 @@ class MultiLinear(_MultiBase):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        running = self._holder[0].current
+        if running is not None:
+            running.note_shape(x.shape)
         ctx = self.context
         if ctx is None:
             return self.base_layer(x, *args, **kwargs)
-        if x.shape[0] != ctx.batch_size:
-            raise RuntimeError(
-                f"{self.path}: got a batch of {x.shape[0]} rows but {ctx.batch_size} adapter names; "
-                "MultiAdapterModel needs one adapter name per row (beam search and expanded batches are not "
-                "supported)."
-            )
+        flat = x.shape[:-1]
+        x = ctx.rows_view(x, self.path)  # (B, L, in): OPT's MLP gets (B·L, in), tokens of row 0 first
+        y = self._forward_rows(x, ctx)
+        return y.reshape(*flat, y.shape[-1])  # a head override may be wider than the base layer
+
+    def _forward_rows(self, x: torch.Tensor, ctx: RowContext) -> torch.Tensor:
+        """x (B, L, in) -> (B, L, out), or wider when some row's head override is."""
         lead = x.shape[:-1]
-        meta = ctx.meta(x.numel() // (x.shape[-1] * ctx.batch_size), x.device)
+        meta = ctx.meta(x.shape[1], x.device)
         x2 = x.reshape(-1, self.in_features)  # (T, in)
         if self.ia3_in is not None:
             x2 = ia3_scale_input(x2, self.ia3_in, meta)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from ..errors import AdapterLoadError, AdapterNotFoundError
+from ..errors import AdapterLoadError, AdapterNotFoundError, UnsupportedError
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
 from .layers import (
@@ -94,6 +94,11 @@ class MultiAdapterModel(nn.Module):
         rank_capacity: int = 256,
     ) -> None:
         super().__init__()
+        if getattr(base_model, "main_input_name", "input_ids") == "pixel_values":
+            raise UnsupportedError(
+                f"{type(base_model).__name__} takes pixel_values: MultiAdapterModel has no pixel input yet (issue 15 "
+                "item 3) and serves token models only; load image adapters with AdapterModel for now."
+            )
         base_model.eval()
         base_model.requires_grad_(False)
         self.model = base_model
@@ -156,7 +161,12 @@ class MultiAdapterModel(nn.Module):
     def parse(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
         """Check an adapter (PEFT keys) against this base and normalise it, without loading it: exactly the
         validation `add` runs first (a store validates uploads with it before they become visible)."""
-        return parse_adapter(config, state, self._base_modules)
+        parsed = parse_adapter(config, state, self._base_modules)
+        if parsed.prompt is not None:
+            self._prompts.check(
+                parsed.prompt
+            )  # what only the running model can tell (e.g. its cache's heads)
+        return parsed
 
     def add(self, name: str, source: AdapterSource, **kwargs: Any) -> LoadedAdapter:
         """Load an adapter under `name` from a local directory, a Hub id (kwargs: revision, subfolder,

@@ -282,7 +282,9 @@ def _add_override(
     base = getattr(module, param, None)
     if not isinstance(base, torch.Tensor):
         raise AdapterWeightsError(f"{key}: module {module_path!r} has no tensor {param!r} to replace.")
-    head = any(module_path.endswith(m) for m in (config.modules_to_save or ()))
+    # PEFT copies a modules_to_save entry whole: RoBERTa's `classifier` saves classifier.dense and .out_proj
+    owners = [module_path.rsplit(".", i)[0] for i in range(module_path.count(".") + 1)]
+    head = any(o.endswith(m) for o in owners for m in (config.modules_to_save or ()))
     bias = param == "bias" and getattr(config, "bias", "none") != "none"
     embedding = (
         isinstance(module, nn.Embedding) and BASE_LAYER_INFIX in key.removeprefix(INJECTED_PREFIX) + "."

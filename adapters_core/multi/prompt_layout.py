@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
+from .masks import sliding_window
 from .prompts import PromptBatch, PromptStore
 
 
@@ -65,10 +66,18 @@ def plan_batch(
     # Real positions: v + m + rank among the row's real tokens (padding never shifts a position).
     rank = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
     real_pos = v[:, None] + m[:, None] + rank
+    if position_ids is not None and not causal:
+        raise ValueError(
+            "position_ids cannot be combined with prompt tuning, P-tuning or prefix rows on an encoder base: "
+            "the model numbers each row's virtual and real tokens itself; leave position_ids out."
+        )
     if position_ids is not None:
         real_pos = torch.where((v > 0)[:, None], real_pos, position_ids + m[:, None])
     positions = None
-    if store.takes_positions:
+    # Causal LMs get explicit positions (left padding must not count); encoders number their left-aligned rows
+    # themselves, prefix rows shifted by the position hook (prompts.py), because the numbering is the model's
+    # own (RoBERTa counts from padding_idx + 1).
+    if causal and store.takes_positions:
         positions = torch.zeros(batch, n_virtual + length, dtype=torch.long, device=device)
         positions.scatter_(1, real_index, real_pos)
         if n_virtual:
@@ -155,4 +164,7 @@ def prefix_cache(store: PromptStore, batch: PromptBatch, *, for_generation: bool
         return EncoderDecoderCache(DynamicCache(pairs) if pairs else DynamicCache(), DynamicCache())
     if pairs:
         return DynamicCache(pairs)
-    return DynamicCache(config=store.model.config) if for_generation else None
+    if not for_generation:
+        return None
+    # Sliding-window layers drop columns by index: with masks.py's windows every column is kept instead.
+    return DynamicCache() if sliding_window(store.model.config) else DynamicCache(config=store.model.config)

@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from ..config import AdapterConfig, TaskType
 from ..errors import AdapterConfigError, AdapterShapeError, AdapterWeightsError, UnsupportedError
@@ -28,7 +33,7 @@ from ..methods.adaption_prompt.config import SUPPORTED_TARGETS, AdaptionPromptCo
 from ..methods.prefix_tuning.config import PrefixTuningConfig
 from ..peft_names import INJECTED_PREFIX, PROMPT_EMBEDDINGS_KEY, PROMPT_PREFIX
 from ..prompt_learning.config import PromptLearningConfig, fill_derived_fields
-from ..prompt_learning.prefix_cache import prefix_kv, self_attention_modules
+from ..prompt_learning.prefix_cache import prefix_kv, prefix_strategy, self_attention_modules
 
 # Task types whose token_type_ids PEFT keeps (zero-prefixed); others drop them (forward.py, §9.2).
 KEEPS_TOKEN_TYPES = (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
@@ -62,11 +67,24 @@ class PromptTensors:
 
 
 def base_kind(model: Any) -> str:
-    """How rows are laid out for this base: "seq2seq" (T5), "causal" (decoder-only) or "encoder" (BERT)."""
-    if getattr(model.config, "is_encoder_decoder", False):
+    """How rows are laid out for this base: "seq2seq" (T5, BART), "causal" (decoder-only) or "encoder" (BERT).
+
+    Read from the config and transformers' own registry, never from class names: an encoder-decoder says so in
+    its config; a model type with a causal-LM head but no masked-LM head is decoder-only (GPT-NeoX, BLOOM,
+    Falcon, …), and a BERT-style type configured `is_decoder` runs causally. A model type transformers does
+    not know (remote code) is judged by its self-attention modules' `is_causal`.
+    """
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
+    if getattr(config, "is_decoder", False):
+        return "causal"
+    model_type = getattr(config, "model_type", None)
+    if model_type in CONFIG_MAPPING_NAMES:
+        causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        return "causal" if causal and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "encoder"
     modules = self_attention_modules(model)
-    return "causal" if modules and all(m.is_causal for _, m in modules) else "encoder"
+    return "causal" if modules and all(getattr(m, "is_causal", False) for _, m in modules) else "encoder"
 
 
 def _task_fits(kind: str, task: TaskType) -> bool:
@@ -102,6 +120,8 @@ def parse_prompt_adapter(
             f"({type(model).__name__}); the adapter was trained for another kind of model."
         )
     _check_fields(config, model, prefix)
+    if prefix and kind == "encoder":
+        prefix_strategy(model)  # UnsupportedError when no self-attention of the model takes a KV cache
     state = dict(state)
     if PROMPT_EMBEDDINGS_KEY not in state:
         raise AdapterWeightsError(

@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from ..prompt_learning.generation import _loop, decode_options
 from .context import RowContext
+from .masks import attention_masks
 from .prompt_layout import plan_batch, prefix_cache
 from .prompts import PromptBatch, PromptStore
 from .step_run import decode, decoder_start, prefill
@@ -71,12 +72,18 @@ def run_forward(store: PromptStore, ctx: RowContext, kwargs: dict[str, Any]) -> 
     if batch.token_type_ids is not None:
         call["token_type_ids"] = batch.token_type_ids
     cache = prefix_cache(store, batch)
+    if store.kind == "causal":  # sliding windows count each row's own tokens, not columns (masks.py)
+        call["attention_mask"] = attention_masks(
+            model, batch.attention_mask, batch.real_index.shape[1] + batch.n_virtual, cache
+        )
     if store.kind == "encoder":
         batch.cache = cache  # handed to each self-attention by the pre-hooks
+        ctx.position_offset = batch.prefix_mask.sum(dim=1) if batch.n_prefix else None
     elif cache is not None:
         call["cache"] = cache
     if store.kind == "seq2seq" and batch.n_prefix:
         call["decoder_attention_mask"] = _decoder_mask(batch, call)
+        ctx.position_offset = -(batch.prefix_mask == 0).sum(dim=1)  # shorter prefixes are left-padded
     if store.kind == "causal" and batch.n_virtual and call.get("labels") is not None:
         labels = call["labels"]  # no loss on virtual or padded-virtual positions
         call["labels"] = torch.cat([labels.new_full((labels.shape[0], batch.n_virtual), -100), labels], dim=1)

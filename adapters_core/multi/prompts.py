@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdapterShapeError, UnsupportedError
 from ..methods.adaption_prompt.layer import _gated_attention, _rotate_half
 from ..prompt_learning.prefix_cache import self_attention_modules
 from .context import ContextHolder
@@ -66,6 +67,49 @@ class PromptBatch:
     cache: Any = None  # the prefix cache handed to BERT-style encoders by the pre-hooks
 
 
+@torch.no_grad()
+def _cached_heads(model: Any) -> list[tuple[int, int]]:
+    """Per layer (key/value heads, head width) of the cache a one-token forward of `model` fills."""
+    device = model.get_input_embeddings().weight.device
+    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None) or []
+    return [(int(layer.keys.shape[1]), int(layer.keys.shape[-1])) for layer in layers]
+
+
+def _check_prefix_heads(tensors: PromptTensors, heads: list[tuple[int, int]]) -> None:
+    """A prefix the model's attention cannot take (e.g. Falcon's multi-query attention caches one key/value head,
+    but PEFT 0.21 sizes the prefix by num_attention_heads, so PEFT cannot run it either) is refused here."""
+    have = [(int(k.shape[0]), int(k.shape[-1])) for k, _ in tensors.prefix]
+    if have != heads:
+        raise AdapterShapeError(
+            f"the prefix has {len(have)} layers of (key/value heads, head width) {have[0] if have else None}, but "
+            f"this model caches {len(heads)} layers of {heads[0] if heads else None} (multi-query or grouped-query "
+            "attention that the adapter's config does not describe); no prefix of this shape can run on it — "
+            "PEFT cannot run it either. Use prompt tuning, P-tuning or LoRA on this base."
+        )
+
+
+def _absolute_positions(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The learned absolute position embeddings of a BERT-style encoder (`embeddings.position_embeddings`)."""
+    return [
+        (path, module)
+        for path, module in model.named_modules()
+        if isinstance(module, nn.Embedding)
+        and path.removesuffix(".base_layer").endswith(".position_embeddings")
+    ]
+
+
+def _cache_length_positions(decoder: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Positional embeddings that number tokens from the cache length they are given (BART's decoder)."""
+    found: list[tuple[str, nn.Module]] = []
+    for path, module in decoder.named_modules():
+        params = inspect.signature(module.forward).parameters
+        if "position_ids" in params and "cache_length" in params and isinstance(module, nn.Embedding):
+            found.append((path, module))
+    return found
+
+
 class PromptStore:
     """Per-slot prompt tables, prefixes and LLaMA-Adapter terms of one MultiAdapterModel."""
 
@@ -83,6 +127,9 @@ class PromptStore:
         self.slots: dict[int, PromptTensors] = {}
         self._adaption: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._hooks: dict[str, Any] = {}
+        # What a decoder-only model really caches per layer, (key/value heads, head width): a prefix must match.
+        self.cache_heads = _cached_heads(model) if self.kind == "causal" else None
+        self.position_embeddings: list[tuple[str, nn.Module]] = []
         if self.kind == "encoder":
             # BERT-style encoders get no cache from their model class; each self-attention takes the prefix from
             # the running batch (the semantics of PEFT with transformers 4, see prompt_learning/prefix_cache.py).
@@ -90,10 +137,23 @@ class PromptStore:
                 self._hooks[path] = module.register_forward_pre_hook(
                     self._encoder_prefix_hook, with_kwargs=True
                 )
+            # A prefix row's tokens are numbered after its prefix (PEFT's semantics, transformers 4): the model
+            # numbers them itself (BERT from 0, RoBERTa after padding_idx) and the hook adds the prefix length.
+            self.position_embeddings += _absolute_positions(model)
+            for path, module in self.position_embeddings:
+                self._hooks[path] = module.register_forward_pre_hook(self._offset_positions_hook)
+        if self.kind == "seq2seq":
+            # BART-style decoders number their tokens from the cache length: rows whose cache has masked columns
+            # (a shorter prefix, a later join) are numbered from their own length instead (`position_offset`).
+            for path, module in _cache_length_positions(model.get_decoder()):
+                self._hooks[f"decoder.{path}"] = module.register_forward_hook(
+                    self._shift_positions_hook, with_kwargs=True
+                )
 
     # -- slots ----------------------------------------------------------------------------------------
     def load(self, slot: int, tensors: PromptTensors, modules: dict[str, nn.Module]) -> None:
         """Place one adapter's tensors on the model's device (and dtype); precompute LLaMA-Adapter keys/values."""
+        self.check(tensors)
         ref = self.embed.weight
         dtype = getattr(self.model, "dtype", ref.dtype)
         placed = PromptTensors(tensors.kind, tensors.length, keep_token_types=tensors.keep_token_types)
@@ -106,6 +166,19 @@ class PromptStore:
                 hook = self._make_adaption_hook(path)
                 self._hooks[path] = modules[path].register_forward_hook(hook, with_kwargs=True)
         self.slots[slot] = placed
+
+    def check(self, tensors: PromptTensors) -> None:
+        """Refuse what this model cannot run (MultiAdapterModel.parse runs it, so a store refuses it early)."""
+        if tensors.kind != "prefix":
+            return
+        if self.cache_heads is not None:
+            _check_prefix_heads(tensors, self.cache_heads)
+        if self.kind == "encoder" and not self.position_embeddings:
+            raise UnsupportedError(
+                f"prefix tuning on {type(self.model).__name__}: Swapyard numbers a bidirectional encoder's tokens "
+                "after the prefix through its learned absolute position embeddings, and this model has none. "
+                "Use prompt tuning, P-tuning or LoRA on this base."
+            )
 
     def remove(self, slot: int) -> None:
         self.slots.pop(slot, None)
@@ -188,6 +261,33 @@ class PromptStore:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin  # RoPE on the query only, as PEFT
         return _base(attn.o_proj)(_gated_attention(q, k, v, gate, hd))
+
+    # -- decoder positions that count cache columns -------------------------------------------------------
+    def _shift_positions_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """BART's decoder asks its positional embedding for `cache_length + arange(L)` (as `position_ids`, or
+        from `cache_length`); each row gets its own numbering: `position_offset` (≤ 0) added."""
+        ctx = self._holder.current
+        shift = getattr(ctx, "position_offset", None)
+        if shift is None or not bool(shift.any()):
+            return output
+        ids = args[0] if args else kwargs["input_ids"]
+        cache_length = int(args[1]) if len(args) > 1 else int(kwargs.get("cache_length", 0))
+        positions = kwargs.get("position_ids")
+        out = output.expand(ids.shape[0], *output.shape[-2:]).clone()  # (B, L, d)
+        for value in shift.unique().tolist():
+            rows = (shift == value).nonzero().flatten()
+            own = {"position_ids": positions + value} if positions is not None else {}
+            # the module itself, numbering from the rows' own past length (.forward: the hook does not recurse)
+            out[rows] = module.forward(ids[rows], cache_length + value, **own).to(out.dtype)
+        return out
+
+    def _offset_positions_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """(B or 1, L) position ids -> plus each row's `position_offset`."""
+        offset = getattr(self._holder.current, "position_offset", None)
+        if offset is None or not bool(offset.any()):
+            return None
+        ids = args[0]
+        return (ids.expand(offset.shape[0], -1) + offset[:, None].to(ids), *args[1:])
 
     # -- prefix for encoders ----------------------------------------------------------------------------
     def _encoder_prefix_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

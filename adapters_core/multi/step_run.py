@@ -18,6 +18,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from .context import RowContext
+from .masks import attention_masks
 from .prompt_layout import plan_batch, prefix_cache
 from .prompts import PromptStore
 from .steps import DecodeState
@@ -74,6 +75,7 @@ def prefill(
             rows = batch.attention_mask.shape[0]
             ids = torch.full((rows, 1), decoder_start(model), dtype=torch.long, device=input_ids.device)
             mask = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones(rows, 1)], dim=1)  # (B, M+1)
+            ctx.position_offset = -(batch.prefix_mask == 0).sum(dim=1)  # BART numbers from the cache length
             out = model(
                 encoder_outputs=encoder,
                 attention_mask=batch.attention_mask,
@@ -96,9 +98,10 @@ def prefill(
         if batch.position_ids is not None:
             first["position_ids"] = batch.position_ids
         # Left padding puts every row's last real token in the last column: the LM head runs there only.
-        out = model(
-            **first, attention_mask=batch.attention_mask, cache=cache, use_cache=True, logits_to_keep=1
+        masks = attention_masks(
+            model, batch.attention_mask, batch.attention_mask.shape[1] - batch.n_prefix, cache
         )
+        out = model(**first, attention_mask=masks, cache=cache, use_cache=True, logits_to_keep=1)
     finally:
         ctx.prompt = None  # the layout (and its prefix tensors) is not needed after prefill
     state = DecodeState(
@@ -127,6 +130,7 @@ def decode(store: PromptStore, state: DecodeState, tokens: torch.Tensor) -> tupl
     mask = torch.cat([state.mask, state.mask.new_ones(state.rows, 1)], dim=1)  # (B, S+1)
     state.spent = True  # from here on its cache grows: never reuse it, even if the forward fails half-way
     if state.is_seq2seq:
+        state.ctx.position_offset = -(state.mask == 0).sum(dim=1)  # left-padded cache columns (prefix, joins)
         out = store.model(
             encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
             attention_mask=state.encoder_mask,
@@ -137,7 +141,8 @@ def decode(store: PromptStore, state: DecodeState, tokens: torch.Tensor) -> tupl
         )
     else:
         positions = {"position_ids": state.next_position[:, None]} if store.takes_positions else {}
-        out = store.model(input_ids=ids, attention_mask=mask, cache=state.cache, use_cache=True, **positions)
+        masks = attention_masks(store.model, mask, 1, state.cache)
+        out = store.model(input_ids=ids, attention_mask=masks, cache=state.cache, use_cache=True, **positions)
     return out.logits[:, -1], replace(
         state, cache=out.cache, mask=mask, next_position=state.next_position + 1, spent=False
     )
