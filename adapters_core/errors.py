@@ -23,6 +23,12 @@ class AdapterLoadError(AdapterError, ValueError):
     """The adapter files exist but cannot be applied to this base model."""
 
 
+class AdapterCapacityError(AdapterLoadError):
+    """A `MultiAdapterModel` has no room for one more adapter: every slot is taken, or a layer's device pool
+    (its share of `adapter_memory_bytes`) has too few free pages. Remove an adapter and add it again; a
+    server's adapter store does (it evicts the least recently used unleased adapter)."""
+
+
 class AdapterShapeError(AdapterLoadError):
     """A tensor's shape does not fit the base module it targets (an adapter trained for another model)."""
 

@@ -49,13 +49,13 @@ def build_request(
     max_new_tokens: int | None,
     stop: list[str],
 ) -> GenerationRequest:
-    """Check the adapter (404) and every limit (422), then build the engine request.
+    """Check every limit (422), then build the engine request; the adapter is checked once, when its lease is
+    taken (`submit_generate`).
 
     The token limits are checked here without the adapter's virtual tokens (so that an over-long prompt never
     waits for an adapter to load), and again with them when the request is queued.
     """
     check_kind(engine, "causal-lm", "seq2seq-lm")
-    engine.registry.require(adapter)
     if not input_ids:
         raise InvalidInputError("inputs tokenize to no tokens; give a non-empty prompt")
     new_tokens = engine.limits.default_new_tokens if max_new_tokens is None else max_new_tokens
@@ -71,15 +71,13 @@ def build_request(
 
 
 async def submit_generate(engine: Engine, request: GenerationRequest) -> RequestHandle:
-    """Take a lease on the request's adapter (waiting for its load if it is not resident), then queue it
-    (422 if the positions the adapter adds take it over a token limit).
+    """Take a lease on the request's adapter (404 unknown, 4xx invalid; waiting for its load if it is not
+    resident), then queue it (422 if the positions the adapter adds take it over a token limit).
 
     From here the engine owns the lease and releases it when the row leaves the batch; the request runs on
     the adapter version that was current now, even if the adapter is re-uploaded meanwhile.
     """
-    lease = await engine.registry.acquire(request.adapter)
-    if lease is not None:
-        request.adapter, request.lease = lease.adapter_name, lease
+    lease = request.lease = await engine.registry.acquire(request.adapter)
     try:
         return engine.submit_generate(request, asyncio.get_running_loop())
     except BaseException:

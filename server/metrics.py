@@ -28,14 +28,14 @@ class AdapterLabels:
         self._lock = threading.Lock()  # called from the event loop and from the engine thread
 
     def __call__(self, adapter: str | None) -> str:
+        """The label of the adapter's public name (None = the base model)."""
         if adapter is None:
             return BASE_LABEL
-        name = adapter.partition("@")[0]  # the store keys versions as `name@hash`: count the public name
         with self._lock:
-            if name not in self._seen and len(self._seen) >= self.limit:
+            if adapter not in self._seen and len(self._seen) >= self.limit:
                 return OTHER_LABEL
-            self._seen.add(name)
-        return name
+            self._seen.add(adapter)
+        return adapter
 
 
 class Metrics:

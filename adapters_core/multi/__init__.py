@@ -1,6 +1,7 @@
 """The serving form of adapters: per-row adapters of any method in one batch (MultiAdapterModel)."""
 
 from .model import LoadedAdapter, MultiAdapterModel
+from .parsed import ParsedAdapter
 from .steps import DecodeState
 
-__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel"]
+__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel", "ParsedAdapter"]

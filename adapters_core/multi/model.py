@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kernels.errors import PoolFullError
+
 from ..config import AdapterConfig
-from ..errors import AdapterLoadError, AdapterNotFoundError, UnsupportedError
+from ..errors import AdapterCapacityError, AdapterLoadError, AdapterNotFoundError, UnsupportedError
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
 from .layers import (
@@ -48,7 +50,7 @@ from .step_run import pad_rows
 from .step_run import prefill as prefill_step
 from .steps import DecodeState
 
-AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | Any
+AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | ParsedAdapter | Any
 
 
 @dataclass
@@ -136,7 +138,7 @@ class MultiAdapterModel(nn.Module):
         for slot in range(self.max_adapters):
             if slot not in used:
                 return slot
-        raise AdapterLoadError(
+        raise AdapterCapacityError(
             f"all {self.max_adapters} adapter slots are in use; remove one first or raise max_adapters."
         )
 
@@ -170,12 +172,20 @@ class MultiAdapterModel(nn.Module):
 
     def add(self, name: str, source: AdapterSource, **kwargs: Any) -> LoadedAdapter:
         """Load an adapter under `name` from a local directory, a Hub id (kwargs: revision, subfolder,
-        cache_dir, token, allow_pickle), an `AdapterModel` (its active adapter) or a `(config, state_dict)`
-        pair with PEFT keys. Every tensor is checked against the base before anything is written."""
+        cache_dir, token, allow_pickle), an `AdapterModel` (its active adapter), a `(config, state_dict)`
+        pair with PEFT keys, or a `ParsedAdapter` that this model's `parse` returned (it is not parsed
+        again: a store parses once, keeps the result and adds it when it makes the adapter resident).
+        Every tensor is checked against the base before anything is written.
+
+        Raises `AdapterCapacityError` when every slot is taken or a layer's pool has too few free pages
+        (nothing is written then); the caller frees room with `remove` and adds again."""
         if name in self._adapters:
             raise AdapterLoadError(f"an adapter named {name!r} is already loaded; remove it first.")
-        config, state, where = self._read(source, **kwargs)
-        parsed = self.parse(config, state)
+        if isinstance(source, ParsedAdapter):
+            parsed, where = source, "parsed"
+        else:
+            config, state, where = self._read(source, **kwargs)
+            parsed = self.parse(config, state)
         slot = self._free_slot()
         touched: list[_MultiBase] = []
         try:
@@ -193,10 +203,15 @@ class MultiAdapterModel(nn.Module):
                 layer.set_override(slot, params)
             if parsed.prompt is not None:
                 self._prompts.load(slot, parsed.prompt, self._base_modules)
-        except Exception:
+        except Exception as exc:
             for layer in touched:
                 layer.remove_slot(slot)
             self._prompts.remove(slot)
+            if isinstance(exc, PoolFullError):  # the kernels' pool error, as adapters_core's own
+                raise AdapterCapacityError(
+                    f"adapter {name!r} does not fit: {exc}. Remove an adapter first, or raise "
+                    "adapter_memory_bytes."
+                ) from exc
             raise
         loaded = LoadedAdapter(name=name, slot=slot, parsed=parsed, source=where)
         self._adapters[name] = loaded

@@ -65,9 +65,9 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
         metrics=PrometheusStoreMetrics(metrics.registry),
     )
     for name, source in settings.adapter_pairs():
-        registry.load(name, source)
+        registry.register(name, source)
     if adapter_dir:
-        registry.load_dir(adapter_dir)
+        registry.register_dir(adapter_dir)
     return Engine(
         base,
         registry,

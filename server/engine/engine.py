@@ -150,8 +150,8 @@ class Engine:
 
     def submit_generate(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> RequestHandle:
         """Queue a generation; its events arrive on the returned handle. 422 if the request crosses a token
-        limit counting the positions its adapter adds (a resident key: the caller holds its lease)."""
-        virtual = prompt_positions(self.model, request.adapter)
+        limit counting the positions its adapter adds (resident: the caller holds its lease)."""
+        virtual = prompt_positions(self.model, request.model_name)
         self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
         handle = RequestHandle(loop)
         row = Row(
@@ -172,12 +172,13 @@ class Engine:
         loop: asyncio.AbstractEventLoop,
         lease: Lease | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
-        """Queue texts for classification; the future resolves to one logits vector (C,) per text. 422 if a
-        text crosses the input limit counting the positions its adapter adds (a resident key, leased)."""
-        virtual = prompt_positions(self.model, adapter)
+        """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
+        to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
+        adapter adds."""
+        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
+        virtual = prompt_positions(self.model, job.model_name)
         for i, ids in enumerate(input_ids):
             self.limits.check_input(len(ids), virtual, name=f"input {i}" if len(input_ids) > 1 else "inputs")
-        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
         with self._cond:
             self._admit_check()
             self._classify.append(job)
@@ -281,7 +282,7 @@ class Engine:
             return []
         try:
             logits, state = self.model.prefill(
-                [row.request.input_ids for row in rows], [row.request.adapter for row in rows]
+                [row.request.input_ids for row in rows], [row.request.model_name for row in rows]
             )
         except Exception as exc:
             if len(rows) == 1:
@@ -331,7 +332,7 @@ class Engine:
         ids = [seq for job in jobs for seq in job.input_ids]
         adapters = [job.adapter for job in jobs for _ in job.input_ids]
         try:
-            logits = self.model.classify(ids, adapters)
+            logits = self.model.classify(ids, [job.model_name for job in jobs for _ in job.input_ids])
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)

@@ -44,12 +44,12 @@ def context_length(config: Any, tokenizer: Any = None) -> int | None:
     return None
 
 
-def prompt_positions(model: Any, adapter_key: str | None) -> int:
+def prompt_positions(model: Any, model_name: str | None) -> int:
     """Positions a resident adapter adds before each row's prompt (module docstring); 0 for the base model.
-    `adapter_key` is a lease's `adapter_name`: the adapter is resident while the lease is held."""
-    if adapter_key is None:
+    `model_name` is a lease's `model_name`: the adapter is resident while the lease is held."""
+    if model_name is None:
         return 0
-    loaded = model.adapters.get(adapter_key)
+    loaded = model.adapters.get(model_name)
     prompt = loaded.parsed.prompt if loaded is not None else None
     if prompt is None or prompt.kind not in ("virtual", "prefix"):
         return 0

@@ -27,14 +27,32 @@ _ids = itertools.count()
 
 @dataclass
 class GenerationRequest:
-    """One prompt to continue, with its adapter (None = base model) and how to pick tokens."""
+    """One prompt to continue, with its adapter (its public name; None = base model) and how to pick tokens.
+
+    `lease` pins the version of `adapter` the request runs on (taken before it is queued); the engine runs
+    that version (`model_name`) and releases the lease when the row leaves.
+    """
 
     input_ids: list[int]
     adapter: str | None
     sampling: SamplingParams
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
-    lease: Lease | None = None  # pins `adapter` (a resident `name@hash` key); the engine releases it
+    lease: Lease | None = None
+
+    @property
+    def model_name(self) -> str | None:
+        return leased_model_name(self.adapter, self.lease)
+
+
+def leased_model_name(adapter: str | None, lease: Lease | None) -> str | None:
+    """The name the model knows the leased version of `adapter` by (None = the base model). An adapter
+    without a lease is an error, never the base model."""
+    if lease is None:
+        if adapter is not None:
+            raise RuntimeError(f"a request for adapter {adapter!r} reached the engine without its lease")
+        return None
+    return lease.model_name
 
 
 def release_lease(lease: Lease | None) -> None:
@@ -112,7 +130,8 @@ class RequestHandle:
 
 @dataclass
 class ClassifyJob:
-    """Texts to classify with one adapter; the result is one logits vector (C,) per text."""
+    """Texts to classify with one adapter (its public name; None = base model) under `lease`, as for a
+    `GenerationRequest`; the result is one logits vector (C,) per text."""
 
     input_ids: list[list[int]]
     adapter: str | None
@@ -120,6 +139,10 @@ class ClassifyJob:
     loop: asyncio.AbstractEventLoop
     submitted_at: float = field(default_factory=time.perf_counter)
     lease: Lease | None = None
+
+    @property
+    def model_name(self) -> str | None:
+        return leased_model_name(self.adapter, self.lease)
 
     @property
     def cancelled(self) -> bool:

@@ -49,9 +49,7 @@ async def list_adapters(engine: EngineDep) -> AdapterRecordList:
 
 @router.get("/{name}", response_model=AdapterRecord)
 async def get_adapter(name: str, engine: EngineDep) -> AdapterRecord:
-    info = engine.registry.require(name)
-    assert info is not None
-    return _record(info)
+    return _record(engine.registry.info(name))
 
 
 _UPLOAD_FIELDS = {
@@ -81,8 +79,8 @@ def _form_error(problem: str) -> InvalidInputError:
 @router.post("", response_model=AdapterRecord, status_code=201, openapi_extra=_UPLOAD_BODY)
 async def upload_adapter(request: Request, engine: EngineDep) -> AdapterRecord:
     """Upload an adapter (PEFT files); 201 with its record once it is validated and stored."""
-    store = engine.registry.store
-    limit = store.config.max_adapter_bytes
+    registry = engine.registry
+    limit = registry.max_adapter_bytes
     async with request.form(max_files=2, max_fields=1) as form:  # after require_admin: auth comes first
         missing = [f for f in _UPLOAD_FIELDS if f not in form]
         if missing:
@@ -92,24 +90,24 @@ async def upload_adapter(request: Request, engine: EngineDep) -> AdapterRecord:
             raise _form_error("`name` must be a text field, not a file")
         if not isinstance(config, UploadFile) or not isinstance(weights, UploadFile):
             raise _form_error("`config` and `weights` must be files")
-        engine.registry.check_name(name)
+        registry.check_name(name)
         config_bytes = await _read(config, limit)
         weights_bytes = await _read(weights, limit)
-    return _record(await store.upload(name, config_bytes, weights_bytes))
+    return _record(await registry.upload(name, config_bytes, weights_bytes))
 
 
 @router.post("/{name}/load", response_model=AdapterRecord)
 async def load_adapter(name: str, body: LoadAdapterRequest, engine: EngineDep) -> AdapterRecord:
     """(Re)load `name` from the Hub or the adapter root, validated before it replaces the current version."""
-    engine.registry.check_name(name)
-    store = engine.registry.store
     if body.source == "hub":
         assert body.id is not None
-        source = store.policy.hub(body.id, revision=body.revision, subfolder=body.subfolder)
+        info = await engine.registry.load(
+            name, hub_id=body.id, revision=body.revision, subfolder=body.subfolder
+        )
     else:
         assert body.path is not None
-        source = store.policy.local_from_request(body.path)
-    return _record(await store.load(name, source))
+        info = await engine.registry.load(name, path=body.path)
+    return _record(info)
 
 
 @router.delete("/{name}", response_model=DeletedAdapter)
@@ -119,5 +117,5 @@ async def delete_adapter(
     wait: Annotated[bool, Query(description="wait for running requests instead of answering 409")] = False,
 ) -> DeletedAdapter:
     """Unregister and unload `name`: 409 while requests use it, unless `wait=true`."""
-    await engine.registry.store.delete(name, wait=wait)
+    await engine.registry.delete(name, wait=wait)
     return DeletedAdapter(name=name)

@@ -21,7 +21,6 @@ async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineD
     """Per input, `{label, score}` sorted by score (softmax over the adapter head's labels)."""
     check_kind(engine, "seq-cls")
     adapter = body.parameters.adapter_id
-    engine.registry.require(adapter)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     if len(texts) > settings.max_classify_inputs:
         raise InvalidInputError(
@@ -35,11 +34,10 @@ async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineD
                 f"input {i} has {len(row)} tokens, more than the limit of {settings.max_input_tokens} "
                 "(--max-input-tokens)"
             )
-    lease = await engine.registry.acquire(adapter)  # the engine releases it once the job is done
-    key = lease.adapter_name if lease is not None else None
-    id2label = engine.registry.id2label(key)
+    lease = await engine.registry.acquire(adapter)  # 404 if unknown; the engine releases it after the job
+    id2label = engine.registry.id2label(lease)
     try:
-        future = engine.submit_classify(ids, key, asyncio.get_running_loop(), lease=lease)
+        future = engine.submit_classify(ids, adapter, asyncio.get_running_loop(), lease=lease)
     except BaseException:
         release_lease(lease)
         raise

@@ -1,9 +1,12 @@
 """The adapter store: tiers (device → host RAM → disk → source), leases, hot-swap by content hash.
 
-`AdapterStore` is the entry point (store.py); `StoreConfig` its knobs; `Lease` what a request holds;
-`PrometheusStoreMetrics` its metrics; errors.py the error classes the server maps to HTTP statuses.
+`AdapterStore` is the entry point (store.py) and owns the parts: the `AdapterCatalog` of names (catalog.py),
+the host and device tiers, the load pipeline. `StoreConfig` its knobs; `Lease` what a request holds, on one
+`ResidentKey` (name, content hash); `PrometheusStoreMetrics` its metrics; errors.py the error classes the
+server maps to HTTP statuses.
 """
 
+from .catalog import AdapterInfo
 from .config import StoreConfig
 from .device import AdapterTooLargeError
 from .errors import (
@@ -17,10 +20,10 @@ from .errors import (
     UploadsDiskFullError,
     UploadTooLargeError,
 )
+from .keys import ResidentKey
 from .lease import Lease
 from .metrics import NullMetrics, PrometheusStoreMetrics, StoreMetrics
 from .parsing import HostAdapter, model_validator
-from .registry import AdapterInfo
 from .sources import AdapterSource, SourcePolicy, check_name
 from .store import AdapterStore
 
@@ -37,6 +40,7 @@ __all__ = [
     "NullMetrics",
     "PrometheusStoreMetrics",
     "RankTooLargeError",
+    "ResidentKey",
     "SourceNotAllowedError",
     "SourcePolicy",
     "StoreBusyError",

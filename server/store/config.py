@@ -9,9 +9,10 @@ from dataclasses import dataclass
 class StoreConfig:
     """Budgets, sources and limits of one `AdapterStore`.
 
-    Tiers: `device_slots` / `device_budget_bytes` bound what is resident in the model's pools (slots default
-    to the model's `max_adapters`); `host_budget_bytes` bounds the RAM cache of validated adapters; the disk
-    tier is huggingface_hub's cache (`hub_cache_dir`, None = its default) plus local and uploaded files.
+    Tiers: the device tier's budget is the model's own (`MultiAdapterModel(max_adapters=...,
+    adapter_memory_bytes=...)`: slots and per-layer pools), not a knob here; `host_budget_bytes` bounds the
+    RAM cache of validated adapters; the disk tier is huggingface_hub's cache (`hub_cache_dir`, None = its
+    default) plus local and uploaded files.
     """
 
     adapter_roots: tuple[str, ...] = ()
@@ -20,8 +21,6 @@ class StoreConfig:
     hub_owners: tuple[str, ...] | None = None
     hub_cache_dir: str | None = None
     hub_token: str | None = None
-    device_slots: int | None = None
-    device_budget_bytes: int = 256 << 20
     host_budget_bytes: int = 1 << 30
     max_rank: int = 256
     max_adapter_bytes: int = 512 << 20
@@ -31,7 +30,6 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         for name in (
-            "device_budget_bytes",
             "host_budget_bytes",
             "max_rank",
             "max_adapter_bytes",
@@ -39,7 +37,5 @@ class StoreConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"StoreConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.device_slots is not None and self.device_slots < 1:
-            raise ValueError(f"StoreConfig.device_slots must be >= 1, got {self.device_slots}")
         if self.capacity_timeout_s < 0 or self.delete_timeout_s < 0:
             raise ValueError("StoreConfig timeouts must be >= 0 seconds")

@@ -1,4 +1,9 @@
-"""The device tier: adapters resident in the MultiAdapterModel's pools, under a slot count and a byte budget.
+"""The device tier: adapters resident in the MultiAdapterModel's pools, evicted least recently used first.
+
+The model owns the device budget (its slots, and each layer's pool: a share of `adapter_memory_bytes`); this
+tier does not count bytes against a budget of its own. It adds an adapter, and when the model answers
+`AdapterCapacityError` it evicts the least recently used unleased adapter and adds again, or waits for a
+lease to end. An adapter that does not fit even into an empty model is an `AdapterTooLargeError`.
 
 All bookkeeping runs on the event loop thread; the model is touched only in one dedicated worker thread
 (`model.add` / `model.remove`, under `model_lock`, which the engine also holds while it runs a forward). One
@@ -21,11 +26,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from adapters_core.errors import AdapterLoadError
+from adapters_core.errors import AdapterCapacityError, AdapterLoadError
 from adapters_core.multi.model import MultiAdapterModel
-from kernels.errors import PoolFullError
 
 from .errors import StoreBusyError
+from .keys import ResidentKey
 from .metrics import StoreMetrics
 from .parsing import HostAdapter
 
@@ -33,21 +38,23 @@ log = logging.getLogger("swapyard.store")
 
 
 class AdapterTooLargeError(AdapterLoadError):
-    """One adapter needs more device bytes than the whole device budget."""
+    """One adapter does not fit into the model's pools even when no other adapter is resident."""
 
 
 @dataclass(eq=False)
 class DeviceEntry:
-    """One adapter version resident in the model under `key` (`name@hash12`)."""
+    """One adapter version resident in the model (as `key.model_name`); `nbytes`: its parsed tensors."""
 
-    key: str
-    name: str
-    content_hash: str
+    key: ResidentKey
     nbytes: int
     loaded_at: float
     leases: int = 0
     stale: bool = False  # the name moved on (re-upload, reload, delete): unload once the last lease ends
     waiting: Callable[[], int] = field(default=lambda: 0)  # acquirers awaiting the load that made this entry
+
+    @property
+    def name(self) -> str:
+        return self.key.name
 
     @property
     def evictable(self) -> bool:
@@ -58,36 +65,20 @@ class DeviceTier:
     """Device residency of adapter versions for one `MultiAdapterModel`."""
 
     def __init__(
-        self,
-        model: MultiAdapterModel,
-        *,
-        slots: int,
-        budget_bytes: int,
-        model_lock: threading.Lock,
-        metrics: StoreMetrics,
+        self, model: MultiAdapterModel, *, model_lock: threading.Lock, metrics: StoreMetrics
     ) -> None:
         self.model = model
-        self.slots = slots
-        self.budget_bytes = budget_bytes
-        self.entries: OrderedDict[str, DeviceEntry] = OrderedDict()  # least recently used first
-        self.used_bytes = 0
-        self._reserved_bytes = 0
-        self._reserved_slots = 0
+        self.entries: OrderedDict[ResidentKey, DeviceEntry] = OrderedDict()  # least recently used first
+        self.used_bytes = 0  # reported, not budgeted: the model's pools are the budget
         # One thread: model changes reach the model in the order they were decided (module docstring).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="swapyard-device")
         self._lock = model_lock
         self._metrics = metrics
-        self._adding: dict[str, asyncio.Future[DeviceEntry | None]] = {}
+        self._adding: dict[ResidentKey, asyncio.Future[DeviceEntry | None]] = {}
         self._removals: set[asyncio.Future[None]] = set()
         self._room: asyncio.Event | None = None
 
     # -- accounting ------------------------------------------------------------------------------
-    def _fits(self, nbytes: int) -> bool:
-        return (
-            len(self.entries) + self._reserved_slots < self.slots
-            and self.used_bytes + self._reserved_bytes + nbytes <= self.budget_bytes
-        )
-
     def _victim(self) -> DeviceEntry | None:
         return next((e for e in self.entries.values() if e.evictable), None)
 
@@ -141,65 +132,49 @@ class DeviceTier:
             raise
         finally:
             del self._adding[adapter.key]
+            self.notify()  # a load that waits for room may be waiting on this one (see _add_new)
         future.set_result(entry)
         return entry
 
     async def _add_new(
         self, adapter: HostAdapter, waiting: Callable[[], int], deadline: float, wait_for_room: bool
     ) -> DeviceEntry | None:
-        need = adapter.device_bytes
-        if need > self.budget_bytes:
-            raise AdapterTooLargeError(
-                f"adapter {adapter.name!r} needs {need} device bytes, more than the whole device budget "
-                f"({self.budget_bytes}); raise the budget or serve a smaller adapter."
-            )
         loop = asyncio.get_running_loop()
-        # Each turn either evicts, adds, or waits for room until the deadline: the loop is bounded by it.
+        # Each turn adds, or evicts and tries again, or waits for room until the deadline: the loop is bounded
+        # by the deadline and by the number of entries.
         while True:
-            while not self._fits(need) and (victim := self._victim()) is not None:
-                self.evict(victim)
-            if not self._fits(need):
-                if not wait_for_room:
-                    return None
-                await self._wait_room(deadline)
-                continue
-            self._reserved_bytes += need
-            self._reserved_slots += 1
             try:
                 seconds = await loop.run_in_executor(self._executor, self._add, adapter)
-            except PoolFullError:
-                # The pools are split per layer, so one layer can be full while the total has room:
-                # free the next least recently used adapter and try again, or wait for one to free up.
+            except AdapterCapacityError as exc:
+                # A slot or a layer's pool is full (the pools are split per layer, so one layer can be full
+                # while others have room): free the least recently used adapter, or wait for one to free up.
                 victim = self._victim()
                 if victim is not None:
                     self.evict(victim)
+                elif not self.entries and len(self._adding) == 1:  # alone in an empty model: never fits
+                    raise AdapterTooLargeError(
+                        f"adapter {adapter.name!r} does not fit into the device pools even with no other "
+                        f"adapter resident ({exc}); raise --adapter-device-bytes or serve a smaller adapter."
+                    ) from exc
                 elif wait_for_room:
                     await self._wait_room(deadline)
                 else:
                     return None
                 continue
-            finally:
-                self._reserved_bytes -= need
-                self._reserved_slots -= 1
             self._metrics.stage_seconds("device", seconds)
             entry = DeviceEntry(
-                key=adapter.key,
-                name=adapter.name,
-                content_hash=adapter.content_hash,
-                nbytes=need,
-                loaded_at=time.time(),
-                waiting=waiting,
+                key=adapter.key, nbytes=adapter.nbytes, loaded_at=time.time(), waiting=waiting
             )
             self.entries[entry.key] = entry
-            self.used_bytes += need
+            self.used_bytes += entry.nbytes
             self._report()
             return entry
 
     def _add(self, adapter: HostAdapter) -> float:
-        """Worker thread: copy the adapter into the model's pools."""
+        """Worker thread: copy the parsed adapter into the model's pools (no second parse)."""
         with self._lock:
             start = time.perf_counter()
-            self.model.add(adapter.key, (adapter.config, adapter.state))
+            self.model.add(adapter.key.model_name, adapter.parsed)
             return time.perf_counter() - start
 
     # -- unload ----------------------------------------------------------------------------------------
@@ -218,10 +193,10 @@ class DeviceTier:
         self._report()
         self.notify()
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, key: ResidentKey) -> None:
         """Worker thread: free the adapter's slot and pages."""
         with self._lock:
-            self.model.remove(key)
+            self.model.remove(key.model_name)
 
     def release(self, entry: DeviceEntry) -> None:
         """One lease on `entry` ended."""
@@ -231,7 +206,7 @@ class DeviceTier:
                 self.evict(entry)
             self.notify()
 
-    def retire(self, name: str, keep: str | None = None) -> None:
+    def retire(self, name: str, keep: ResidentKey | None = None) -> None:
         """Versions of `name` other than `keep` go now if unused, else when their last lease ends."""
         for entry in [e for e in self.entries.values() if e.name == name and e.key != keep]:
             entry.stale = True

@@ -1,7 +1,7 @@
 """Leases: a request's pin on one adapter version, held from admission until the request ends.
 
     async with store.acquire("fr") as lease:
-        model(input_ids=ids, adapter_names=[lease.adapter_name])   # the version resident when acquired
+        model(input_ids=ids, adapter_names=[lease.model_name])   # the version resident when acquired
 
 or, when the holder outlives a block (the engine keeps it with the request): `lease = await store.acquire(n)`
 ... `lease.release()`. Acquire on the store's event loop; release from anywhere (another thread, e.g. an
@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .device import DeviceEntry
+from .keys import ResidentKey
 
 
 class Lease:
@@ -30,18 +31,19 @@ class Lease:
         self.released = False
 
     @property
-    def name(self) -> str:
-        """The adapter's public name."""
-        return self._entry.name
-
-    @property
-    def adapter_name(self) -> str:
-        """The name to pass to `MultiAdapterModel.forward/generate(adapter_names=[...])` (`name@hash12`)."""
+    def key(self) -> ResidentKey:
+        """The leased version: the adapter's public name and content hash."""
         return self._entry.key
 
     @property
-    def content_hash(self) -> str:
-        return self._entry.content_hash
+    def name(self) -> str:
+        """The adapter's public name."""
+        return self._entry.key.name
+
+    @property
+    def model_name(self) -> str:
+        """The name to pass to `MultiAdapterModel.forward/prefill/classify(adapter_names=[...])`."""
+        return self._entry.key.model_name
 
     def release(self) -> None:
         """End the lease (idempotent). Off the loop thread, the bookkeeping is scheduled onto the loop."""
@@ -66,7 +68,7 @@ class Lease:
         self.release()
 
     def __repr__(self) -> str:
-        return f"Lease({self.adapter_name!r}, released={self.released})"
+        return f"Lease({self.model_name!r}, released={self.released})"
 
 
 class Acquire:

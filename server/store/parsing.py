@@ -23,6 +23,7 @@ from adapters_core.multi.parsed import ParsedAdapter
 from adapters_core.weights_io import check_finite
 
 from .errors import RankTooLargeError
+from .keys import ResidentKey
 from .sources import FetchedFiles
 
 Validator = Callable[[AdapterConfig, dict[str, torch.Tensor]], ParsedAdapter]
@@ -33,36 +34,39 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x0
 
 @dataclass
 class HostAdapter:
-    """A validated adapter held in host memory: what `MultiAdapterModel.add(key, (config, state))` takes.
+    """A validated adapter held in host memory: the `ParsedAdapter` that `MultiAdapterModel.add` takes as it
+    is (parsed once, by validation), and what the store shows of it.
 
-    host_bytes: bytes of `state` as stored here; device_bytes: what it takes in the device pools
-    (ParsedAdapter.nbytes: float32 LoRA/IA3 tensors), used against the device budget.
+    nbytes: bytes of the parsed tensors (`ParsedAdapter.nbytes`), what the host tier budgets.
     """
 
     name: str
-    config: AdapterConfig
-    state: dict[str, torch.Tensor]
-    content_hash: str
+    parsed: ParsedAdapter
     method: str
     task_type: str | None
     rank: int | None
-    host_bytes: int
-    device_bytes: int
     revision: str | None = None
-    probe_max_delta: float | None = None  # the validation probe's max |adapted − base| (multi/probe.py)
 
     @property
-    def key(self) -> str:
-        """The adapter's name in the model: content-addressed, so new weights never alias old ones."""
-        return resident_key(self.name, self.content_hash)
+    def key(self) -> ResidentKey:
+        return ResidentKey(self.name, self.parsed.content_hash)
 
+    @property
+    def content_hash(self) -> str:
+        return self.parsed.content_hash
 
-def resident_key(name: str, content_hash: str) -> str:
-    return f"{name}@{content_hash[:12]}"
+    @property
+    def nbytes(self) -> int:
+        return self.parsed.nbytes
+
+    @property
+    def probe_max_delta(self) -> float | None:
+        """The validation probe's max |adapted − base| (multi/probe.py)."""
+        return self.parsed.probe.max_delta
 
 
 def model_validator(model: MultiAdapterModel) -> Validator:
-    """The validator of a MultiAdapterModel: exactly the parse `model.add` runs, without touching the model."""
+    """The validator of a MultiAdapterModel: its `parse`, whose result `model.add` takes without parsing again."""
     return model.parse
 
 
@@ -106,17 +110,11 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
             f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
             "serve a lower-rank adapter or raise --max-adapter-rank."
         )
-    peft_type = parsed.peft_type.value
     return HostAdapter(
         name=name,
-        config=config,
-        state=state,
-        content_hash=parsed.content_hash,
-        method=peft_type,
+        parsed=parsed,
+        method=parsed.peft_type.value,
         task_type=getattr(config.task_type, "value", config.task_type),
         rank=parsed.max_rank or None,  # LoRA-family rank; None for IA3 and prompt methods
-        host_bytes=sum(t.numel() * t.element_size() for t in state.values()),
-        device_bytes=parsed.nbytes,
         revision=files.revision,
-        probe_max_delta=parsed.probe.max_delta,
     )

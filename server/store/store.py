@@ -3,14 +3,15 @@
     store = AdapterStore(multi_model, StoreConfig(adapter_roots=("/srv/adapters",), uploads_root="/srv/up"))
     store.register("fr", store.policy.local_trusted("/srv/adapters/fr"))       # lazy: nothing read yet
     async with store.acquire("fr") as lease:                                  # loads if needed, pins it
-        multi_model(input_ids=ids, adapter_names=[lease.adapter_name])
+        multi_model(input_ids=ids, adapter_names=[lease.model_name])
 
 A load goes source → (fetch: read or download the files) → (parse: validate completely) → host tier →
 (device: copy into the pools). Fetch and parse run in a small thread pool, the device stage in one thread
 (device.py), so the event loop never blocks and other requests keep being served. Concurrent acquires of
-one name share one load. Identity is by content: the model knows each version as `name@hash12`, so a new
-version of a name is a new resident key and a request never gets weights other than the ones current when
-it acquired.
+one name share one load. Identity is by content: each version is a `ResidentKey` (name, content hash), so a
+new version of a name is a new key and a request never gets weights other than the ones current when it
+acquired. The parse of validation is the one `MultiAdapterModel.add` takes: an adapter is parsed once per
+load. The device budget is the model's (its slots and pools, see device.py); the host tier's is this store's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from adapters_core.multi.model import MultiAdapterModel
 from adapters_core.peft_names import CONFIG_NAME
 
 from . import uploads
+from .catalog import AdapterCatalog, AdapterInfo, AdapterRecord, snapshot
 from .config import StoreConfig
 from .device import DeviceEntry, DeviceTier
 from .errors import (
@@ -37,11 +39,11 @@ from .errors import (
     UploadTooLargeError,
 )
 from .host import HostCache
+from .keys import ResidentKey
 from .lease import Acquire, Lease
 from .metrics import NullMetrics, StoreMetrics, Tier, failure_reason
 from .parsing import HostAdapter, Validator, model_validator
 from .pipeline import Pipeline
-from .registry import AdapterInfo, AdapterRecord, Registry, snapshot
 from .sources import AdapterSource, FetchedFiles, SourcePolicy, check_name, hub_cached
 
 _ACQUIRE_ATTEMPTS = 4  # a prefetch may resolve without a device entry; an acquire then loads again
@@ -80,28 +82,22 @@ class AdapterStore:
         self.policy = SourcePolicy(
             config.adapter_roots, allow_hub=config.allow_hub, hub_owners=config.hub_owners
         )
-        self.registry = Registry()
+        self.catalog = AdapterCatalog()
         self.metrics: StoreMetrics = metrics or NullMetrics()
         self.model_lock = model_lock or threading.Lock()
         self.pipeline = Pipeline(config, validator or model_validator(model), self.metrics)
         self.host = HostCache(config.host_budget_bytes, on_evict=lambda _: self.metrics.eviction("host"))
-        self.device = DeviceTier(
-            model,
-            slots=min(config.device_slots or model.max_adapters, model.max_adapters),
-            budget_bytes=config.device_budget_bytes,
-            model_lock=self.model_lock,
-            metrics=self.metrics,
-        )
+        self.device = DeviceTier(model, model_lock=self.model_lock, metrics=self.metrics)
         self._loads: dict[tuple[str, int], _PendingLoad] = {}
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._changed: asyncio.Event | None = None
 
-    # -- registry ----------------------------------------------------------------------------------
+    # -- catalog -----------------------------------------------------------------------------------
     def register(self, name: str, source: AdapterSource, *, replace: bool = False) -> AdapterInfo:
         """Make `name` known without reading anything (its first acquire loads it)."""
-        if name in self.registry and not replace:
+        if name in self.catalog and not replace:
             raise AdapterExistsError(f"an adapter named {name!r} is already registered.")
-        record = self.registry.put(name, source, replace=True)
+        record = self.catalog.put(name, source, replace=True)
         if source.kind == "hub":
             record.on_disk = hub_cached(source, self.config.hub_cache_dir)
         self._retire(name, keep=None)
@@ -127,10 +123,10 @@ class AdapterStore:
         return sorted(found)
 
     def list(self) -> list[AdapterInfo]:
-        return [self.info(self.registry.get(n)) for n in self.registry.names()]
+        return [self.info(self.catalog.get(n)) for n in self.catalog.names()]
 
     def get(self, name: str) -> AdapterInfo:
-        return self.info(self.registry.get(name))
+        return self.info(self.catalog.get(name))
 
     def info(self, record: AdapterRecord) -> AdapterInfo:
         leases = sum(e.leases for e in self.device.entries.values() if e.name == record.name)
@@ -154,7 +150,7 @@ class AdapterStore:
         return Acquire(lambda: self._acquire(name))
 
     async def _acquire(self, name: str) -> Lease:
-        record = self.registry.get(name)
+        record = self.catalog.get(name)
         record.hits += 1
         for attempt in range(_ACQUIRE_ATTEMPTS):
             entry = self.device.entries.get(record.key) if record.key else None
@@ -177,7 +173,7 @@ class AdapterStore:
                 entry.leases += 1
                 self.device.touch(entry)
                 return Lease(entry, self._release)
-            record = self.registry.get(name)  # re-read: the name may have been deleted or replaced
+            record = self.catalog.get(name)  # re-read: the name may have been deleted or replaced
         raise StoreBusyError(f"adapter {name!r} could not be made resident; retry later.")
 
     def _release(self, entry: DeviceEntry) -> None:
@@ -192,7 +188,7 @@ class AdapterStore:
         """
         started = 0
         for name in names:
-            record = self.registry.find(name) if name else None
+            record = self.catalog.find(name) if name else None
             if record is None or (record.key and record.key in self.device.entries):
                 continue
             if (name, record.generation) not in self._loads:
@@ -227,7 +223,7 @@ class AdapterStore:
         if adapter is None:
             tier = "disk" if record.on_disk else "source"
             adapter = await self.pipeline.read(record.name, record.source)  # counts its own failures
-            if self.registry.find(record.name) is record:
+            if self.catalog.find(record.name) is record:
                 # First load, or the files changed under a local path: the content decides the version.
                 record.learn(adapter, time.time())
                 self.host.put(adapter)
@@ -244,7 +240,7 @@ class AdapterStore:
             self.metrics.failure(failure_reason(exc))
             raise
         if entry is not None:
-            current = self.registry.find(entry.name)
+            current = self.catalog.find(entry.name)
             entry.stale = current is None or current.key != entry.key
         return entry
 
@@ -254,7 +250,7 @@ class AdapterStore:
         so a bad file leaves the current version serving. The result is in the host tier."""
         check_name(name)
         async with self._name_lock(name):
-            if name in self.registry and not replace:
+            if name in self.catalog and not replace:
                 raise AdapterExistsError(f"an adapter named {name!r} is already registered.")
             cached = source.kind != "hub" or hub_cached(source, self.config.hub_cache_dir)
             adapter = await self.pipeline.read(name, source)
@@ -278,7 +274,7 @@ class AdapterStore:
             adapter = await self.pipeline.parse(name, files)
             try:
                 directory = await self.pipeline.call(
-                    lambda: uploads.write_upload(root, name, adapter.content_hash, config, weights)
+                    lambda: uploads.write_upload(root, adapter.key, config, weights)
                 )
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -292,8 +288,8 @@ class AdapterStore:
 
     def _publish(self, name: str, source: AdapterSource, adapter: HostAdapter) -> AdapterInfo:
         """Make a validated `adapter` the current version of `name`; older versions drain and go."""
-        old = self.registry.find(name)
-        record = self.registry.put(name, source, replace=True)
+        old = self.catalog.find(name)
+        record = self.catalog.put(name, source, replace=True)
         record.learn(adapter, time.time())
         self.host.put(adapter)
         self._retire(name, keep=adapter.key)
@@ -310,14 +306,14 @@ class AdapterStore:
         still unload when their last lease ends).
         """
         async with self._name_lock(name):
-            record = self.registry.get(name)
+            record = self.catalog.get(name)
             in_use = self._holds(name)
             if in_use and not wait:
                 raise AdapterInUseError(
                     f"adapter {name!r} is in use by {in_use} request(s); retry later or delete with ?wait=true.",
                     leases=in_use,
                 )
-            self.registry.remove(name)
+            self.catalog.remove(name)
             self._retire(name, keep=None)
             if record.source.kind == "upload":
                 self._discard_upload_version(record)
@@ -352,7 +348,7 @@ class AdapterStore:
         waiting = sum(p.waiters for (n, _), p in self._loads.items() if n == name)
         return self.device.holds(name) + waiting
 
-    def _retire(self, name: str, keep: str | None) -> None:
+    def _retire(self, name: str, keep: ResidentKey | None) -> None:
         dropped = self.host.drop_name(name, keep=keep)
         if dropped:
             self.metrics.resident("host", len(self.host), self.host.used_bytes)
@@ -366,10 +362,10 @@ class AdapterStore:
         if not root:
             return
         pending = self._loads.get((record.name, record.generation))
-        current = self.registry.find(record.name)
+        current = self.catalog.find(record.name)
 
         def discard(*_: object) -> None:
-            if current is None and self.registry.find(record.name) is None:
+            if current is None and self.catalog.find(record.name) is None:
                 uploads.remove_upload(root, record.name)
             else:
                 uploads.remove_version(root, record.source.location)

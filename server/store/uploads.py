@@ -20,7 +20,7 @@ import tempfile
 
 from adapters_core.peft_names import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
-from .parsing import resident_key
+from .keys import ResidentKey
 from .sources import NAME_PATTERN
 
 VERSIONS = "versions"
@@ -42,13 +42,14 @@ def _write_file(path: str, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def write_upload(root: str, name: str, content_hash: str, config: bytes, weights: bytes) -> str:
-    """Store one validated version of `name` and point the name at it; returns the version directory."""
+def write_upload(root: str, key: ResidentKey, config: bytes, weights: bytes) -> str:
+    """Store one validated version `key` and point its name at it; returns the version directory."""
+    name = key.name
     versions = os.path.join(root, VERSIONS)
     staging = os.path.join(root, STAGING)
     os.makedirs(versions, exist_ok=True)
     os.makedirs(staging, exist_ok=True)
-    final = os.path.join(versions, resident_key(name, content_hash))
+    final = os.path.join(versions, key.model_name)
     if not os.path.isdir(final):  # the same bytes uploaded again reuse their directory
         tmp = tempfile.mkdtemp(prefix=f"{name}.", dir=staging)
         try:
@@ -85,7 +86,7 @@ def remove_upload(root: str, name: str) -> None:
     versions = os.path.join(root, VERSIONS)
     if os.path.isdir(versions):
         for entry in os.listdir(versions):
-            if entry.rpartition("@")[0] == name:
+            if entry.rpartition("@")[0] == name:  # a version directory is named `key.model_name`
                 shutil.rmtree(os.path.join(versions, entry), ignore_errors=True)
     _fsync_dir(root)
 

@@ -128,7 +128,7 @@ def _drain_scenario(client: TestClient) -> None:
         running = threading.Thread(target=lambda: results.append(client.post("/generate", json=body)))
         running.start()
         for _ in range(500):  # bounded: 5 s
-            if state.inflight >= 1 and state.engine.registry.store.get("lora4").leases == 1:
+            if state.inflight >= 1 and state.engine.registry.info("lora4").leases == 1:
                 break
             time.sleep(0.01)
         state.begin_drain()

@@ -102,4 +102,4 @@ def test_abandoned_request_ends_its_handler(client: TestClient, path: str) -> No
     # base model: no lease of its own to count).
     after = {"inputs": prompt(4), "parameters": {"max_new_tokens": 2}}
     assert client.post("/generate", json=after).status_code == 200
-    assert engine.registry.require("lora4").leases == 0
+    assert engine.registry.info("lora4").leases == 0

@@ -15,6 +15,8 @@ from store_fixtures import (
     lora_files,
     make_model,
     make_store,
+    pool_pages_used,
+    resident_names,
     run,
     write_adapter,
 )
@@ -25,6 +27,7 @@ from server.store import (
     AdapterExistsError,
     AdapterInUseError,
     AdapterStore,
+    AdapterTooLargeError,
     StoreBusyError,
     StoreConfig,
     UnknownAdapterError,
@@ -59,9 +62,9 @@ def test_acquire_loads_once_for_concurrent_requests(tmp_path) -> None:
 
     async def scenario() -> None:
         leases = await asyncio.gather(*(store.acquire("a") for _ in range(10)))
-        assert len({lease.adapter_name for lease in leases}) == 1
+        assert len({lease.model_name for lease in leases}) == 1
         assert store.get("a").leases == 10 and store.get("a").tier == "device"
-        out = forward(store.model, store.model_lock, [leases[0].adapter_name])[0]
+        out = forward(store.model, store.model_lock, [leases[0].model_name])[0]
         assert torch.equal(out, ref.logits(files["a"]))
         for lease in leases:
             lease.release()
@@ -99,10 +102,10 @@ def test_leased_adapters_are_never_evicted_and_lru_goes_first(tmp_path) -> None:
         assert store.get("a").tier == store.get("b").tier == "device"
         a.release()
         async with store.acquire("c"):
-            assert {k.split("@")[0] for k in store.model.adapters} == {"b", "c"}  # a (unleased LRU) went
+            assert set(resident_names(store)) == {"b", "c"}  # a (unleased LRU) went
         b.release()
         async with store.acquire("a"):  # b is older than c now: b goes
-            assert {k.split("@")[0] for k in store.model.adapters} == {"a", "c"}
+            assert set(resident_names(store)) == {"a", "c"}
         await store.close()
 
     run(scenario())
@@ -118,32 +121,72 @@ def test_waiting_load_proceeds_when_a_lease_ends(tmp_path) -> None:
         waiter = asyncio.ensure_future(store.acquire("b"))
         await asyncio.sleep(0.05)
         assert not waiter.done()  # b waits for room without failing
-        out = forward(store.model, store.model_lock, [a.adapter_name])[0]
+        out = forward(store.model, store.model_lock, [a.model_name])[0]
         assert torch.equal(out, ref.logits(files["a"]))  # a keeps serving meanwhile
         a.release()
         b = await asyncio.wait_for(waiter, 5)
-        assert torch.equal(
-            forward(store.model, store.model_lock, [b.adapter_name])[0], ref.logits(files["b"])
-        )
+        assert torch.equal(forward(store.model, store.model_lock, [b.model_name])[0], ref.logits(files["b"]))
         b.release()
         await store.close()
 
     run(scenario())
 
 
-def test_device_byte_budget_binds_before_slots(tmp_path) -> None:
-    big, small = _files(1, rank=16), _files(2, rank=2)
-    store = make_store(str(tmp_path), device_budget_bytes=40_000)  # one rank-16 (28 KiB) + small ones
+def _rank_units(n: int) -> int:
+    """`adapter_memory_bytes` that give every adapted layer's pool room for `n` float32 rank units (the
+    model splits the budget by layer width, and a rank unit of a layer costs 4 bytes per unit of width)."""
+    width = sum(m.in_features + m.out_features for m in BASE.modules() if isinstance(m, torch.nn.Linear))
+    return n * 4 * width
+
+
+def test_the_models_pools_are_the_device_budget(tmp_path) -> None:
+    # 24 rank units per pool: a rank-16 and a rank-2 fit, two rank-16s do not; slots (16) never bind
+    store = make_store(str(tmp_path), model=make_model(memory_bytes=_rank_units(24)))
 
     async def scenario() -> None:
-        await store.upload("big", *big)
+        await store.upload("big", *_files(1, rank=16))
         await store.upload("big2", *_files(3, rank=16))
-        await store.upload("small", *small)
+        await store.upload("small", *_files(2, rank=2))
         async with store.acquire("big"), store.acquire("small"):
-            assert store.device.used_bytes <= 40_000
-        async with store.acquire("big2"):
-            assert {k.split("@")[0] for k in store.model.adapters} == {"big2", "small"}
-            assert store.device.used_bytes <= 40_000
+            assert set(resident_names(store)) == {"big", "small"}
+        async with store.acquire("big2"):  # the pools refuse it: big (LRU, unleased) makes room
+            assert set(resident_names(store)) == {"big2", "small"}
+        await store.close()
+
+    run(scenario())
+
+
+def test_an_adapter_larger_than_the_empty_pools_is_422(tmp_path) -> None:
+    store = make_store(str(tmp_path), model=make_model(memory_bytes=_rank_units(12)))
+
+    async def scenario() -> None:
+        await store.upload("big", *_files(1, rank=16))
+        with pytest.raises(AdapterTooLargeError, match="even with no other adapter resident") as info:
+            await store.acquire("big")
+        assert status_of(info.value)[0] == 422
+        assert store.model.adapters == {} and pool_pages_used(store.model) == 0
+        await store.close()
+
+    run(scenario())
+
+
+def test_an_adapter_is_parsed_once_per_load(tmp_path) -> None:
+    # validation's parse (with its probe forward) is the one MultiAdapterModel.add takes
+    model = make_model()
+    parse, calls = model.parse, []
+    model.parse = lambda config, state: calls.append(1) or parse(config, state)  # type: ignore[method-assign]
+    store = make_store(str(tmp_path), model=model)
+    files = _register(store, str(tmp_path), ["a"])
+
+    async def scenario() -> None:
+        async with store.acquire("a") as lease:
+            out = forward(store.model, store.model_lock, [lease.model_name])[0]
+            assert torch.equal(out, Reference().logits(files["a"]))
+        assert len(calls) == 1
+        await store.unload()  # off the device and out of the host tier: the next load parses again
+        async with store.acquire("a"):
+            pass
+        assert len(calls) == 2
         await store.close()
 
     run(scenario())
@@ -160,23 +203,23 @@ def test_reupload_serves_new_weights_while_old_lease_keeps_old(tmp_path) -> None
         second = await store.upload("x", *v2)
         assert first.content_hash != second.content_hash
         new = await store.acquire("x")
-        assert new.adapter_name != old.adapter_name
-        both = forward(store.model, store.model_lock, [old.adapter_name, new.adapter_name])
+        assert new.model_name != old.model_name
+        both = forward(store.model, store.model_lock, [old.model_name, new.model_name])
         assert torch.equal(both[0], ref.logits(v1)) and torch.equal(both[1], ref.logits(v2))
         assert len(store.model.adapters) == 2
         old.release()  # the last lease on v1: it unloads
         await store.device.settle()
-        assert list(store.model.adapters) == [new.adapter_name]
-        assert torch.equal(forward(store.model, store.model_lock, [new.adapter_name])[0], ref.logits(v2))
+        assert list(store.model.adapters) == [new.model_name]
+        assert torch.equal(forward(store.model, store.model_lock, [new.model_name])[0], ref.logits(v2))
         new.release()
         # the upload on disk is the new version only, and a restarted store serves it
         versions = os.listdir(tmp_path / "uploads" / "versions")
-        assert versions == [new.adapter_name]
+        assert versions == [new.model_name]
         await store.close()
         restarted = make_store(str(tmp_path))
         assert restarted.restore_uploads() == ["x"]
         async with restarted.acquire("x") as lease:
-            assert lease.content_hash == second.content_hash
+            assert lease.key.content_hash == second.content_hash
         await restarted.close()
 
     run(scenario())
@@ -190,7 +233,7 @@ def test_reload_of_a_changed_local_source_is_a_new_version(tmp_path) -> None:
     async def scenario() -> None:
         async with store.acquire("loc") as lease:
             assert torch.equal(
-                forward(store.model, store.model_lock, [lease.adapter_name])[0], ref.logits(files["loc"])
+                forward(store.model, store.model_lock, [lease.model_name])[0], ref.logits(files["loc"])
             )
         new_files = _files(99)
         write_adapter(str(tmp_path / "adapters" / "loc"), new_files)
@@ -198,7 +241,7 @@ def test_reload_of_a_changed_local_source_is_a_new_version(tmp_path) -> None:
         assert info.tier == "host"
         async with store.acquire("loc") as lease:
             assert torch.equal(
-                forward(store.model, store.model_lock, [lease.adapter_name])[0], ref.logits(new_files)
+                forward(store.model, store.model_lock, [lease.model_name])[0], ref.logits(new_files)
             )
         await store.device.settle()
         assert len(store.model.adapters) == 1
@@ -227,7 +270,7 @@ def test_delete_in_use_is_409_and_the_running_lease_completes(tmp_path) -> None:
         with pytest.raises(UnknownAdapterError):  # new requests: 404 at once
             await store.acquire("d")
         # the running request finishes on its version
-        assert torch.equal(forward(store.model, store.model_lock, [lease.adapter_name])[0], ref.logits(files))
+        assert torch.equal(forward(store.model, store.model_lock, [lease.model_name])[0], ref.logits(files))
         lease.release()
         await asyncio.wait_for(deleting, 5)
         assert store.model.adapters == {} and store.host.used_bytes == 0
@@ -246,7 +289,7 @@ def test_delete_wait_times_out_busy_but_still_unloads_later(tmp_path) -> None:
         lease = await store.acquire("d")
         with pytest.raises(StoreBusyError):
             await store.delete("d", wait=True, timeout=0.05)
-        assert "d" not in store.registry
+        assert "d" not in store.catalog
         lease.release()
         await store.device.settle()
         assert store.model.adapters == {}
@@ -271,7 +314,7 @@ def test_cancelled_acquire_leaves_nothing_pinned(tmp_path) -> None:
             await asyncio.sleep(0.01)
         assert store.get("a").leases == 0
         async with store.acquire("b"):  # a holds nothing: it can be evicted for b
-            assert [k.split("@")[0] for k in store.model.adapters] == ["b"]
+            assert resident_names(store) == ["b"]
         await store.close()
 
     run(scenario())
@@ -337,7 +380,7 @@ def test_register_conflicts_and_base_rows_are_untouched(tmp_path) -> None:
 
     async def scenario() -> None:
         async with store.acquire("a") as lease:
-            out = forward(store.model, store.model_lock, [None, lease.adapter_name])
+            out = forward(store.model, store.model_lock, [None, lease.model_name])
             assert torch.equal(out[0], base_logits())
         await store.close()
 
@@ -345,10 +388,10 @@ def test_register_conflicts_and_base_rows_are_untouched(tmp_path) -> None:
 
 
 def test_store_config_validates_itself() -> None:
-    with pytest.raises(ValueError, match="device_budget_bytes"):
-        StoreConfig(device_budget_bytes=0)
-    with pytest.raises(ValueError, match="device_slots"):
-        StoreConfig(device_slots=0)
+    with pytest.raises(ValueError, match="host_budget_bytes"):
+        StoreConfig(host_budget_bytes=0)
+    with pytest.raises(ValueError, match="max_rank"):
+        StoreConfig(max_rank=0)
 
 
 def test_release_from_another_thread_is_handed_to_the_loop(tmp_path) -> None:
@@ -361,7 +404,7 @@ def test_release_from_another_thread_is_handed_to_the_loop(tmp_path) -> None:
         thread.start()
         thread.join(5)
         async with store.acquire("b"):  # a's lease ended: it can be evicted
-            assert [k.split("@")[0] for k in store.model.adapters] == ["b"]
+            assert resident_names(store) == ["b"]
         assert store.get("a").leases == 0
         await store.close()
 

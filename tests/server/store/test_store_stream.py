@@ -66,10 +66,10 @@ class _Traffic:
 
     async def request(self, i: int, name: str, sem: asyncio.Semaphore, rng: random.Random) -> None:
         async with sem, self.store.acquire(name) as lease:
-            self.held[i] = (name, lease.adapter_name)
+            self.held[i] = (name, lease.model_name)
             self.max_resident = max(self.max_resident, len(self.store.model.adapters))
             await asyncio.sleep(rng.choice((0, 0, 0.001, 0.003)))
-            out = forward(self.store.model, self.store.model_lock, [lease.adapter_name])[0]
+            out = forward(self.store.model, self.store.model_lock, [lease.model_name])[0]
             assert torch.equal(out, self.ref.logits(self.files[name])), f"request {i}: {name} wrong output"
             if i % 25 == 0:
                 self.mixed_batch()
@@ -105,8 +105,6 @@ def test_zipf_stream_is_exact_and_memory_returns(
     store = AdapterStore(
         model,
         StoreConfig(
-            device_slots=DEVICE_SLOTS,
-            device_budget_bytes=DEVICE_SLOTS * max(sizes),
             host_budget_bytes=HOST_ADAPTERS * max(sizes),
             max_rank=16,
             capacity_timeout_s=30.0,

@@ -16,6 +16,7 @@ from server.errors import status_of
 from server.store import (
     InvalidAdapterNameError,
     PrometheusStoreMetrics,
+    ResidentKey,
     SourceNotAllowedError,
     SourcePolicy,
     StoreBusyError,
@@ -147,7 +148,7 @@ def test_hub_adapters_from_the_cache_offline(tmp_path, monkeypatch) -> None:
         store.register("pkl", store.policy.hub("acme/pkl"))
         for name in ("fr", "pinned"):
             async with store.acquire(name) as lease:
-                out = forward(store.model, store.model_lock, [lease.adapter_name])[0]
+                out = forward(store.model, store.model_lock, [lease.model_name])[0]
                 assert torch.equal(out, ref.logits(GOOD))
             assert store.get(name).revision == SHA  # the commit the revision resolved to
         with pytest.raises(AdapterNotFoundError) as info:
@@ -164,8 +165,8 @@ def test_hub_adapters_from_the_cache_offline(tmp_path, monkeypatch) -> None:
 
 def test_uploads_are_atomic_versioned_and_survive_restart(tmp_path) -> None:
     root = str(tmp_path / "up")
-    first = write_upload(root, "a", "1" * 64, *GOOD)
-    second = write_upload(root, "a", "2" * 64, GOOD[0], GOOD[1])
+    first = write_upload(root, ResidentKey("a", "1" * 64), *GOOD)
+    second = write_upload(root, ResidentKey("a", "2" * 64), GOOD[0], GOOD[1])
     assert os.path.realpath(os.path.join(root, "a")) == os.path.realpath(second)
     assert os.listdir(os.path.join(root, ".tmp")) == []  # nothing staged is left behind
     with open(os.path.join(second, "adapter_model.safetensors"), "rb") as fh:

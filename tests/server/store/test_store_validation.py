@@ -191,13 +191,13 @@ def test_bad_upload_is_refused_and_the_current_version_keeps_serving(tmp_path, c
         assert NAMED.get(case, "") in str(info.value)
         assert store.get("a").content_hash == good.content_hash
         async with store.acquire("a") as lease:
-            out = forward(store.model, store.model_lock, [lease.adapter_name])[0]
+            out = forward(store.model, store.model_lock, [lease.model_name])[0]
             assert torch.equal(out, ref.logits(GOOD))
         with pytest.raises(error):
             await store.upload("fresh", config, weights())
-        assert "fresh" not in store.registry
+        assert "fresh" not in store.catalog
         assert not os.path.lexists(tmp_path / "uploads" / "fresh")
-        assert os.listdir(tmp_path / "uploads" / "versions") == [lease.adapter_name]
+        assert os.listdir(tmp_path / "uploads" / "versions") == [lease.model_name]
         await store.close()
 
     run(scenario())
@@ -211,7 +211,7 @@ def test_oversized_upload_is_413_before_parsing(tmp_path) -> None:
         with pytest.raises(UploadTooLargeError) as info:
             await store.upload("big", *GOOD)
         assert status_of(info.value)[0] == 413
-        assert "big" not in store.registry
+        assert "big" not in store.catalog
         await store.close()
 
     run(scenario())
@@ -240,10 +240,10 @@ def test_bad_local_adapters_fail_their_requests_only(tmp_path) -> None:
             results = await asyncio.gather(*(store.acquire(name) for _ in range(3)), return_exceptions=True)
             assert all(isinstance(r, error) for r in results), results
             assert store.get(name).tier == "disk"
-        out = forward(store.model, store.model_lock, [good.adapter_name])[0]
+        out = forward(store.model, store.model_lock, [good.model_name])[0]
         assert torch.equal(out, ref.logits(ia3_files(BASE, 3)))
         good.release()
-        assert list(store.model.adapters) == [good.adapter_name]
+        assert list(store.model.adapters) == [good.model_name]
         await store.close()
 
     run(scenario())
@@ -284,13 +284,13 @@ def test_a_full_uploads_disk_is_507_and_leaves_nothing_behind(tmp_path, monkeypa
                 await store.upload(name, *other)
             assert status_of(info.value) == (507, "insufficient_storage")
         assert len(written) == 4  # the write really ran (config, then weights) for both uploads
-        assert store.get("a").content_hash == good.content_hash and "fresh" not in store.registry
+        assert store.get("a").content_hash == good.content_hash and "fresh" not in store.catalog
         async with store.acquire("a") as lease:
             assert torch.equal(
-                forward(store.model, store.model_lock, [lease.adapter_name])[0], ref.logits(GOOD)
+                forward(store.model, store.model_lock, [lease.model_name])[0], ref.logits(GOOD)
             )
         root = tmp_path / "uploads"
-        assert os.listdir(root / "versions") == [lease.adapter_name] and os.listdir(root / ".tmp") == []
+        assert os.listdir(root / "versions") == [lease.model_name] and os.listdir(root / ".tmp") == []
         assert not os.path.lexists(root / "fresh")
         await store.close()
 

@@ -1,4 +1,4 @@
-"""The registry: every adapter the server knows by name (thousands), resident or not.
+"""The catalog: every adapter the store knows by name (thousands), resident or not.
 
 A record says where the adapter comes from and what is known about its current version. `generation` grows
 each time the name is (re)registered, reloaded or re-uploaded: a load started for an older generation still
@@ -11,8 +11,9 @@ import itertools
 from dataclasses import dataclass
 
 from .errors import AdapterExistsError, UnknownAdapterError
+from .keys import ResidentKey
 from .metrics import Tier
-from .parsing import HostAdapter, resident_key
+from .parsing import HostAdapter
 from .sources import AdapterSource, check_name
 
 _generations = itertools.count(1)
@@ -37,9 +38,9 @@ class AdapterRecord:
     on_disk: bool = False  # files on local disk: a local/upload source, or a Hub download in the HF cache
 
     @property
-    def key(self) -> str | None:
-        """The resident key of the current version, once its content is known."""
-        return resident_key(self.name, self.content_hash) if self.content_hash else None
+    def key(self) -> ResidentKey | None:
+        """The current version, once its content is known."""
+        return ResidentKey(self.name, self.content_hash) if self.content_hash else None
 
     def learn(self, adapter: HostAdapter, now: float) -> None:
         """Take the facts of a freshly parsed version."""
@@ -47,7 +48,7 @@ class AdapterRecord:
         self.method = adapter.method
         self.task_type = adapter.task_type
         self.rank = adapter.rank
-        self.size_bytes = adapter.device_bytes
+        self.size_bytes = adapter.nbytes
         self.revision = adapter.revision or self.source.revision
         self.loaded_at = now
         self.probe_max_delta = adapter.probe_max_delta
@@ -92,7 +93,7 @@ def snapshot(record: AdapterRecord, *, tier: Tier, leases: int) -> AdapterInfo:
     )
 
 
-class Registry:
+class AdapterCatalog:
     """name -> `AdapterRecord`. Lives on the event loop thread."""
 
     def __init__(self) -> None:

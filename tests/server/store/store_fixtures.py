@@ -130,6 +130,14 @@ def make_store(
     return AdapterStore(model or make_model(), StoreConfig(**kwargs), metrics=metrics, validator=validator)
 
 
+def resident_names(store: AdapterStore) -> list[str]:
+    """Public names of the versions in the model's pools, least recently used first; the device tier's
+    entries are checked against the model itself, so that this reads the model, not the bookkeeping."""
+    keys = list(store.device.entries)
+    assert sorted(store.model.adapters) == sorted(k.model_name for k in keys)
+    return [k.name for k in keys]
+
+
 def forward(model: MultiAdapterModel, lock: Any, adapter_names: list[str | None]) -> torch.Tensor:
     """Logits (B, 8, V) of INPUT_IDS repeated per row, under the store's model lock."""
     ids = INPUT_IDS.expand(len(adapter_names), -1)
