@@ -20,14 +20,17 @@ import time
 import warnings
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from adapters_core.multi import MultiAdapterModel
+from adapters_core.tiny import tiny_model
 
 
 def build_base(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    """The project's tiny Llama (adapters_core/tiny.py) at benchmark size, with Llama's default token ids."""
+    return tiny_model(  # type: ignore[no-any-return]
+        "llama",
+        seed,
         vocab_size=2048,
         hidden_size=512,
         intermediate_size=1376,
@@ -35,8 +38,8 @@ def build_base(seed: int = 0) -> LlamaForCausalLM:
         num_attention_heads=8,
         num_key_value_heads=8,
         max_position_embeddings=256,
+        pad_token_id=None,
     )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def build_peft(base: torch.nn.Module, n: int, rank: int):

@@ -19,15 +19,9 @@ import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import PreTrainedTokenizerFast
+
+from adapters_core.tiny import tiny_model
 
 EXAMPLES = Path(__file__).resolve().parent
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>"]  # ids 0..5
@@ -73,48 +67,15 @@ def build_tokenizer(kind: str, texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def build_model(kind: str, vocab_size: int) -> torch.nn.Module:
-    torch.manual_seed(0)
+    """A tiny `kind` base (adapters_core/tiny.py) for this vocabulary, with transformers' default dropout
+    (the examples train)."""
     special = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "bert":
-        return BertForSequenceClassification(
-            BertConfig(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=128,
-                max_position_embeddings=128,
-                num_labels=2,
-                pad_token_id=0,
-            )
-        )
+        dropout = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+        return tiny_model("bert", vocab_size=vocab_size, num_labels=2, **dropout)
     if kind == "t5":
-        return T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=vocab_size,
-                d_model=64,
-                d_kv=16,
-                d_ff=128,
-                num_layers=2,
-                num_decoder_layers=2,
-                num_heads=4,
-                decoder_start_token_id=0,
-                **special,
-            )
-        )
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-            **special,
-        )
-    )
+        return tiny_model("t5", vocab_size=vocab_size, dropout_rate=0.1, **special)
+    return tiny_model("llama", vocab_size=vocab_size, **special)
 
 
 def build_all(out: Path) -> dict[str, Path]:

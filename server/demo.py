@@ -176,24 +176,17 @@ def _examples(tokenizer: Any, column: int) -> list[tuple[list[int], int]]:
 
 
 def train_base(tokenizer: Any, steps: int = 200) -> Any:
-    """A tiny Llama-style LM trained from scratch to give the English answers (loss on answers only)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A tiny Llama-style LM (adapters_core/tiny.py) trained from scratch to give the English answers (loss on
+    answers only)."""
+    from adapters_core.tiny import tiny_model
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    model = tiny_model(
+        "llama",
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
     examples = _examples(tokenizer, column=0)
     width = max(len(ids) for ids, _ in examples)
     ids = torch.zeros(len(examples), width, dtype=torch.long)

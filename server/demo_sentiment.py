@@ -119,23 +119,18 @@ def _tokenizer() -> Any:
 
 
 def _base(vocab_size: int) -> Any:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from adapters_core.tiny import tiny_model
 
-    torch.manual_seed(0)
-    config = BertConfig(
+    return tiny_model(
+        "bert",
         vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
         max_position_embeddings=64,
         num_labels=2,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
-        pad_token_id=0,
+        hidden_dropout_prob=0.1,  # transformers' default: the demo trains
+        attention_probs_dropout_prob=0.1,
     )
-    return BertForSequenceClassification(config)
 
 
 def _train(base_dir: Path, data_dir: Path, out: Path, column: int) -> None:

@@ -1,98 +1,41 @@
-"""Tiny transformers models built from configs with fixed seeds (no downloads), and PEFT helpers.
+"""The tests' tiny bases and PEFT helpers (no downloads).
 
-The four bases of the parity tests: a Llama-style causal LM with grouped-query attention, GPT-2 (Conv1D),
-BERT for sequence classification, and T5. Shapes follow ../shared/reference/peft-format.md's fixtures
-(hidden 64, 2 layers, vocab 256).
+The four bases of the parity tests — a Llama-style causal LM with grouped-query attention, GPT-2 (Conv1D),
+BERT for sequence classification, and T5 — come from the project's one factory, adapters_core/tiny.py
+(shapes of ../shared/reference/peft-format.md's fixtures: hidden 64, 2 layers, vocab 256).
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
-    GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
-    T5Config,
     T5ForConditionalGeneration,
 )
 
-VOCAB = 256
+from adapters_core.tiny import VOCAB, tiny_model
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     """Llama with GQA: 4 query heads, 2 key/value heads (head_dim 16), tied=False."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return cast(LlamaForCausalLM, tiny_model("llama", seed))
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        n_positions=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2LMHeadModel(cfg).eval()
+    return cast(GPT2LMHeadModel, tiny_model("gpt2", seed))
 
 
 def tiny_bert(seed: int = 0, num_labels: int = 3) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return cast(BertForSequenceClassification, tiny_model("bert", seed, num_labels=num_labels))
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = T5Config(
-        vocab_size=VOCAB,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return T5ForConditionalGeneration(cfg).eval()
+    return cast(T5ForConditionalGeneration, tiny_model("t5", seed))
 
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert, "t5": tiny_t5}
