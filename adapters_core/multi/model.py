@@ -71,6 +71,14 @@ class LoadedAdapter:
         return self.parsed.content_hash
 
 
+def unpooled_bytes(parsed: ParsedAdapter) -> int:
+    """Bytes an adapter keeps on the device outside the kernels' pools: full-module copies (modules_to_save
+    heads, saved embeddings, trained biases) and prompt tables."""
+    tensors = [t for params in parsed.overrides.values() for t in params.values()]
+    tensors += parsed.prompt.tensors() if parsed.prompt is not None else []
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
@@ -85,6 +93,10 @@ class MultiAdapterModel(nn.Module):
         max_adapters: slots, i.e. adapters resident at once.
         adapter_memory_bytes: LoRA weight budget for all layers together (split by layer width).
         rank_capacity: the largest LoRA rank one adapter may have.
+        unpooled_memory_bytes: budget of what resident adapters hold outside the pools (full-module copies:
+            modules_to_save heads, saved embeddings, trained biases; prompt tables); default
+            `adapter_memory_bytes`. Slots, pools and this are the model's whole device budget: `add` raises
+            `AdapterCapacityError` when one of them is full.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class MultiAdapterModel(nn.Module):
         max_adapters: int = 32,
         adapter_memory_bytes: int = 256 << 20,
         rank_capacity: int = 256,
+        unpooled_memory_bytes: int | None = None,
     ) -> None:
         super().__init__()
         if getattr(base_model, "main_input_name", "input_ids") == "pixel_values":
@@ -105,6 +118,9 @@ class MultiAdapterModel(nn.Module):
         base_model.requires_grad_(False)
         self.model = base_model
         self.max_adapters = max_adapters
+        self.unpooled_memory_bytes = (
+            adapter_memory_bytes if unpooled_memory_bytes is None else unpooled_memory_bytes
+        )
         self._holder = ContextHolder()
         self._base_modules: dict[str, nn.Module] = dict(base_model.named_modules())
         linear = {
@@ -186,6 +202,7 @@ class MultiAdapterModel(nn.Module):
         else:
             config, state, where = self._read(source, **kwargs)
             parsed = self.parse(config, state)
+        self._check_unpooled(name, parsed)
         slot = self._free_slot()
         touched: list[_MultiBase] = []
         try:
@@ -217,6 +234,16 @@ class MultiAdapterModel(nn.Module):
         self._adapters[name] = loaded
         self._epoch += 1
         return loaded
+
+    def _check_unpooled(self, name: str, parsed: ParsedAdapter) -> None:
+        need = unpooled_bytes(parsed)
+        used = sum(unpooled_bytes(a.parsed) for a in self._adapters.values())
+        if used + need > self.unpooled_memory_bytes:
+            raise AdapterCapacityError(
+                f"adapter {name!r} does not fit: its module copies and prompt tables take {need} bytes, and "
+                f"{used} of {self.unpooled_memory_bytes} (unpooled_memory_bytes) are in use. Remove an adapter "
+                "first, or raise the budget."
+            )
 
     def _wrap_other(self, path: str) -> _MultiBase:
         layer = MultiOverride(self._base_modules[path], path, self._holder)

@@ -10,9 +10,9 @@ class StoreConfig:
     """Budgets, sources and limits of one `AdapterStore`.
 
     Tiers: the device tier's budget is the model's own (`MultiAdapterModel(max_adapters=...,
-    adapter_memory_bytes=...)`: slots and per-layer pools), not a knob here; `host_budget_bytes` bounds the
-    RAM cache of validated adapters; the disk tier is huggingface_hub's cache (`hub_cache_dir`, None = its
-    default) plus local and uploaded files.
+    adapter_memory_bytes=...)`: slots, per-layer pools, module copies), not a knob here;
+    `host_budget_bytes` bounds the RAM cache of validated adapters; the disk tier is huggingface_hub's cache
+    (`hub_cache_dir`, None = its default) plus local and uploaded files.
     """
 
     adapter_roots: tuple[str, ...] = ()

@@ -1,7 +1,7 @@
 """The device tier: adapters resident in the MultiAdapterModel's pools, evicted least recently used first.
 
-The model owns the device budget (its slots, and each layer's pool: a share of `adapter_memory_bytes`); this
-tier does not count bytes against a budget of its own. It adds an adapter, and when the model answers
+The model owns the device budget (its slots; each layer's pool, a share of `adapter_memory_bytes`; and the
+bytes of module copies and prompt tables); this tier does not count bytes against a budget of its own. It adds an adapter, and when the model answers
 `AdapterCapacityError` it evicts the least recently used unleased adapter and adds again, or waits for a
 lease to end. An adapter that does not fit even into an empty model is an `AdapterTooLargeError`.
 
@@ -153,7 +153,7 @@ class DeviceTier:
                     self.evict(victim)
                 elif not self.entries and len(self._adding) == 1:  # alone in an empty model: never fits
                     raise AdapterTooLargeError(
-                        f"adapter {adapter.name!r} does not fit into the device pools even with no other "
+                        f"adapter {adapter.name!r} does not fit into the model's device budget even with no other "
                         f"adapter resident ({exc}); raise --adapter-device-bytes or serve a smaller adapter."
                     ) from exc
                 elif wait_for_room:

@@ -20,11 +20,18 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 IDS = torch.tensor([[5, 17, 33, 80, 101, 7]])  # (1, 6)
 
 
-def lora(tmp_path, rank: int, seed: int) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+def lora(
+    tmp_path, rank: int, seed: int, modules_to_save: list[str] | None = None
+) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     """A LoRA on q/v as real PEFT saves it, perturbed so that it changes the output."""
-    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=rank, target_modules=["q_proj", "v_proj"]))
+    config = peft.LoraConfig(r=rank, target_modules=["q_proj", "v_proj"], modules_to_save=modules_to_save)
+    model = peft.get_peft_model(tiny_llama(), config)
     perturb_adapter_weights(model, seed)
-    path = str(tmp_path / f"lora-{rank}-{seed}")
+    with torch.no_grad():  # a module copy equal to the base changes nothing (and is not kept): change it
+        for name, param in model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(0.1)
+    path = str(tmp_path / f"lora-{rank}-{seed}-{bool(modules_to_save)}")
     model.save_pretrained(path)
     return AdapterConfig.from_pretrained(path), load_file(os.path.join(path, "adapter_model.safetensors"))
 
@@ -82,3 +89,18 @@ def test_full_slots_are_a_capacity_error(tmp_path) -> None:
     with pytest.raises(AdapterCapacityError, match="slots are in use"):
         model.add("b", lora(tmp_path, 4, seed=2))
     assert list(model.adapters) == ["a"]
+
+
+def test_module_copies_count_against_the_unpooled_budget(tmp_path) -> None:
+    # an lm_head copy (256 x 64 float32 = 64 KiB) fits once into 100 kB, not twice; the pools have room
+    model = MultiAdapterModel(tiny_llama(), max_adapters=4, unpooled_memory_bytes=100_000)
+    head_a = lora(tmp_path, 4, seed=1, modules_to_save=["lm_head"])
+    head_b = lora(tmp_path, 4, seed=2, modules_to_save=["lm_head"])
+    model.add("a", head_a)
+    with pytest.raises(AdapterCapacityError, match="unpooled_memory_bytes"):
+        model.add("b", head_b)
+    assert list(model.adapters) == ["a"]
+    model.add("plain", lora(tmp_path, 4, seed=3))  # no module copy: only the pools are asked
+    model.remove("a")
+    model.add("b", head_b)
+    assert sorted(model.adapters) == ["b", "plain"]
