@@ -110,10 +110,11 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
             f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
             "serve a lower-rank adapter or raise --max-adapter-rank."
         )
+    peft_type = parsed.peft_type.value
     return HostAdapter(
         name=name,
         parsed=parsed,
-        method=parsed.peft_type.value,
+        method=peft_type,
         task_type=getattr(config.task_type, "value", config.task_type),
         rank=parsed.max_rank or None,  # LoRA-family rank; None for IA3 and prompt methods
         revision=files.revision,
