@@ -8,7 +8,6 @@ never by parsing messages.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,11 +58,15 @@ class PayloadTooLargeError(ServerError):
 
 
 class QueueFullError(ServerError):
-    """`max_queued_requests` are already waiting or running."""
+    """`max_queued_requests` are already waiting to start."""
 
 
 class NotReadyError(ServerError):
     """The model is not loaded, the engine is not running, or the server is draining."""
+
+
+class UnsupportedParameterError(ServerError):
+    """A documented TGI/OpenAI parameter this server does not implement (yet), given a non-default value."""
 
 
 class EngineError(ServerError):
@@ -76,6 +79,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (AdapterNotFoundError, 404, "unknown_adapter"),
     (BadRequestError, 400, "bad_request"),
     (InvalidInputError, 422, "validation"),
+    (UnsupportedParameterError, 422, "unsupported"),
     (UnauthorizedError, 401, "unauthorized"),
     (ForbiddenError, 403, "forbidden"),
     (ConflictError, 409, "conflict"),
@@ -98,16 +102,47 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 500, "internal"
 
 
-def error_response(status: int, error_type: str, message: str, **extra: Any) -> JSONResponse:
-    """The JSON error shape of DESIGN.md."""
-    return JSONResponse({"error": message, "error_type": error_type, **extra}, status_code=status)
+# Seconds a client should wait before retrying (`Retry-After`): the queue drains in about a step; loading a
+# model or waiting out a drain takes longer.
+RETRY_AFTER_S = {429: 1, 503: 5}
+
+
+def retry_after(status: int) -> dict[str, str]:
+    """The `Retry-After` header a 429 or 503 carries (DESIGN.md); none for other statuses."""
+    seconds = RETRY_AFTER_S.get(status)
+    return {} if seconds is None else {"Retry-After": str(seconds)}
+
+
+def printable(message: str) -> str:
+    """`message` as valid UTF-8: a lone surrogate echoed from the request is escaped, not a 500."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(
+    status: int, error_type: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error shape of DESIGN.md, with `Retry-After` on 429 and 503."""
+    return JSONResponse(
+        {"error": printable(message), "error_type": error_type},
+        status_code=status,
+        headers={**retry_after(status), **(headers or {})},
+    )
 
 
 def error_payload(exc: BaseException) -> tuple[int, dict[str, str]]:
     """(status, body) for an error met after a stream has started (sent as the stream's last event)."""
     status, error_type = status_of(exc)
     message = str(exc) if status < 500 else f"internal error: {type(exc).__name__}"
-    return status, {"error": message, "error_type": error_type}
+    return status, {"error": printable(message), "error_type": error_type}
+
+
+# Statuses raised as Starlette HTTPExceptions (routing, middlewares) -> error_type.
+HTTP_ERROR_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+}
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -132,8 +167,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, error_type, str(exc.detail))
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(ServerError)
     async def _server(_: Request, exc: ServerError) -> JSONResponse:
@@ -147,7 +182,6 @@ def install_error_handlers(app: FastAPI) -> None:
         status, error_type = status_of(exc)
         return error_response(status, error_type, str(exc))
 
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+    # Any other exception is answered (and logged, once) by middleware.UnhandledErrorMiddleware: an
+    # `Exception` handler here would run inside Starlette's ServerErrorMiddleware, which re-raises after
+    # answering, so the server logged the same traceback a second time.
