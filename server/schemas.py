@@ -113,7 +113,6 @@ class GenerateRequest(BaseModel):
 
     inputs: Text = Field(min_length=1, description="the prompt")
     parameters: GenerateParameters = Field(default_factory=lambda: GenerateParameters())
-    add_special_tokens: bool = Field(default=True, description="let the tokenizer add BOS/EOS to `inputs`")
     stream: bool | None = Field(
         default=None,
         description="TGI's compatibility flag: must match the route (false on /generate, true on "

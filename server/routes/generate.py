@@ -33,7 +33,7 @@ router = APIRouter(tags=["generate"])
 
 def _input_ids(body: GenerateRequest, settings: Settings, engine: Engine) -> list[int]:
     """The prompt's tokens, truncated to the last `truncate` of them when asked (TGI)."""
-    ids = engine.tok.encode(body.inputs, add_special_tokens=body.add_special_tokens)
+    ids = engine.tok.encode(body.inputs)
     truncate = body.parameters.truncate
     if truncate is None:
         return ids
