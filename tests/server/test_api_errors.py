@@ -130,6 +130,15 @@ def test_odd_text_is_a_422_on_every_text_route(client) -> None:
     assert client.post("/generate", json=OK).status_code == 200
 
 
+def test_truncate_applies_before_the_input_limit(client) -> None:
+    long = " ".join(["w1"] * 30)  # over max_input_tokens (16)
+    _check(client.post("/generate", json={"inputs": long}), 422)
+    ok = client.post("/generate", json={"inputs": long, "parameters": {"truncate": 10, "max_new_tokens": 2}})
+    assert ok.status_code == 200, ok.text
+    over = client.post("/generate", json={"inputs": "w1", "parameters": {"truncate": 17}})
+    assert "--max-input-tokens" in _check(over, 422, "validation")["error"]
+
+
 def test_openai_types_are_strict(client) -> None:
     base = {"model": "lora4", "prompt": "w1"}
     for field, value in (("max_tokens", "5"), ("max_tokens", True), ("stream", "false"), ("seed", 1.0)):
