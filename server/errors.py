@@ -157,6 +157,21 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "validation", "; ".join(parts)
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body ("There was an error parsing the body"), from the cause it
+    chains; None for any other HTTP error."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(cause, ValueError):  # an integer of thousands of digits (Python's int_max_str_digits)
+        return "a number in it is too long to decode"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through `ERROR_TABLE` into the JSON error shape."""
 
@@ -167,6 +182,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = _unparsable_body(exc)
+        if reason is not None:
+            return error_response(400, "invalid_json", f"the body is not valid JSON: {reason}")
         error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
 

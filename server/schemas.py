@@ -42,11 +42,14 @@ _REQUEST = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 def refuse_unsupported(names: list[str]) -> None:
     """422 naming every documented parameter that was given a value this server does not implement."""
+    if len(names) == 1:
+        raise UnsupportedParameterError(
+            f"`{names[0]}` is not supported by this server yet; leave it out (or at its default value)"
+        )
     if names:
         listed = ", ".join(f"`{n}`" for n in names)
         raise UnsupportedParameterError(
-            f"{listed} {'is' if len(names) == 1 else 'are'} not supported by this server yet; "
-            "leave them out (or at their default values)"
+            f"{listed} are not supported by this server yet; leave them out (or at their default values)"
         )
 
 

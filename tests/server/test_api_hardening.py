@@ -1,4 +1,5 @@
-"""The HTTP surface against hostile or unlucky clients: `Retry-After` on every 429 and 503, a 408 for a body
+"""The HTTP surface against hostile or unlucky clients: bodies that cannot be parsed say why, `Retry-After`
+on every 429 and 503, a 408 for a body
 that stops arriving, docs behind the key when keys are set, and one traceback (not two) per 500."""
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def _wait_until(condition: Any, what: str) -> None:
             return
         event.wait(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_unparsable_bodies_say_why() -> None:
+    """They were a 400 "There was an error parsing the body" (error_type http_error). The body is parsed
+    before the engine is asked for, so no model is needed."""
+    client = _unstarted()
+    cases = {
+        b"[" * 1500 + b"]" * 1500: "nested too deeply",
+        b'{"inputs": "w1", "parameters": {"seed": 1' + b"0" * 5000 + b"}}": "too long",
+        b'{"inputs": "\xff\xfe"}': "not UTF-8",
+    }
+    for content, reason in cases.items():
+        response = client.post("/generate", content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and response.json()["error_type"] == "invalid_json", response.text
+        assert reason in response.json()["error"], response.text
 
 
 # -- Retry-After -------------------------------------------------------------------------------------------
