@@ -7,7 +7,9 @@ never by parsing messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -119,7 +121,7 @@ def printable(message: str) -> str:
 
 
 def error_response(
-    status: int, error_type: str, message: str, headers: dict[str, str] | None = None
+    status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The JSON error shape of DESIGN.md, with `Retry-After` on 429 and 503."""
     return JSONResponse(
@@ -157,6 +159,41 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "validation", "; ".join(parts)
 
 
+# -- logging a 5xx once ------------------------------------------------------------------------------------
+# A failure in the engine is logged there, with its traceback, where it happened (one step can fail many
+# rows); the request that receives it then logs one line, not the traceback again.
+_TRACEBACK_LOGGED = "_swapyard_traceback_logged"
+LOGGERS_WITH_TRACEBACKS = ("swapyard.engine", "swapyard.store", "swapyard.adapters")
+
+
+class _NoteLoggedTraceback(logging.Filter):
+    """Marks the exception of every record that carries a traceback (the record itself passes unchanged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            with contextlib.suppress(AttributeError):  # an exception type with __slots__: logged again
+                setattr(record.exc_info[1], _TRACEBACK_LOGGED, True)
+        return True
+
+
+def note_logged_tracebacks() -> None:
+    """Watch the loggers that log failures where they happen (idempotent: once per process)."""
+    for name in LOGGERS_WITH_TRACEBACKS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoteLoggedTraceback) for f in logger.filters):
+            logger.addFilter(_NoteLoggedTraceback())
+
+
+def log_server_error(message: str, exc: BaseException) -> None:
+    """Log a 5xx's exception: with its traceback, unless it was logged with one already."""
+    if getattr(exc, _TRACEBACK_LOGGED, False):
+        log.error("%s: %s: %s (traceback logged above)", message, type(exc).__name__, exc)
+        return
+    log.error("%s", message, exc_info=exc)
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _TRACEBACK_LOGGED, True)
+
+
 def _unparsable_body(exc: StarletteHTTPException) -> str | None:
     """Why FastAPI could not parse a JSON body ("There was an error parsing the body"), from the cause it
     chains; None for any other HTTP error."""
@@ -174,6 +211,7 @@ def _unparsable_body(exc: StarletteHTTPException) -> str | None:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through `ERROR_TABLE` into the JSON error shape."""
+    note_logged_tracebacks()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -189,10 +227,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(ServerError)
-    async def _server(_: Request, exc: ServerError) -> JSONResponse:
+    async def _server(request: Request, exc: ServerError) -> JSONResponse:
         status, error_type = status_of(exc)
         if status >= 500:
-            log.error("engine error: %s", exc, exc_info=exc)
+            log_server_error(f"engine error in {request.method} {request.url.path}", exc)
         return error_response(status, error_type, str(exc))
 
     @app.exception_handler(AdapterError)

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import retry_after
+from .errors import log_server_error, retry_after
 from .metrics import Metrics
-
-log = logging.getLogger("swapyard.server")
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
@@ -156,8 +153,8 @@ class MetricsMiddleware:
 
 
 class UnhandledErrorMiddleware:
-    """The outermost layer: an exception nothing else handled is logged here, once, with its traceback, and
-    answered with a JSON 500 when no response has started. It is not re-raised: Starlette's own
+    """The outermost layer: an exception nothing else handled is logged here, once, with its traceback (a
+    line only, when the engine logged it already), and answered with a JSON 500 when no response has started. It is not re-raised: Starlette's own
     ServerErrorMiddleware would re-raise it to the server, which logs the traceback a second time. When a
     response has already started, it is cut short (the server closes the connection)."""
 
@@ -178,7 +175,7 @@ class UnhandledErrorMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            log_server_error(f"unhandled error in {scope.get('method')} {scope.get('path')}", exc)
             if not started:
                 message = f"internal error: {type(exc).__name__}"
                 await _send_json(send, 500, {"error": message, "error_type": "internal"})

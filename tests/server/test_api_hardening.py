@@ -1,6 +1,6 @@
 """The HTTP surface against hostile or unlucky clients: bodies that cannot be parsed say why, `Retry-After`
-on every 429 and 503, a 408 for a body
-that stops arriving, docs behind the key when keys are set, and one traceback (not two) per 500."""
+on every 429 and 503, a 408 for a body that stops arriving, docs behind the key when keys are set, and one
+traceback (not two) per 500."""
 
 from __future__ import annotations
 
@@ -238,6 +238,29 @@ def test_an_unhandled_error_logs_one_traceback(caplog: pytest.LogCaptureFixture)
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) == 1, [(r.name, r.getMessage()) for r in tracebacks]
     assert "GET /boom" in tracebacks[0].getMessage()
+
+
+def test_an_engine_failure_logs_one_traceback(
+    llama_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine logs a failed step with its traceback; the request it fails then logged it again."""
+    app = create_app(Settings(base_model=str(llama_dir)))
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        model = app.state.swapyard.engine.model
+        decode = model.decode
+
+        def failing_decode(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(model, "decode", decode)  # once
+            raise RuntimeError("injected device error")
+
+        monkeypatch.setattr(model, "decode", failing_decode)
+        response = client.post("/generate", json={"inputs": "w1 w2", "parameters": {"max_new_tokens": 3}})
+        assert response.status_code == 500 and "RuntimeError" in response.json()["error"]
+        assert client.post("/generate", json=OK).status_code == 200
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert [r.name for r in tracebacks] == ["swapyard.engine"], [(r.name, r.getMessage()) for r in tracebacks]
+    lines = [r.getMessage() for r in caplog.records if r.name == "swapyard.server"]
+    assert any("POST /generate" in m and "injected device error" in m for m in lines), lines
 
 
 def test_a_500_still_answers_json_in_process() -> None:
