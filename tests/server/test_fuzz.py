@@ -39,24 +39,12 @@ def _stream_faults(text: str) -> list[dict[str, Any]]:
     return faults
 
 
-def _known_engine_bug(case: Any) -> bool:
-    """Issue 12, bug 1 — the engine's, fixed on its own branch: a `temperature` or `top_p` so small (5e-324)
-    that the sampling distribution is not finite fails in the sampler with a 500. Remove this exclusion
-    once that fix is merged; nothing else is excluded."""
-    body = case.body if isinstance(case.body, dict) else {}
-    params = body.get("parameters", body)
-    if not isinstance(params, dict):
-        return False
-    tiny = [params.get(k) for k in ("temperature", "top_p")]
-    return any(isinstance(v, float) and 0.0 < v < 1e-30 for v in tiny)
-
-
 @schemathesis.check
 def no_server_fault(ctx: Any, response: Any, case: Any) -> None:
     """A 5xx, or a 200 stream whose events report a server fault, is a failure."""
     content_type = (response.headers.get("content-type") or [""])[0]
     streamed = _stream_faults(response.text) if content_type.startswith("text/event-stream") else []
-    if (response.status_code >= 500 or streamed) and not _known_engine_bug(case):
+    if response.status_code >= 500 or streamed:
         raise AssertionError(f"{response.status_code} {streamed or response.text[:300]}")
 
 
