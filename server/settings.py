@@ -184,7 +184,17 @@ class Settings(BaseSettings):
     @property
     def model_name(self) -> str:
         """The base model's public name (OpenAI `model`, /v1/models)."""
-        return self.served_model_name or self.base_model or "base"
+        return public_base_name(self.served_model_name, self.base_model)
+
+
+def public_base_name(served_model_name: str | None, base_model: str | None) -> str:
+    """The base model's name as clients see it: `--served-model-name`, else the Hub id, else the local
+    directory's own name — never the server's absolute path (issue 12: no server path in any response)."""
+    if served_model_name:
+        return served_model_name
+    if base_model and os.path.isdir(base_model):
+        return os.path.basename(os.path.normpath(os.path.abspath(base_model)))
+    return base_model or "base"
 
 
 def env_name(field: str) -> str:
