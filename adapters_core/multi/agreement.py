@@ -106,7 +106,7 @@ def targeted_modules(config: AdapterConfig, modules: Mapping[str, nn.Module]) ->
         if not _adaptable(modules[path], config):
             raise UnsupportedError(
                 f"{path}: adapters on a {type(modules[path]).__name__} are not supported in a mixed batch "
-                f"(a {config.peft_type.value} layer here takes nn.Linear, Conv1D and nn.Embedding); serve it "
+                "(the serving form's layers take nn.Linear, Conv1D and nn.Embedding); serve it "
                 "with AdapterModel, or target the model's Linear layers."
             )
     return matched
