@@ -36,6 +36,7 @@ def store_config(settings: Settings) -> StoreConfig:
         adapter_roots=(settings.adapter_root,) if settings.adapter_root else (),
         uploads_root=settings.uploads_dir,
         allow_hub=settings.allow_hub_adapters,
+        allow_bin_weights=settings.allow_bin_weights,
         hub_owners=settings.hub_owners(),
         device_slots=settings.max_adapters,
         device_budget_bytes=settings.adapter_device_bytes,

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     allow_hub_adapters: bool = Field(
         default=True, description="allow loading adapters from the Hub by request"
     )
+    allow_bin_weights: bool = Field(
+        default=False,
+        description="read adapter_model.bin (PEFT's format before safetensors) from local and Hub adapters with "
+        "torch.load(weights_only=True), which builds tensors only and never runs code; uploads stay "
+        "safetensors-only",
+    )
     hub_adapter_owners: str | None = Field(
         default=None, description="comma-separated Hub owners adapters may come from (default: any)"
     )
