@@ -212,7 +212,10 @@ def test_any_registered_method_works_and_missing_capabilities_raise(monkeypatch)
     from adapters_core.config import PeftType
 
     spec = MethodSpec(
-        peft_type=PeftType.LORA, config_cls=LoraConfig, tuner_cls=_MinimalTuner, serving=ServingForm.UNSUPPORTED
+        peft_type=PeftType.LORA,
+        config_cls=LoraConfig,
+        tuner_cls=_MinimalTuner,
+        serving=ServingForm.UNSUPPORTED,
     )
     monkeypatch.setitem(_METHODS, "LORA", spec)
     model = get_adapter_model(tiny_llama(), LoraConfig(r=4))
