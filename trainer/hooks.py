@@ -91,7 +91,8 @@ class NoHooks:
 
 def method_hooks(model: nn.Module) -> AdaLoraHooks | NoHooks:
     """AdaLoRA's hooks when the adapter is AdaLoRA (whatever `--method` name chose it), else none."""
-    is_adalora = model.peft_config[ADAPTER].peft_type == PeftType.ADALORA  # type: ignore[index]
+    config: Any = getattr(model, "peft_config", {}).get(ADAPTER)
+    is_adalora = config is not None and config.peft_type == PeftType.ADALORA
     return AdaLoraHooks(model) if is_adalora else NoHooks()
 
 
