@@ -68,7 +68,7 @@ class AdapterModel(nn.Module):
         """`low_cpu_mem_usage` is accepted for PEFT's signature: adapters are small and allocated directly."""
         super().__init__()
         config = prepare_task_config(peft_config)
-        spec = get_method(config.peft_type)  # type: ignore[arg-type]
+        spec = get_method(config.peft_type)
         self.base_model: AdapterTuner = spec.tuner_cls(model, config, adapter_name)
         if not autocast_adapter_dtype:
             keep_adapter_dtype(self.base_model, adapter_name)

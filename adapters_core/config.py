@@ -1,4 +1,4 @@
-"""Adapter configs: the common base, `TaskType`, `PeftType` and the `peft_type` → config registry.
+"""Adapter configs: the common base, `TaskType` and `PeftType`; `from_dict` finds a method's class in registry.py.
 
 A config reads and writes `adapter_config.json` exactly as PEFT does (reference §2): JSON values override
 keyword arguments, unknown keys from newer PEFT versions are dropped with a warning, `peft_type` is required,
@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from .config_checks import Number, check_bools, check_depth, check_names, check_numbers
 from .errors import AdapterConfigError
 from .peft_names import CONFIG_NAME
+from .registry import get_method
 
 PEFT_FORMAT_VERSION = "0.21.2"  # written as `peft_version`: the PEFT release whose format we follow
 
@@ -34,27 +35,57 @@ class TaskType(str, enum.Enum):  # noqa: UP042 - str mixin keeps str()/format PE
 
 
 class PeftType(str, enum.Enum):  # noqa: UP042
-    """The adapter methods Swapyard implements (a subset of PEFT's 45)."""
+    """PEFT 0.21.2's method names (PEFT's own enum, so PEFT code keeps working).
 
-    LORA = "LORA"
-    ADALORA = "ADALORA"
-    IA3 = "IA3"
+    Which of them Swapyard implements is the method table's business (registry.py), not this enum's: a
+    config naming any other is refused with the list of those it does.
+    """
+
     PROMPT_TUNING = "PROMPT_TUNING"
+    MULTITASK_PROMPT_TUNING = "MULTITASK_PROMPT_TUNING"
     P_TUNING = "P_TUNING"
     PREFIX_TUNING = "PREFIX_TUNING"
+    LORA = "LORA"
+    ADALORA = "ADALORA"
+    ADAMSS = "ADAMSS"
+    BOFT = "BOFT"
     ADAPTION_PROMPT = "ADAPTION_PROMPT"
-
-
-PROMPT_LEARNING_TYPES = frozenset({PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.PREFIX_TUNING})
-
-# peft_type value -> config class; filled by @register_config in each method's config module.
-_CONFIG_REGISTRY: dict[str, type[AdapterConfig]] = {}
-
-
-def register_config(cls: type[AdapterConfig]) -> type[AdapterConfig]:
-    """Class decorator: make `cls` the config of `cls.PEFT_TYPE` for `AdapterConfig.from_dict`."""
-    _CONFIG_REGISTRY[cls.PEFT_TYPE.value] = cls
-    return cls
+    IA3 = "IA3"
+    BEFT = "BEFT"
+    LILY = "LILY"
+    LOHA = "LOHA"
+    LOKR = "LOKR"
+    OFT = "OFT"
+    POLY = "POLY"
+    LN_TUNING = "LN_TUNING"
+    VERA = "VERA"
+    FROD = "FROD"
+    PVERA = "PVERA"
+    FOURIERFT = "FOURIERFT"
+    GLORA = "GLORA"
+    XLORA = "XLORA"
+    HRA = "HRA"
+    VBLORA = "VBLORA"
+    UNILORA = "UNILORA"
+    CPT = "CPT"
+    MISS = "MISS"
+    RANDLORA = "RANDLORA"
+    ROAD = "ROAD"
+    TRAINABLE_TOKENS = "TRAINABLE_TOKENS"
+    HIRA = "HIRA"
+    SHIRA = "SHIRA"
+    C3A = "C3A"
+    WAVEFT = "WAVEFT"
+    OSF = "OSF"
+    DELORA = "DELORA"
+    GRALORA = "GRALORA"
+    CARTRIDGE = "CARTRIDGE"
+    TINYLORA = "TINYLORA"
+    PSOFT = "PSOFT"
+    PEANUT = "PEANUT"
+    SHADOW = "SHADOW"
+    SUPERTUNING = "SUPERTUNING"
+    DEFT = "DEFT"
 
 
 def _enum_value(v: Any) -> Any:
@@ -76,7 +107,8 @@ class AdapterConfig:
     and module-name fields are strings.
     """
 
-    PEFT_TYPE: ClassVar[PeftType]
+    PEFT_TYPE: ClassVar[str]  # PEFT's name (a PeftType member for PEFT's methods); set by each method
+    PROMPT_LEARNING: ClassVar[bool] = False  # virtual tokens, no injected layers (PromptLearningConfig)
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type",)
     NUMBERS: ClassVar[dict[str, Number]] = {}
 
@@ -119,7 +151,7 @@ class AdapterConfig:
     @property
     def is_prompt_learning(self) -> bool:
         """True for prompt tuning, P-tuning and prefix tuning (virtual tokens, no injected layers)."""
-        return PeftType(_enum_value(self.peft_type)) in PROMPT_LEARNING_TYPES
+        return type(self).PROMPT_LEARNING
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -171,14 +203,7 @@ class AdapterConfig:
                 raise AdapterConfigError(
                     f'{source}: peft_type must be a string such as "LORA", got {peft_type!r}.'
                 )
-            if peft_type not in _CONFIG_REGISTRY:
-                _load_builtin_methods()
-            if peft_type not in _CONFIG_REGISTRY:
-                raise AdapterConfigError(
-                    f"{source}: unknown or unsupported peft_type {peft_type!r}; Swapyard supports "
-                    f"{sorted(_CONFIG_REGISTRY)}."
-                )
-            target = _CONFIG_REGISTRY[peft_type]
+            target = get_method(peft_type, source=source).config_cls
             if getattr(cls, "PEFT_TYPE", None) is not None and cls is not target:
                 raise AdapterConfigError(
                     f"{source}: peft_type {peft_type!r} cannot be read as {cls.__name__}; "
@@ -265,8 +290,3 @@ def parse_json(text: str | bytes, *, source: str) -> Any:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, "rb") as fh:
         return parse_json(fh.read(), source=str(path))
-
-
-def _load_builtin_methods() -> None:
-    """Import the method packages so their configs register themselves."""
-    from . import methods  # noqa: F401

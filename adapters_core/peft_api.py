@@ -161,7 +161,7 @@ def inject_adapter_in_model(
             "inject_adapter_in_model does not support prompt learning and adaption prompt (as in PEFT); use "
             "get_peft_model."
         )
-    tuner = get_method(peft_config.peft_type).tuner_cls(model, peft_config, adapter_name)  # type: ignore[arg-type]
+    tuner = get_method(peft_config.peft_type).tuner_cls(model, peft_config, adapter_name)
     model.__dict__[_TUNER_ATTRIBUTE] = tuner
     return model
 

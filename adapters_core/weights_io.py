@@ -59,12 +59,12 @@ def load_adapter_weights(
                 f"safetensors only. Convert it to {SAFETENSORS_WEIGHTS_NAME}, or pass allow_pickle=True (it is "
                 "then read with torch.load(weights_only=True), as PEFT reads it)."
             )
-        state = _load_weights_only(pickle_path, device)
+        state = load_pickle_weights_only(pickle_path, device)
     check_finite(state, source=str(path_or_hub_id))
     return state
 
 
-def _load_weights_only(path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+def load_pickle_weights_only(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """`torch.load(weights_only=True)`: the unpickler only builds tensors and plain containers, so an
     object with a `__reduce__` (code to run) is rejected before anything of it executes."""
     try:

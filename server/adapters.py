@@ -45,6 +45,7 @@ def store_config(settings: Settings) -> StoreConfig:
         adapter_roots=(settings.adapter_root,) if settings.adapter_root else (),
         uploads_root=settings.uploads_dir,
         allow_hub=settings.allow_hub_adapters,
+        allow_bin_weights=settings.allow_bin_weights,
         hub_owners=settings.hub_owners(),
         host_budget_bytes=settings.adapter_host_bytes,
         max_rank=settings.max_adapter_rank,

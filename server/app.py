@@ -14,13 +14,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from .auth import require_api_key
+from .auth import require_admin, require_api_key
 from .deps import AppState
 from .engine import Engine, build_engine
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import BodyLimitMiddleware, InflightMiddleware, MetricsMiddleware
+from .middleware import (
+    BodyLimitMiddleware,
+    InflightMiddleware,
+    MetricsMiddleware,
+    ReceiveTimeoutMiddleware,
+    UnhandledErrorMiddleware,
+)
 from .routes import adapters, classify, generate, openai, ops
+from .routes.docs import OPENAPI_URL, keyed_docs_router
 from .settings import Settings
 
 log = logging.getLogger("swapyard.server")
@@ -52,15 +59,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             await asyncio.to_thread(built.stop)
             await built.registry.close()
 
+    keyed = settings.api_key is not None or settings.admin_key is not None
     app = FastAPI(
         title="Swapyard",
         summary="One frozen base model, many PEFT adapters, one adapter per request.",
         version="0.1.0",
         lifespan=lifespan,
+        # With keys, the docs are served by keyed_docs_router (or not at all), never open.
+        openapi_url=None if keyed else OPENAPI_URL,
+        docs_url=None if keyed else "/docs",
+        redoc_url=None if keyed else "/redoc",
     )
     app.state.swapyard = state
     install_error_handlers(app)
-    # Added last = outermost: metrics see every response, including 413s from the body limit.
+    # Added first = innermost. Added last = outermost: metrics see every response, including 413s from the
+    # body limit; the unhandled-error layer wraps everything.
+    app.add_middleware(ReceiveTimeoutMiddleware, timeout_s=settings.request_read_timeout_s)
     # An upload carries two files of up to --max-adapter-bytes each, plus the multipart framing.
     upload_limit = 2 * settings.max_adapter_bytes + (64 << 10)
     app.add_middleware(
@@ -70,10 +84,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.add_middleware(InflightMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(UnhandledErrorMiddleware)
 
     inference = [Depends(require_api_key)]
     for module in (generate, classify, openai):
         app.include_router(module.router, dependencies=inference)
     app.include_router(ops.router)
     app.include_router(adapters.router)  # admin key (its own dependency)
+    if keyed and settings.docs_when_keyed == "require-key":
+        # The API key when there is one (the admin key works too); else only the admin key exists.
+        app.include_router(keyed_docs_router(app, require_api_key if settings.api_key else require_admin))
     return app

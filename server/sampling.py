@@ -1,4 +1,8 @@
-"""Choosing each row's next token: greedy, temperature, top-k, top-p, repetition penalty, seeded sampling.
+"""Each row's next token: greedy, temperature, top-k, top-p, repetition penalty, seeded sampling.
+
+The math (penalty, warpers, the draw, and their float64 numerics) is adapters_core/sampling.py, shared with
+the library's `generate`; this module is the server's glue around it: request parameters, one generator per
+row, the tokens a row has seen, and per-row errors.
 
 Every row owns a `RowSampler`. A sampled row draws from its own `torch.Generator` (seeded by the request's
 `seed`, or a fresh random seed that is reported back), on the CPU, from that row's logits only — so a seeded
@@ -32,7 +36,11 @@ from typing import NamedTuple
 
 import torch
 
+from adapters_core.sampling import draw, penalize, usable_rows, warp
+
 from .errors import EngineError, InvalidInputError
+
+__all__ = ["NonFiniteScoresError", "Pick", "RowSampler", "SamplingParams", "choose_tokens", "usable_rows"]
 
 
 class NonFiniteScoresError(EngineError):
@@ -118,10 +126,9 @@ class RowSampler:
         penalty = self.params.repetition_penalty
         if penalty not in (None, 1.0) and self.seen:
             assert penalty is not None
-            idx = torch.tensor(sorted(self.seen), device=scores.device)
-            picked = scores[idx]
-            scores = scores.clone()
-            scores[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+            seen = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            seen[torch.tensor(sorted(self.seen), device=scores.device)] = True
+            scores = penalize(scores, seen, penalty)
             if not torch.isfinite(scores).any():
                 raise InvalidInputError(
                     f"repetition_penalty {penalty} pushes every token's score to -inf, so no token can be "
@@ -129,31 +136,8 @@ class RowSampler:
                 )
         if not self.params.do_sample:
             return int(torch.argmax(scores))
-        return self._sample(scores.cpu())  # the generator lives on the CPU
-
-    def _sample(self, scores: torch.Tensor) -> int:
-        """scores: (V,) float64 with at least one finite value and no nan or +inf."""
-        scores = (scores - scores.max()) / self.params.temperature  # the best token is 0, the rest <= 0
-        if self.params.top_k is not None and self.params.top_k < scores.numel():
-            kth = torch.topk(scores, self.params.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.params.top_p is not None and self.params.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True)
-            probs = torch.softmax(sorted_scores, dim=-1)
-            # Drop a token when the mass before it already reaches top_p; the best token always stays.
-            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self.params.top_p
-            drop_sorted[0] = False
-            drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-def usable_rows(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: rows of logits (B, V) a token can be picked from — no nan, no +inf, some finite value
-    (-inf alone is allowed: models mask tokens that way)."""
-    bad = torch.isnan(logits).any(dim=-1) | torch.isposinf(logits).any(dim=-1)
-    return ~bad & torch.isfinite(logits).any(dim=-1)
+        p = self.params
+        return int(draw(warp(scores.cpu(), p.temperature, p.top_k, p.top_p), self.generator))  # CPU generator
 
 
 def choose_tokens(samplers: list[RowSampler], logits: torch.Tensor) -> list[Pick | Exception]:

@@ -3,24 +3,63 @@
 Native bodies follow text-generation-inference; the `/v1` bodies follow OpenAI. Values are checked here
 (types, ranges, finiteness: NaN and ±inf are refused); limits that depend on settings (token counts, stop
 sequences) are checked by the routes, because settings belong to the app, not to the module.
+
+Request bodies are strict: ints are ints (not "10", not true), bools are bools, floats take ints; text is
+valid Unicode (a lone surrogate such as "\ud83d", which JSON can spell, is a 422). Every documented TGI or
+OpenAI parameter is declared: it is honoured, or `unsupported()` names it and the route answers 422 —
+nothing is accepted and then ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-# Finite numbers only: JSON parsers accept NaN/Infinity literals, which must never reach the sampler.
-_FINITE = ConfigDict(allow_inf_nan=False, extra="forbid")
+from .errors import UnsupportedParameterError
+
+
+def _unicode_text(value: Any) -> Any:
+    """Refuse text the tokenizer cannot take: JSON's \ud800-\udfff escapes make lone surrogates."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"text holds a lone surrogate ({value[exc.start]!r} at index {exc.start}), which is not "
+                "valid Unicode; send UTF-8 text (a surrogate pair, e.g. \\ud83d\\ude00, is one character)"
+            ) from None
+    return value
+
+
+# A request string: valid Unicode (anything the tokenizer and the JSON response can carry).
+Text = Annotated[str, BeforeValidator(_unicode_text)]
+
+# Request bodies: strict types, finite numbers only (JSON parsers accept NaN/Infinity literals, which must
+# never reach the sampler), unknown keys refused (422) rather than ignored.
+_REQUEST = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+
+def refuse_unsupported(names: list[str]) -> None:
+    """422 naming every documented parameter that was given a value this server does not implement."""
+    if len(names) == 1:
+        raise UnsupportedParameterError(
+            f"`{names[0]}` is not supported by this server yet; leave it out (or at its default value)"
+        )
+    if names:
+        listed = ", ".join(f"`{n}`" for n in names)
+        raise UnsupportedParameterError(
+            f"{listed} are not supported by this server yet; leave them out (or at their default values)"
+        )
 
 
 class GenerateParameters(BaseModel):
-    """`parameters` of /generate and /generate_stream. Unknown keys are refused (422), not ignored."""
+    """`parameters` of /generate and /generate_stream: TGI's documented parameters. Unknown keys are refused
+    (422), not ignored; documented ones this server does not implement are refused by `unsupported()`."""
 
-    model_config = _FINITE
+    model_config = _REQUEST
 
-    adapter_id: str | None = Field(
+    adapter_id: Text | None = Field(
         default=None, min_length=1, description="adapter to use; null = the base model"
     )
     max_new_tokens: int | None = Field(default=None, ge=1, description="tokens to generate at most")
@@ -36,8 +75,20 @@ class GenerateParameters(BaseModel):
     seed: int | None = Field(
         default=None, ge=0, le=2**63 - 1, description="seed of this request's own generator"
     )
-    stop: list[str] = Field(default_factory=list, description="stop when the text contains one of these")
+    stop: list[Text] = Field(default_factory=list, description="stop when the text contains one of these")
     details: bool = Field(default=False, description="return finish reason, token ids, texts and logprobs")
+    return_full_text: bool = Field(default=False, description="prepend the prompt to `generated_text`")
+    truncate: int | None = Field(
+        default=None, ge=1, description="keep only the last `truncate` tokens of the prompt (as TGI does)"
+    )
+    # Documented by TGI, not implemented here yet (issue 17): accepted only at their defaults.
+    best_of: int | None = Field(default=None, ge=1, description="not supported yet: only 1")
+    decoder_input_details: bool = Field(default=False, description="not supported yet: only false")
+    frequency_penalty: float | None = Field(default=None, description="not supported yet: only 0")
+    grammar: dict[str, Any] | None = Field(default=None, description="not supported yet: only null")
+    top_n_tokens: int | None = Field(default=None, ge=0, description="not supported yet: only 0")
+    typical_p: float | None = Field(default=None, gt=0.0, lt=1.0, description="not supported yet")
+    watermark: bool = Field(default=False, description="not supported yet: only false")
 
     @field_validator("stop")
     @classmethod
@@ -46,14 +97,29 @@ class GenerateParameters(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return value
 
+    def unsupported(self) -> list[str]:
+        """The TGI parameters given a value this server does not implement yet (issue 17)."""
+        refused = {
+            "best_of": self.best_of not in (None, 1),
+            "decoder_input_details": self.decoder_input_details,
+            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
+            "grammar": self.grammar is not None,
+            "top_n_tokens": self.top_n_tokens not in (None, 0),
+            "typical_p": self.typical_p is not None,
+            "watermark": self.watermark,
+        }
+        return [name for name, given in refused.items() if given]
+
 
 class GenerateRequest(BaseModel):
-    model_config = _FINITE
+    model_config = _REQUEST
 
-    inputs: str = Field(min_length=1, description="the prompt")
+    inputs: Text = Field(min_length=1, description="the prompt")
     parameters: GenerateParameters = Field(default_factory=lambda: GenerateParameters())
-    stream: bool = Field(
-        default=False, description="accepted for TGI compatibility; use /generate_stream to stream"
+    stream: bool | None = Field(
+        default=None,
+        description="TGI's compatibility flag: must match the route (false on /generate, true on "
+        "/generate_stream) when given",
     )
 
 
@@ -86,18 +152,18 @@ class StreamEvent(BaseModel):
 
 
 class ClassifyParameters(BaseModel):
-    model_config = _FINITE
+    model_config = _REQUEST
 
-    adapter_id: str | None = Field(
+    adapter_id: Text | None = Field(
         default=None, min_length=1, description="classification adapter; null = base head"
     )
     top_k: int | None = Field(default=None, ge=1, description="return the k best labels (default: all)")
 
 
 class ClassifyRequest(BaseModel):
-    model_config = _FINITE
+    model_config = _REQUEST
 
-    inputs: str | list[str] = Field(description="one text or a list of texts")
+    inputs: Text | list[Text] = Field(description="one text or a list of texts")
     parameters: ClassifyParameters = Field(default_factory=lambda: ClassifyParameters())
 
     @field_validator("inputs")
@@ -115,24 +181,42 @@ class LabelScore(BaseModel):
 
 
 # -- OpenAI-compatible ------------------------------------------------------------------------------
-_OPENAI = ConfigDict(allow_inf_nan=False, extra="ignore")  # OpenAI clients send fields we do not use
+class StreamOptions(BaseModel):
+    model_config = _REQUEST
+
+    include_usage: bool = Field(default=False, description="send a last chunk with `usage` before [DONE]")
 
 
 class _OpenAISampling(BaseModel):
-    model_config = _OPENAI
+    """What /v1/completions and /v1/chat/completions share. OpenAI's other documented parameters are
+    declared too: identifiers with no effect on the output are accepted (`user`), the rest are honoured or
+    refused by `unsupported()` when given a non-default value."""
 
-    model: str = Field(min_length=1, description="an adapter name, or the base model's name for no adapter")
+    model_config = _REQUEST
+
+    model: Text = Field(min_length=1, description="an adapter name, or the base model's name for no adapter")
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    top_k: int | None = Field(default=None, ge=1, description="vLLM's extension")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, description="vLLM's extension")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = Field(default=None, description="with stream: true only")
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
-    logprobs: Any = None
+    user: Text | None = Field(default=None, description="the end user's id (accepted; not used)")
+    # Documented by OpenAI, not implemented here yet (issue 17): accepted only at their defaults.
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")
+    logit_bias: dict[str, float] | None = Field(default=None, description="only empty")
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _OpenAISampling:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -142,20 +226,92 @@ class _OpenAISampling(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def unsupported(self) -> list[str]:
+        """The parameters given a value this server does not implement yet (issue 17)."""
+        refused = {
+            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
+            "presence_penalty": self.presence_penalty not in (None, 0.0),
+            "logit_bias": bool(self.logit_bias),
+        }
+        return [name for name, given in refused.items() if given] + self._unsupported()
+
+    def _unsupported(self) -> list[str]:
+        return []
+
 
 class CompletionRequest(_OpenAISampling):
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
+    echo: bool = Field(default=False, description="prepend the prompt to the returned text")
+    best_of: int | None = Field(default=None, ge=1, description="not supported yet: only 1")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="not supported yet: only null")
+    suffix: Text | None = Field(default=None, description="not supported: only null")
+
+    def _unsupported(self) -> list[str]:
+        refused = {
+            "best_of": self.best_of not in (None, 1),
+            "logprobs": self.logprobs is not None,
+            "suffix": self.suffix is not None,
+        }
+        return [name for name, given in refused.items() if given]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: Text
+    name: Text | None = Field(default=None, description="the participant's name, given to the chat template")
 
 
 class ChatCompletionRequest(_OpenAISampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    # Identifiers and hints that do not change the answer: accepted.
+    metadata: dict[str, Text] | None = None
+    prompt_cache_key: Text | None = Field(default=None, description="prompt prefixes are cached anyway")
+    safety_identifier: Text | None = None
+    parallel_tool_calls: bool | None = Field(default=None, description="no effect: tools are not supported")
+    # Documented by OpenAI, not implemented here (issue 17 for logprobs and response_format).
+    logprobs: bool | None = Field(default=None, description="not supported yet: only false")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="not supported yet: only 0")
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='not supported yet: only {"type": "text"}'
+    )
+    tools: list[dict[str, Any]] | None = Field(default=None, description="not supported: only empty")
+    tool_choice: Text | dict[str, Any] | None = Field(default=None, description='only "none"')
+    functions: list[dict[str, Any]] | None = Field(default=None, description="not supported: only empty")
+    function_call: Text | dict[str, Any] | None = Field(default=None, description='only "none"')
+    modalities: list[Text] | None = Field(default=None, description='only ["text"]')
+    audio: dict[str, Any] | None = Field(default=None, description="not supported: only null")
+    prediction: dict[str, Any] | None = Field(default=None, description="not supported: only null")
+    reasoning_effort: Text | None = Field(default=None, description="not supported: only null")
+    verbosity: Text | None = Field(default=None, description="not supported: only null")
+    web_search_options: dict[str, Any] | None = Field(default=None, description="not supported: only null")
+    store: bool | None = Field(default=None, description="completions are never stored: only false")
+    service_tier: Text | None = Field(default=None, description='one tier: only "auto" or "default"')
+
+    def _unsupported(self) -> list[str]:
+        refused = {
+            "logprobs": bool(self.logprobs),
+            "top_logprobs": self.top_logprobs not in (None, 0),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+            "tools": bool(self.tools),
+            "tool_choice": self.tool_choice not in (None, "none"),
+            "functions": bool(self.functions),
+            "function_call": self.function_call not in (None, "none"),
+            "modalities": self.modalities not in (None, ["text"]),
+            "audio": self.audio is not None,
+            "prediction": self.prediction is not None,
+            "reasoning_effort": self.reasoning_effort is not None,
+            "verbosity": self.verbosity is not None,
+            "web_search_options": self.web_search_options is not None,
+            "store": bool(self.store),
+            "service_tier": self.service_tier not in (None, "auto", "default"),
+        }
+        return [name for name, given in refused.items() if given]
 
 
 class Usage(BaseModel):
@@ -226,15 +382,15 @@ class AdapterRecordList(BaseModel):
 class LoadAdapterRequest(BaseModel):
     """`POST /v1/adapters/{name}/load`: from the Hub (`id`, `revision`) or a path inside the adapter root."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     source: Literal["hub", "local"]
-    id: str | None = Field(default=None, min_length=1, description="Hub repo id 'owner/name' (source hub)")
-    path: str | None = Field(
+    id: Text | None = Field(default=None, min_length=1, description="Hub repo id 'owner/name' (source hub)")
+    path: Text | None = Field(
         default=None, min_length=1, description="path under --adapter-root (source local)"
     )
-    revision: str | None = Field(default=None, min_length=1, description="Hub branch, tag or commit")
-    subfolder: str | None = Field(default=None, min_length=1, description="folder inside the Hub repo")
+    revision: Text | None = Field(default=None, min_length=1, description="Hub branch, tag or commit")
+    subfolder: Text | None = Field(default=None, min_length=1, description="folder inside the Hub repo")
 
     @model_validator(mode="after")
     def _one_location(self) -> LoadAdapterRequest:

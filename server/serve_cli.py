@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from .settings import Settings, env_name
 
@@ -32,6 +33,15 @@ def _arg_type(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation, None
 
 
+def _help(name: str, field: FieldInfo) -> str:
+    """The flag's help: description, default (when there is one) and environment variable."""
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        default = str(default).lower()
+    shown = "" if default is None or default == [] else f" (default: {default})"
+    return f"{field.description}{shown} [env {env_name(name)}]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swapyard serve",
@@ -42,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-        help_text = f"{field.description} [env {env_name(name)}]"
+        help_text = _help(name, field)
         if name == "adapters":
             parser.add_argument(
                 flag, dest=name, action="append", default=None, metavar="NAME=SOURCE", help=help_text
@@ -107,7 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings)
     print(f"swapyard: serving {settings.model_name} on http://{settings.host}:{settings.port}", flush=True)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        # Idle keep-alive connections close after this; a body that stalls gets a 408 from
+        # ReceiveTimeoutMiddleware (--request-read-timeout-s).
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
     DrainingServer(config, app.state.swapyard, settings.drain_timeout_s).run()
     return 0

@@ -8,6 +8,7 @@ any option without a wrapper script (`SWAPYARD_BASE_MODEL=org/model SWAPYARD_POR
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -65,7 +66,9 @@ class Settings(BaseSettings):
         default=20, ge=1, description="max_new_tokens when a request gives none"
     )
     max_batch_size: int = Field(default=32, ge=1, description="rows in the running batch at most")
-    max_queued_requests: int = Field(default=256, ge=1, description="requests waiting + running; more -> 429")
+    max_queued_requests: int = Field(
+        default=256, ge=1, description="requests waiting to start (running ones not counted); more -> 429"
+    )
     max_request_bytes: int = Field(
         default=1 << 20, ge=1024, description="largest request body (larger -> 413)"
     )
@@ -84,13 +87,20 @@ class Settings(BaseSettings):
         default=256 << 20, ge=1024, description="largest adapter file (upload or load) in bytes (-> 413)"
     )
     adapter_root: str | None = Field(
-        default=None, description="directory that POST /v1/adapters/{name}/load local paths resolve inside"
+        default=None,
+        description="existing directory that POST /v1/adapters/{name}/load local paths resolve inside",
     )
     uploads_dir: str | None = Field(
         default=None, description="where uploaded adapters are stored (uploads are off without it)"
     )
     allow_hub_adapters: bool = Field(
         default=True, description="allow loading adapters from the Hub by request"
+    )
+    allow_bin_weights: bool = Field(
+        default=False,
+        description="read adapter_model.bin (PEFT's format before safetensors) from local and Hub adapters with "
+        "torch.load(weights_only=True), which builds tensors only and never runs code; uploads stay "
+        "safetensors-only",
     )
     hub_adapter_owners: str | None = Field(
         default=None, description="comma-separated Hub owners adapters may come from (default: any)"
@@ -110,8 +120,20 @@ class Settings(BaseSettings):
         repr=False,
         description="admin key for /v1/adapters admin routes (they are off without it)",
     )
+    docs_when_keyed: Literal["require-key", "off"] = Field(
+        default="require-key",
+        description="/docs, /redoc and /openapi.json when --api-key or --admin-key is set: 'require-key' "
+        "(they need a key, as the inference routes do) or 'off' (404); without keys they are open",
+    )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long running requests may take to finish"
+    )
+    # -- slow clients ---------------------------------------------------------------------------------
+    request_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest wait for each piece of a request body (longer -> 408)"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="idle keep-alive connections are closed after this many seconds"
     )
 
     @field_validator("adapters", mode="before")
@@ -132,6 +154,15 @@ class Settings(BaseSettings):
             name, sep, source = item.partition("=")
             if not sep or not name.strip() or not source.strip():
                 raise ValueError(f"adapter {item!r} is not NAME=SOURCE, e.g. --adapter fr=./adapters/fr")
+        return value
+
+    @field_validator("adapter_root")
+    @classmethod
+    def _existing_root(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isdir(value):
+            raise ValueError(
+                f"--adapter-root {value!r} is not an existing directory; create it or fix the path"
+            )
         return value
 
     @model_validator(mode="after")
@@ -159,7 +190,17 @@ class Settings(BaseSettings):
     @property
     def model_name(self) -> str:
         """The base model's public name (OpenAI `model`, /v1/models)."""
-        return self.served_model_name or self.base_model or "base"
+        return public_base_name(self.served_model_name, self.base_model)
+
+
+def public_base_name(served_model_name: str | None, base_model: str | None) -> str:
+    """The base model's name as clients see it: `--served-model-name`, else the Hub id, else the local
+    directory's own name — never the server's absolute path (issue 12: no server path in any response)."""
+    if served_model_name:
+        return served_model_name
+    if base_model and os.path.isdir(base_model):
+        return os.path.basename(os.path.normpath(os.path.abspath(base_model)))
+    return base_model or "base"
 
 
 def env_name(field: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from .errors import BadRequestError
+from .errors import BadRequestError, InvalidInputError
 
 
 class Tokenization:
@@ -34,10 +34,12 @@ class Tokenization:
         self.eos_token_ids |= {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        _check_unicode(text)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def encode_pair(self, text: str) -> dict[str, list[int]]:
         """Encoder inputs for classification (with token_type_ids when the tokenizer makes them)."""
+        _check_unicode(text)
         return dict(self.tokenizer(text))
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -57,6 +59,17 @@ class Tokenization:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # The template writes BOS itself when it wants one; do not add another.
         return self.encode(str(text), add_special_tokens=False)
+
+
+def _check_unicode(text: str) -> None:
+    """The schemas refuse lone surrogates already; this keeps any other caller from the tokenizer's
+    TypeError (a 500) on text that is not valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"the text holds a lone surrogate at index {exc.start}, which is not valid Unicode; send UTF-8"
+        ) from None
 
 
 class IncrementalDecoder:

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from .config import TrainConfig, env_name, resolve_config
+from .config import METHOD_NAMES, TrainConfig, env_name, resolve_config
 from .errors import TrainerError
 
 ALIASES = {"learning_rate": ["--lr"], "num_epochs": ["--epochs"]}
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = kind
             if choices:
                 kwargs["choices"] = choices
+        if name == "method":  # adapters_core's method table, read when a value is checked (not for --help)
+            kwargs.update(choices=METHOD_NAMES, metavar="METHOD")
         parser.add_argument("--" + name.replace("_", "-"), *ALIASES.get(name, []), **kwargs)
     return parser
 

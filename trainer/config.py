@@ -11,35 +11,37 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import TrainConfigError
 
-Method = Literal[
-    "lora", "adalora", "dora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning", "llama-adapter"
-]
 Task = Literal["causal-lm", "seq2seq-lm", "seq-cls", "token-cls"]
-METHODS: tuple[str, ...] = get_args(Method)
 TASKS: tuple[str, ...] = get_args(Task)
 ENV_PREFIX = "SWAPYARD_"
 
-# Learning rates that work for each method on small models when the user gives none (prompt methods
-# train few parameters from scratch and want a much larger step than LoRA).
-DEFAULT_LEARNING_RATE: dict[str, float] = {
-    "lora": 2e-4,
-    "adalora": 2e-4,
-    "dora": 2e-4,
-    "ia3": 3e-3,
-    "prompt-tuning": 3e-2,
-    "p-tuning": 1e-3,
-    "prefix-tuning": 1e-2,
-    "llama-adapter": 9e-3,
-}
+
+class MethodNames:
+    """The `--method` names: adapters_core's method table (`registry.train_names()`), read only when a
+    name is checked, so `swapyard train --help` stays fast (importing adapters_core loads torch)."""
+
+    def names(self) -> tuple[str, ...]:
+        from adapters_core.registry import train_names
+
+        return train_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+METHOD_NAMES = MethodNames()
 
 
 class TrainConfig(BaseModel):
@@ -50,7 +52,7 @@ class TrainConfig(BaseModel):
     # -- what to train -----------------------------------------------------------------------------
     base_model: str = Field(description="base model: local directory or Hugging Face Hub id")
     base_model_revision: str | None = Field(None, description="Hub revision of the base model")
-    method: Method = Field(description="adapter method")
+    method: str = Field(description="adapter method, e.g. lora, dora, adalora, ia3, prompt-tuning")
     method_config: dict[str, Any] = Field(
         default_factory=dict,
         description='options of the method\'s config as a JSON object, e.g. \'{"r": 8, "lora_alpha": 16}\'',
@@ -106,6 +108,13 @@ class TrainConfig(BaseModel):
     device: str | None = Field(None, description="'cpu' or 'cuda' (default: cuda if available)")
     progress: bool = Field(True, description="show the progress bar")
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHOD_NAMES:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+        return method
+
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
@@ -119,8 +128,12 @@ class TrainConfig(BaseModel):
 
     @property
     def lr(self) -> float:
-        """The learning rate actually used (the method's default when none was given)."""
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE[self.method]
+        """The learning rate actually used (the method's default when none was given, registry.TrainName)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from adapters_core.registry import train_method
+
+        return train_method(self.method)[1].learning_rate
 
     def resolved(self) -> dict[str, Any]:
         """The config as written to `train_config.yaml`: every default filled in."""

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from adapters_core import PeftType
+
 from .loop import MethodHooks
 
 ADAPTER = "default"
@@ -87,8 +89,11 @@ class NoHooks:
         pass
 
 
-def method_hooks(method: str, model: nn.Module) -> AdaLoraHooks | NoHooks:
-    return AdaLoraHooks(model) if method == "adalora" else NoHooks()
+def method_hooks(model: nn.Module) -> AdaLoraHooks | NoHooks:
+    """AdaLoRA's hooks when the adapter is AdaLoRA (whatever `--method` name chose it), else none."""
+    config: Any = getattr(model, "peft_config", {}).get(ADAPTER)
+    is_adalora = config is not None and config.peft_type == PeftType.ADALORA
+    return AdaLoraHooks(model) if is_adalora else NoHooks()
 
 
 def _plain(value: Any) -> Any:

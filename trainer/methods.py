@@ -8,6 +8,9 @@ before anything heavy happens:
     prefix-tuning   a decoder with a KV cache (causal-lm or seq2seq-lm); PEFT 0.21 + transformers 5 refuses
                     prefix tuning for classification heads, so we do too (the adapter could not be loaded)
     lora, dora, adalora, ia3    target_modules given, or a model type with PEFT's default targets
+
+Which names `--method` accepts, and the config class each builds, come from adapters_core's method table
+(`adapters_core.registry`): a newly registered method trains without a change here.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 
 from transformers.models.auto import modeling_auto
 
-from adapters_core import AdapterConfig, AdapterError
-from adapters_core.targeting import IA3_DEFAULT_TARGETS, LORA_DEFAULT_TARGETS
+from adapters_core import AdapterConfig, AdapterError, PeftType
+from adapters_core.registry import MethodSpec, TrainName, train_method, train_names
 
 from .config import TrainConfig
 from .errors import IncompatibleMethodError, TrainConfigError
@@ -29,17 +32,6 @@ TASK_TYPE = {
     "seq-cls": "SEQ_CLS",
     "token-cls": "TOKEN_CLS",
 }
-CONFIG_CLASS = {
-    "lora": "LoraConfig",
-    "dora": "LoraConfig",
-    "adalora": "AdaLoraConfig",
-    "ia3": "IA3Config",
-    "prompt-tuning": "PromptTuningConfig",
-    "p-tuning": "PromptEncoderConfig",
-    "prefix-tuning": "PrefixTuningConfig",
-    "llama-adapter": "AdaptionPromptConfig",
-}
-PROMPT_METHODS = frozenset({"prompt-tuning", "p-tuning", "prefix-tuning"})
 LLAMA_ADAPTER_MODEL_TYPES = ("llama", "mistral", "gpt2")
 _TASK_MAPPING = {
     "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -48,6 +40,16 @@ _TASK_MAPPING = {
     "token-cls": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 }
 DEFAULT_NUM_VIRTUAL_TOKENS = 8
+
+
+def resolve_method(name: str) -> tuple[MethodSpec, TrainName]:
+    """The method table's entry for `--method NAME`; `TrainConfigError` listing the names it knows."""
+    try:
+        return train_method(name)
+    except KeyError:
+        raise TrainConfigError(
+            f"--method {name!r} is not a registered adapter method; choose one of {', '.join(train_names())}."
+        ) from None
 
 
 def is_decoder(model_config: Any) -> bool:
@@ -63,6 +65,7 @@ def is_decoder(model_config: Any) -> bool:
 
 def check_fit(cfg: TrainConfig, model_config: Any) -> None:
     """Raise `IncompatibleMethodError` if the task or method cannot work on this base model."""
+    spec, _ = resolve_method(cfg.method)
     model_type = model_config.model_type
     where = f"base model {cfg.base_model} (model_type {model_type!r})"
     if model_type not in _TASK_MAPPING[cfg.task]:
@@ -73,7 +76,7 @@ def check_fit(cfg: TrainConfig, model_config: Any) -> None:
         raise IncompatibleMethodError(
             f"{where} is an encoder-only model; --task causal-lm needs a decoder (e.g. llama, gpt2)."
         )
-    if cfg.method == "llama-adapter":
+    if spec.peft_type == PeftType.ADAPTION_PROMPT:
         if model_type not in LLAMA_ADAPTER_MODEL_TYPES:
             raise IncompatibleMethodError(
                 f"--method llama-adapter does not fit {where}: LLaMA-Adapter wraps the attention of "
@@ -84,7 +87,7 @@ def check_fit(cfg: TrainConfig, model_config: Any) -> None:
                 f"--method llama-adapter trains causal language models only, not --task {cfg.task}; "
                 "use --task causal-lm, or lora for classification."
             )
-    if cfg.method == "prefix-tuning":
+    if spec.peft_type == PeftType.PREFIX_TUNING:
         if not is_decoder(model_config):
             raise IncompatibleMethodError(
                 f"--method prefix-tuning does not fit {where}: it prepends keys/values to the KV cache, and "
@@ -96,25 +99,26 @@ def check_fit(cfg: TrainConfig, model_config: Any) -> None:
                 "prefix-tuned classifiers, so the adapter would be unusable. Use prompt-tuning, p-tuning or "
                 "lora for classification."
             )
-    if cfg.method in ("lora", "dora", "adalora", "ia3") and cfg.method_config.get("target_modules") is None:
-        defaults = IA3_DEFAULT_TARGETS if cfg.method == "ia3" else LORA_DEFAULT_TARGETS
-        if model_type not in defaults:
-            raise IncompatibleMethodError(
-                f"--method {cfg.method}: no default target modules for {where}; set them in the method "
-                'config, e.g. --method-config \'{"target_modules": ["q_proj", "v_proj"]}\'.'
-            )
+    defaults = getattr(spec.tuner_cls, "default_targets", None)  # injected methods: PEFT's per-model targets
+    no_targets = cfg.method_config.get("target_modules") is None
+    if defaults is not None and no_targets and model_type not in defaults:
+        raise IncompatibleMethodError(
+            f"--method {cfg.method}: no default target modules for {where}; set them in the method "
+            'config, e.g. --method-config \'{"target_modules": ["q_proj", "v_proj"]}\'.'
+        )
 
 
 def build_adapter_config(cfg: TrainConfig, model_config: Any, *, total_steps: int) -> AdapterConfig:
     """The adapters_core config for this run: the user's method options plus what the trainer knows.
 
-    The trainer fills `task_type`; `use_dora` for DoRA; AdaLoRA's `total_step` (its budget schedule
-    needs the run length); `num_virtual_tokens` for prompt methods; the tokenizer of a TEXT-initialised
-    prompt; LLaMA-Adapter's length and layer count. A value the user gave always wins.
+    The trainer fills `task_type`; the options the method's name implies (`use_dora` for DoRA, which win);
+    AdaLoRA's `total_step` (its budget schedule needs the run length); `num_virtual_tokens` for prompt
+    methods; the tokenizer of a TEXT-initialised prompt; LLaMA-Adapter's length and layer count. Otherwise
+    a value the user gave always wins.
     """
-    import adapters_core
-
-    cls = getattr(adapters_core, CONFIG_CLASS[cfg.method])
+    spec, train_name = resolve_method(cfg.method)
+    cls = spec.config_cls
+    names = {f.name for f in dataclasses.fields(cls)}
     options = dict(cfg.method_config)
     given_task = options.pop("task_type", None)
     if given_task is not None and str(given_task) != TASK_TYPE[cfg.task]:
@@ -124,22 +128,20 @@ def build_adapter_config(cfg: TrainConfig, model_config: Any, *, total_steps: in
         )
     options.pop("peft_type", None)
     options["task_type"] = TASK_TYPE[cfg.task]
-    if cfg.method == "dora":
-        options["use_dora"] = True
-    elif cfg.method == "adalora":
+    options.update(train_name.options)
+    if "total_step" in names:  # AdaLoRA
         options.setdefault("total_step", total_steps)
-    elif cfg.method in PROMPT_METHODS:
+    if spec.prompt_learning:
         options.setdefault("num_virtual_tokens", DEFAULT_NUM_VIRTUAL_TOKENS)
         init = str(options.get("prompt_tuning_init", "")).upper()
-        if cfg.method == "prompt-tuning" and init.endswith("TEXT"):
+        if "tokenizer_name_or_path" in names and init.endswith("TEXT"):
             options.setdefault("tokenizer_name_or_path", cfg.base_model)
-    elif cfg.method == "llama-adapter":
+    if spec.peft_type == PeftType.ADAPTION_PROMPT:
         layers = (
             getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", None) or 1
         )
         options.setdefault("adapter_len", 10)
         options.setdefault("adapter_layers", min(int(layers), 30))
-    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - names)
     if unknown:
         raise TrainConfigError(

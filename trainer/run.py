@@ -127,7 +127,7 @@ def _train(
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    hooks = method_hooks(cfg.method, model)
+    hooks = method_hooks(model)
     fingerprint = {
         "base_model": cfg.base_model,
         "method": cfg.method,

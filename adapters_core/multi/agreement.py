@@ -79,7 +79,7 @@ def _adaptable(module: nn.Module, config: AdapterConfig) -> bool:
 
 def targeted_modules(config: AdapterConfig, modules: Mapping[str, nn.Module]) -> list[str]:
     """HF paths of `modules` that `config` adapts by PEFT's rules; `NoTargetModulesError` if none, and
-    `UnsupportedError` for a matched module no LoRA/IA3 layer exists for (PEFT refuses those as well)."""
+    `UnsupportedError` for a matched module the serving form has no layer for (a convolution, say)."""
     defaults = IA3_DEFAULT_TARGETS if isinstance(config, IA3Config) else LORA_DEFAULT_TARGETS
     raw: Any = getattr(config, "target_modules", None)
     targets = resolve_target_modules(_BaseView(modules), raw, defaults, config.task_type)  # type: ignore[arg-type]
@@ -105,8 +105,9 @@ def targeted_modules(config: AdapterConfig, modules: Mapping[str, nn.Module]) ->
     for path in matched:
         if not _adaptable(modules[path], config):
             raise UnsupportedError(
-                f"{path}: target_modules selects this {type(modules[path]).__name__}, which a "
-                f"{config.peft_type} layer cannot wrap (PEFT refuses it too); target its Linear layers instead."
+                f"{path}: adapters on a {type(modules[path]).__name__} are not supported in a mixed batch "
+                "(the serving form's layers take nn.Linear, Conv1D and nn.Embedding); serve it "
+                "with AdapterModel, or target the model's Linear layers."
             )
     return matched
 

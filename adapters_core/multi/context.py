@@ -26,7 +26,7 @@ class RowContext:
     prompt: Any = None
     # (B,) added to the positions the model numbers its tokens with, per row (PromptStore's position hooks):
     # BART's decoder counts cache columns, so minus the row's masked ones; an encoder's prefix rows plus the
-    # prefix length. Set per forward by prompt_run.py / step_run.py.
+    # prefix length. Set per forward by prompt_layout.py / steps.py.
     position_offset: torch.Tensor | None = None
     _metas: dict[tuple[int, str], BatchMeta] = field(default_factory=dict)
     _slot_tensors: dict[str, torch.Tensor] = field(default_factory=dict)

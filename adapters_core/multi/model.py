@@ -43,12 +43,11 @@ from .layers import (
     weight_rows,
 )
 from .parsed import ParsedAdapter, parse_adapter
-from .prompt_run import run_forward, run_generate
+from .prompt_layout import run_forward
 from .prompts import PromptStore
-from .step_run import decode as decode_step
-from .step_run import pad_rows
-from .step_run import prefill as prefill_step
-from .steps import DecodeState
+from .steps import DecodeState, pad_rows, run_generate
+from .steps import decode as decode_step
+from .steps import prefill as prefill_step
 
 AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | ParsedAdapter | Any
 
@@ -313,7 +312,7 @@ class MultiAdapterModel(nn.Module):
     def generate(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         """Greedy or sampled decoding, row i under adapter `adapter_names[i]`; each row's greedy result equals
         that row generated alone. Batches with prompt tuning, P-tuning or prefix rows use Swapyard's loop
-        (prompt_run.py, the kwargs of prompt_learning/generation.py); others use `transformers` generate."""
+        (steps.py, the kwargs of prompt_learning/generation.py); others use `transformers` generate."""
         batch = self._batch_size(kwargs)
         slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
@@ -322,7 +321,7 @@ class MultiAdapterModel(nn.Module):
             )
         with self.rows(slots) as ctx:
             if self._prompts.needs_layout(slots):
-                # virtual tokens / prefixes enter once, at prefill: Swapyard's decoding loop (prompt_run.py)
+                # virtual tokens / prefixes enter once, at prefill: Swapyard's decoding loop (steps.py)
                 return run_generate(self._prompts, ctx, kwargs)
             return self.model.generate(**kwargs)  # type: ignore[operator]
 

@@ -17,17 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, PeftType
+from ..config import AdapterConfig
 from ..errors import AdapterShapeError, AdapterWeightsError, NoTargetModulesError, UnsupportedError
-from ..methods.adalora.config import AdaLoraConfig
-from ..methods.adalora.convert import adalora_to_lora
-from ..methods.adaption_prompt.config import AdaptionPromptConfig
 from ..methods.ia3.config import IA3Config
 from ..methods.lora.config import LoraConfig
 from ..methods.lora.layer import lora_scaling
 from ..methods.lora.model import rank_and_alpha
 from ..peft_names import BASE_LAYER_INFIX, INJECTED_PREFIX, PROMPT_PREFIX
-from ..prompt_learning.config import PromptLearningConfig
+from ..registry import ServingForm, get_method, peft_type_name
 from ..targeting import is_feedforward
 from ..weights_io import check_finite
 from .agreement import check_agreement
@@ -78,8 +75,9 @@ class ParsedAdapter:
     probe: ProbeResult = field(default_factory=lambda: ProbeResult(None, None))  # validation's probe forward
 
     @property
-    def peft_type(self) -> PeftType:
-        return PeftType(getattr(self.config.peft_type, "value", self.config.peft_type))
+    def peft_type(self) -> str:
+        """PEFT's name of the method, e.g. "LORA" (equal to the `PeftType` member of PEFT's methods)."""
+        return peft_type_name(self.config.peft_type)
 
     @property
     def nbytes(self) -> int:
@@ -145,15 +143,9 @@ def parse_adapter(
     """
     check_finite(state, source="adapter")
     digest = content_hash(config, state)
-    if isinstance(config, (LoraConfig, IA3Config)):  # AdaLoRA too: checked before its conversion
-        check_agreement(config, state, modules)
-    if isinstance(config, AdaLoraConfig):
-        config_lora, state = adalora_to_lora(config, state)
-        parsed = _parse_injected(config_lora, state, modules)
-        parsed.config = config
-    elif isinstance(config, (LoraConfig, IA3Config)):
-        parsed = _parse_injected(config, state, modules)
-    elif isinstance(config, (PromptLearningConfig, AdaptionPromptConfig)):
+    spec = get_method(config.peft_type)  # the method table says how a mixed batch serves it
+    serving = spec.serving
+    if serving is ServingForm.PROMPT:
         # Prompt-family branch (owned by multi/prompt_parse.py): tables checked against the base, heads as overrides.
         full_config, prompt, heads = parse_prompt_adapter(config, state, modules)
         parsed = ParsedAdapter(config=full_config, prompt=prompt)
@@ -162,14 +154,22 @@ def parse_adapter(
         parsed.content_hash = digest
         parsed.probe = probe_adapter(parsed, modules)
         return parsed
-    else:
+    if serving is ServingForm.UNSUPPORTED:
         raise UnsupportedError(
-            f"peft_type {config.peft_type} is not yet served in a mixed batch; load it with AdapterModel."
+            f"peft_type {peft_type_name(config.peft_type)} is not yet served in a mixed batch; load it with "
+            "AdapterModel."
         )
+    check_agreement(config, state, modules)  # before a conversion, against the file as saved
+    if spec.to_lora is not None:  # AdaLoRA: served as the exact LoRA it converts to
+        config_lora, state = spec.to_lora(config, state)
+        parsed = _parse_injected(config_lora, state, modules, ServingForm.LORA)  # type: ignore[arg-type]
+        parsed.config = config
+    else:
+        parsed = _parse_injected(config, state, modules, serving)  # type: ignore[arg-type]
     parsed.content_hash = digest
     if not parsed.lora and not parsed.ia3:
         raise NoTargetModulesError(
-            f"the {parsed.peft_type.value} adapter adapts no module of this base model (its file has no "
+            f"the {parsed.peft_type} adapter adapts no module of this base model (its file has no "
             "adapter tensors); check target_modules and that it was saved from this architecture."
         )
     parsed.probe = probe_adapter(parsed, modules)
@@ -177,10 +177,13 @@ def parse_adapter(
 
 
 def _parse_injected(
-    config: LoraConfig | IA3Config, state: dict[str, torch.Tensor], modules: dict[str, nn.Module]
+    config: LoraConfig | IA3Config,
+    state: dict[str, torch.Tensor],
+    modules: dict[str, nn.Module],
+    serving: ServingForm,
 ) -> ParsedAdapter:
     parsed = ParsedAdapter(config=config)
-    is_lora = isinstance(config, LoraConfig)
+    is_lora = serving is ServingForm.LORA
     pieces: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         if not key.startswith(INJECTED_PREFIX):

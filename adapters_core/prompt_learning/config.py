@@ -19,6 +19,7 @@ class PromptLearningConfig(AdapterConfig):
     """Virtual-token adapters: `num_virtual_tokens` rows prepended to the input (or to every layer's KV)."""
 
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "num_virtual_tokens")
+    PROMPT_LEARNING: ClassVar[bool] = True
 
     num_virtual_tokens: int | None = None
     token_dim: int | None = None

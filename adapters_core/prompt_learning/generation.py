@@ -11,39 +11,41 @@ generates. Swapyard decodes with its own short loop over the base model and a KV
   the virtual tokens.
 
 Stopping and padding follow transformers: a row that emits an EOS id is finished and gets `pad_token_id`
-afterwards; decoding stops when every row is finished or after `max_new_tokens`. Sampling applies the
-repetition penalty, then temperature, top-k and top-p (transformers' own processors), then draws from the
-softmax with `torch.multinomial` (pass `generator=` for reproducible draws). Every other transformers option
+afterwards; decoding stops when every row is finished or after `max_new_tokens`. Choosing a token is
+adapters_core/sampling.py (the one sampler, shared with the server): the repetition penalty, then temperature,
+top-k and top-p with transformers' semantics, in float64, then a draw from the softmax with `torch.multinomial`
+(pass `generator=` for reproducible draws). Every other transformers option
 (beam search, `num_return_sequences`, `logits_processor`, ...) set to a non-default value, as an argument or in
 `generation_config`, raises `UnsupportedError` naming it: it is never silently ignored.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from ..errors import UnsupportedError
+from ..sampling import draw, penalize, seen_mask, warp
 
 
 @dataclass
 class DecodeOptions:
+    """Resolved generation settings (`decode_options`); the warpers apply only when `do_sample`."""
+
     max_new_tokens: int
     do_sample: bool
     eos_token_ids: list[int]
     pad_token_id: int | None
-    processors: LogitsProcessorList
     generator: torch.Generator | None
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
 
 
 _KNOWN = {
@@ -155,38 +157,52 @@ def decode_options(model: Any, input_length: int, kwargs: dict[str, Any]) -> Dec
     eos = opt("eos_token_id")
     eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
     do_sample = bool(opt("do_sample", False))
-    processors = LogitsProcessorList()
-    penalty = opt("repetition_penalty", 1.0)
-    if penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
-    if do_sample:
-        if opt("temperature", 1.0) != 1.0:
-            processors.append(TemperatureLogitsWarper(opt("temperature")))
-        if opt("top_k", 0):
-            processors.append(TopKLogitsWarper(opt("top_k")))
-        if opt("top_p", 1.0) < 1.0:
-            processors.append(TopPLogitsWarper(opt("top_p")))
+    penalty = float(opt("repetition_penalty", 1.0))
+    temperature, top_k, top_p = float(opt("temperature", 1.0)), int(opt("top_k", 0)), float(opt("top_p", 1.0))
+    # transformers' processors refuse these values too (ValueError)
+    if not (math.isfinite(penalty) and penalty > 0):
+        raise ValueError(f"repetition_penalty has to be a strictly positive float, but is {penalty}")
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature has to be a strictly positive float, but is {temperature}")
+    if do_sample and not (0 <= top_p <= 1):
+        raise ValueError(f"top_p has to be a float >= 0 and <= 1, but is {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k has to be a non-negative integer (0 turns it off), but is {top_k}")
     pad = opt("pad_token_id")
     if pad is None and eos_ids:
         pad = eos_ids[0]
-    return DecodeOptions(int(max_new), do_sample, eos_ids, pad, processors, kwargs.get("generator"))
+    return DecodeOptions(
+        int(max_new),
+        do_sample,
+        eos_ids,
+        pad,
+        kwargs.get("generator"),
+        penalty,
+        temperature,
+        top_k or None,
+        top_p,
+    )
 
 
-def _next_tokens(ids: torch.Tensor, logits: torch.Tensor, opts: DecodeOptions) -> torch.Tensor:
-    """(B, V) logits of the last position -> (B,) chosen ids."""
-    scores = opts.processors(ids, logits.float())
+def next_tokens(ids: torch.Tensor, logits: torch.Tensor, opts: DecodeOptions) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) chosen ids; `ids` (B, T) so far (for the penalty)."""
+    scores = logits.double()
+    if opts.repetition_penalty != 1.0:
+        scores = penalize(scores, seen_mask(ids, scores.shape[-1]), opts.repetition_penalty)
     if not opts.do_sample:
         return scores.argmax(dim=-1)
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=opts.generator).squeeze(1)
+    return draw(warp(scores, opts.temperature, opts.top_k, opts.top_p), opts.generator)
 
 
-def _loop(ids: torch.Tensor, logits: torch.Tensor, step: Any, opts: DecodeOptions) -> torch.Tensor:
+Step = Callable[[torch.Tensor], torch.Tensor]  # next tokens (B, 1) -> logits of the last position (B, V)
+
+
+def decode_loop(ids: torch.Tensor, logits: torch.Tensor, step: Step, opts: DecodeOptions) -> torch.Tensor:
     """Append up to `max_new_tokens` ids to `ids` (B, T0); `step(tokens (B,1)) -> logits (B, V)`."""
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     eos = torch.tensor(opts.eos_token_ids, device=ids.device, dtype=ids.dtype)
     for t in range(opts.max_new_tokens):
-        tokens = _next_tokens(ids, logits, opts)
+        tokens = next_tokens(ids, logits, opts)
         if opts.pad_token_id is not None:
             tokens = torch.where(unfinished, tokens, torch.full_like(tokens, opts.pad_token_id))
         ids = torch.cat([ids, tokens[:, None]], dim=1)
@@ -219,7 +235,7 @@ def decode_causal(
         state["cache"] = o.cache
         return o.logits[:, -1]
 
-    return _loop(input_ids, out.logits[:, -1], step, opts)
+    return decode_loop(input_ids, out.logits[:, -1], step, opts)
 
 
 @torch.no_grad()
@@ -248,4 +264,4 @@ def decode_seq2seq(
         state["cache"] = o.cache
         return o.logits[:, -1]
 
-    return _loop(ids, out.logits[:, -1], step, opts)
+    return decode_loop(ids, out.logits[:, -1], step, opts)

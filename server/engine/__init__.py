@@ -7,7 +7,7 @@ import logging
 from ..adapters import AdapterRegistry, store_config
 from ..metrics import Metrics
 from ..modeling import load_base
-from ..settings import Settings
+from ..settings import Settings, public_base_name
 from ..store import PrometheusStoreMetrics
 from .engine import Engine, EngineHold
 from .limits import TokenLimits, context_length
@@ -58,7 +58,7 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
     # on the event loop that will serve their leases.
     registry = AdapterRegistry(
         base.model,
-        base_name=base_name or base_model,
+        base_name=public_base_name(base_name, base_model),
         base_id2label=base.id2label,
         resident=str(base.device),
         config=store_config(settings),

@@ -2,7 +2,9 @@
 `/v1/models`. The adapter is named by `model`; the base model's own name means no adapter.
 
 Sampling follows OpenAI: `temperature` defaults to 1 (sampling) and 0 means greedy. Stop sequences are cut
-from the returned text, streamed or not.
+from the returned text, streamed or not. `echo` (completions) prepends the prompt; `stream_options.
+include_usage` adds a last chunk with the usage. Documented parameters not implemented yet are a 422
+(`unsupported()` in schemas.py), never silently ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from ..generation import (
     trim_at_stop,
 )
 from ..sampling import SamplingParams
-from ..schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from ..schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    refuse_unsupported,
+)
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -39,6 +47,7 @@ FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 async def _submit(
     body: CompletionRequest | ChatCompletionRequest, input_ids: list[int], settings: Settings, engine: Engine
 ) -> tuple[RequestHandle, list[str]]:
+    refuse_unsupported(body.unsupported())
     adapter = engine.registry.resolve_model(body.model)
     try:
         stops = body.stop_list()
@@ -73,17 +82,32 @@ def _usage(finish: FinishEvent) -> dict[str, int]:
     }
 
 
-async def _stream(handle: RequestHandle, stops: list[str], chunk: Any) -> AsyncIterator[bytes]:
-    """OpenAI chunk stream: `chunk(text, finish_reason)` builds each payload; ends with `data: [DONE]`."""
+async def _stream(
+    handle: RequestHandle,
+    stops: list[str],
+    chunk: Any,
+    *,
+    include_usage: bool = False,
+    prefix: str = "",
+) -> AsyncIterator[bytes]:
+    """OpenAI chunk stream: `chunk(text, finish_reason)` builds each payload; ends with `data: [DONE]`.
+
+    `prefix` (echo) is the first chunk's text. With `include_usage`, every chunk carries `usage: null` and a
+    last chunk with no choices carries the usage (OpenAI's `stream_options`)."""
+    usage: dict[str, Any] = {"usage": None} if include_usage else {}
+    if prefix:
+        yield sse(json.dumps({**chunk(prefix, None), **usage}))
     trimmer = StopTrimmer(stops)
     async for event in stream_events(handle):
         if isinstance(event, TokenEvent):
             text = trimmer.push(event.text)
             if text:
-                yield sse(json.dumps(chunk(text, None)))
+                yield sse(json.dumps({**chunk(text, None), **usage}))
         elif isinstance(event, FinishEvent):
             rest = trimmer.finish()
-            yield sse(json.dumps(chunk(rest, FINISH[event.finish_reason])))
+            yield sse(json.dumps({**chunk(rest, FINISH[event.finish_reason]), **usage}))
+            if include_usage:
+                yield sse(json.dumps({**chunk("", None), "choices": [], "usage": _usage(event)}))
         else:
             _, payload = error_payload(event.error)
             yield sse(json.dumps(payload))
@@ -101,10 +125,14 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             return {**meta, "object": "text_completion", "choices": [choice]}
 
-        return StreamingResponse(_stream(handle, stops, chunk), media_type="text/event-stream")
+        prefix = body.prompt if body.echo else ""
+        stream = _stream(handle, stops, chunk, include_usage=body.include_usage, prefix=prefix)
+        return StreamingResponse(stream, media_type="text/event-stream")
     done = await run_to_completion(request, handle)
     assert done.finish is not None
     text = trim_at_stop(done.finish.generated_text, stops)
+    if body.echo:
+        text = body.prompt + text
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[done.finish.finish_reason]}
     return {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(done.finish)}
 
@@ -114,7 +142,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep
 ):
     """Chat completion, the prompt built by the tokenizer's chat template (400 when it has none)."""
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
     handle, stops = await _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
@@ -128,7 +156,8 @@ async def chat_completions(
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
 
-        return StreamingResponse(_stream(handle, stops, chunk), media_type="text/event-stream")
+        stream = _stream(handle, stops, chunk, include_usage=body.include_usage)
+        return StreamingResponse(stream, media_type="text/event-stream")
     done = await run_to_completion(request, handle)
     assert done.finish is not None
     message = {"role": "assistant", "content": trim_at_stop(done.finish.generated_text, stops)}

@@ -18,6 +18,8 @@ class StoreConfig:
     adapter_roots: tuple[str, ...] = ()
     uploads_root: str | None = None
     allow_hub: bool = True
+    # adapter_model.bin from local and Hub sources, read with torch.load(weights_only=True); never uploads
+    allow_bin_weights: bool = False
     hub_owners: tuple[str, ...] | None = None
     hub_cache_dir: str | None = None
     hub_token: str | None = None

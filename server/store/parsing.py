@@ -110,7 +110,7 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
             f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
             "serve a lower-rank adapter or raise --max-adapter-rank."
         )
-    peft_type = parsed.peft_type.value
+    peft_type = parsed.peft_type
     return HostAdapter(
         name=name,
         parsed=parsed,

@@ -57,6 +57,7 @@ class Pipeline:
                 max_bytes=config.max_adapter_bytes,
                 cache_dir=config.hub_cache_dir,
                 token=config.hub_token,
+                allow_bin_weights=config.allow_bin_weights,
             ),
         )
         return await self.parse(name, files)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
+
+from safetensors.torch import save as safetensors_save
 
 from adapters_core.errors import AdapterNotFoundError, UnsafeFormatError
 from adapters_core.hub import resolve_file
 from adapters_core.peft_names import CONFIG_NAME, PICKLE_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
+from adapters_core.weights_io import load_pickle_weights_only
 
 from .errors import InvalidAdapterNameError, SourceNotAllowedError, UploadTooLargeError
 
@@ -172,21 +175,45 @@ def _read(path: str, max_bytes: int, root: str | None) -> bytes:
         return fh.read()
 
 
-def _refuse_pickle(where: str, has_pickle: bool) -> None:
+def _bin_as_safetensors(path: str, max_bytes: int, root: str | None) -> bytes:
+    """`adapter_model.bin` read with torch.load(weights_only=True) (tensors only, no code runs), re-encoded as
+    safetensors bytes: everything after the fetch stage sees one format."""
+    real = os.path.realpath(path)
+    if root is not None and not _within(real, root):
+        raise SourceNotAllowedError(f"{os.path.basename(path)} links outside its adapter root; refused.")
+    size = os.path.getsize(real)
+    if size > max_bytes:
+        raise UploadTooLargeError(
+            f"{os.path.basename(path)} is {size} bytes, above this server's limit of {max_bytes} bytes."
+        )
+    state = load_pickle_weights_only(real)
+    # clone: a .bin may hold views of one storage, which safetensors refuses to write
+    return safetensors_save({key: tensor.detach().clone().contiguous() for key, tensor in state.items()})
+
+
+def _refuse_pickle(where: str, has_pickle: bool) -> NoReturn:
     if has_pickle:
         raise UnsafeFormatError(
-            f"{where}: only {PICKLE_WEIGHTS_NAME} (a pickle, which can run code) was found; the server loads "
-            f"{SAFETENSORS_WEIGHTS_NAME} only. Convert it with safetensors."
+            f"{where}: only {PICKLE_WEIGHTS_NAME} (a pickle) was found; this server loads "
+            f"{SAFETENSORS_WEIGHTS_NAME} only. Convert it with safetensors, or start the server with "
+            "--allow-bin-weights to read it with torch.load(weights_only=True) (never for uploads)."
         )
     raise AdapterNotFoundError(f"{where}: no {SAFETENSORS_WEIGHTS_NAME}; is this a PEFT adapter?")
 
 
 def fetch(
-    source: AdapterSource, *, max_bytes: int, cache_dir: str | None = None, token: str | bool | None = None
+    source: AdapterSource,
+    *,
+    max_bytes: int,
+    cache_dir: str | None = None,
+    token: str | bool | None = None,
+    allow_bin_weights: bool = False,
 ) -> FetchedFiles:
     """Read the config and safetensors bytes of `source` (blocking: run it in a worker thread).
 
-    Pickle-only adapters raise `UnsafeFormatError`; files above `max_bytes` raise `UploadTooLargeError`.
+    Pickle-only adapters raise `UnsafeFormatError`, unless `allow_bin_weights` and the source is local or the
+    Hub (never an upload): then the .bin is read weights-only and re-encoded. Files above `max_bytes` raise
+    `UploadTooLargeError`.
     """
     if source.kind in ("local", "upload"):
         directory = os.path.join(source.location, source.subfolder or "")
@@ -194,33 +221,48 @@ def fetch(
         weights_path = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
         if not os.path.isfile(config_path):
             raise AdapterNotFoundError(f"{source.describe()}: no {CONFIG_NAME}.")
-        if not os.path.isfile(weights_path):
-            _refuse_pickle(source.describe(), os.path.isfile(os.path.join(directory, PICKLE_WEIGHTS_NAME)))
-        return FetchedFiles(
-            _read(config_path, max_bytes, source.root),
-            _read(weights_path, max_bytes, source.root),
-            origin=source.describe(),
-        )
-    return _fetch_hub(source, max_bytes=max_bytes, cache_dir=cache_dir, token=token)
+        config = _read(config_path, max_bytes, source.root)
+        if os.path.isfile(weights_path):
+            weights = _read(weights_path, max_bytes, source.root)
+        else:
+            bin_path = os.path.join(directory, PICKLE_WEIGHTS_NAME)
+            has_bin = os.path.isfile(bin_path)
+            if not (has_bin and allow_bin_weights and source.kind == "local"):
+                _refuse_pickle(source.describe(), has_bin)
+            weights = _bin_as_safetensors(bin_path, max_bytes, source.root)
+        return FetchedFiles(config, weights, origin=source.describe())
+    return _fetch_hub(
+        source, max_bytes=max_bytes, cache_dir=cache_dir, token=token, allow_bin_weights=allow_bin_weights
+    )
 
 
 def _fetch_hub(
-    source: AdapterSource, *, max_bytes: int, cache_dir: str | None, token: str | bool | None
+    source: AdapterSource,
+    *,
+    max_bytes: int,
+    cache_dir: str | None,
+    token: str | bool | None,
+    allow_bin_weights: bool,
 ) -> FetchedFiles:
     hub: dict[str, Any] = dict(
         subfolder=source.subfolder, revision=source.revision, cache_dir=cache_dir, token=token
     )
     config_path = resolve_file(source.location, CONFIG_NAME, **hub)
     weights_path = resolve_file(source.location, SAFETENSORS_WEIGHTS_NAME, missing_ok=True, **hub)
-    if weights_path is None:
-        pickle_path = resolve_file(source.location, PICKLE_WEIGHTS_NAME, missing_ok=True, **hub)
-        _refuse_pickle(source.describe(), pickle_path is not None)
-    assert config_path is not None and weights_path is not None
+    assert config_path is not None
+    if weights_path is not None:
+        weights = _read(weights_path, max_bytes, None)
+    else:
+        weights_path = resolve_file(source.location, PICKLE_WEIGHTS_NAME, missing_ok=True, **hub)
+        if weights_path is None or not allow_bin_weights:
+            _refuse_pickle(source.describe(), weights_path is not None)
+        assert weights_path is not None
+        weights = _bin_as_safetensors(weights_path, max_bytes, None)
     # hf_hub_download returns .../snapshots/<commit>/...: record the commit the revision resolved to.
     commit = _SNAPSHOT.search(weights_path.replace(os.sep, "/"))
     return FetchedFiles(
         _read(config_path, max_bytes, None),
-        _read(weights_path, max_bytes, None),
+        weights,
         origin=source.describe(),
         revision=commit.group(1) if commit else source.revision,
     )

@@ -19,7 +19,7 @@ from adapters_core import (
     UnsupportedError,
     get_adapter_model,
 )
-from adapters_core.registry import _METHODS, MethodSpec
+from adapters_core.registry import _METHODS, MethodSpec, ServingForm
 from adapters_core.tuners.protocol import AdapterTuner
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -211,8 +211,13 @@ class _MinimalTuner(torch.nn.Module):
 def test_any_registered_method_works_and_missing_capabilities_raise(monkeypatch) -> None:
     from adapters_core.config import PeftType
 
-    spec = MethodSpec(peft_type=PeftType.LORA, config_cls=LoraConfig, tuner_cls=_MinimalTuner)
-    monkeypatch.setitem(_METHODS, PeftType.LORA, spec)
+    spec = MethodSpec(
+        peft_type=PeftType.LORA,
+        config_cls=LoraConfig,
+        tuner_cls=_MinimalTuner,
+        serving=ServingForm.UNSUPPORTED,
+    )
+    monkeypatch.setitem(_METHODS, "LORA", spec)
     model = get_adapter_model(tiny_llama(), LoraConfig(r=4))
     assert isinstance(model.base_model, AdapterTuner)
     assert max_abs_diff(logits(model), logits(tiny_llama())) == 0.0

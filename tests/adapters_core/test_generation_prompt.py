@@ -93,8 +93,8 @@ def test_sampled_generate_equals_repeated_forward_sampling(method: str, base: st
     processors = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(20)])
     oracle_gen = torch.Generator().manual_seed(1234)
 
-    def sample(ids, logits):
-        probs = processors(ids, logits).softmax(-1)
+    def sample(ids, logits):  # transformers' warpers; the draw in float64, as adapters_core/sampling.py draws
+        probs = processors(ids, logits.double()).softmax(-1)
         return torch.multinomial(probs, 1, generator=oracle_gen).squeeze(1)
 
     got = ours.generate(

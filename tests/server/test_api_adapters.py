@@ -344,5 +344,8 @@ def test_no_route_shows_a_server_path(serve, llama_dir, causal_adapters, tmp_pat
     sources = {card["id"]: card.get("source") for card in models.json()["data"]}
     assert sources["mine"] == "local:lora4" and sources["ia3"] == "local:ia3" and sources["sent"] == "upload"
     assert {a["name"]: a["source"] for a in listed.json()["data"]} == {k: v for k, v in sources.items() if v}
+    # The base model is listed by its directory's name, not the path it was loaded from.
+    assert models.json()["data"][0]["id"] == llama_dir.name
     for response in (models, listed, one):
         assert str(operator_dir.parent) not in response.text and str(tmp_path) not in response.text
+        assert str(llama_dir) not in response.text

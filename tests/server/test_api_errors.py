@@ -14,6 +14,7 @@ from server.app import create_app
 from server.settings import Settings
 
 OK = {"inputs": "w1 w2", "parameters": {"max_new_tokens": 2}}
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,28 @@ CASES = [
     ("too many stops", dict(json={"inputs": "w1", "parameters": {"stop": ["a", "b", "c"]}}), 422),
     ("oversized body", dict(json={"inputs": "w1 " * 3000}), 413),
     ("unknown adapter", dict(json={"inputs": "w1", "parameters": {"adapter_id": "nope"}}), 404),
+    # Odd text: a lone surrogate (JSON can spell one) is a 422, wherever it is; NUL is just a character.
+    ("lone surrogate in inputs", dict(content=b'{"inputs": "w1 \\ud83d"}', headers=JSON), 422),
+    (
+        "lone surrogate in stop",
+        dict(content=b'{"inputs": "w1", "parameters": {"stop": ["\\ud83d"]}}', headers=JSON),
+        422,
+    ),
+    (
+        "lone surrogate in adapter",
+        dict(content=b'{"inputs": "w1", "parameters": {"adapter_id": "\\udc00"}}', headers=JSON),
+        422,
+    ),
+    ("lone surrogate as a key", dict(content=b'{"inputs": "w1", "\\ud83d": 1}', headers=JSON), 422),
+    # Strict types: no coercion of strings, bools or floats into ints, nor of ints or strings into bools.
+    ("max_new_tokens as string", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": "10"}}), 422),
+    ("max_new_tokens as bool", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": True}}), 422),
+    ("max_new_tokens as float", dict(json={"inputs": "w1", "parameters": {"max_new_tokens": 2.0}}), 422),
+    ("do_sample as int", dict(json={"inputs": "w1", "parameters": {"do_sample": 1}}), 422),
+    ("details as string", dict(json={"inputs": "w1", "parameters": {"details": "true"}}), 422),
+    ("seed as string", dict(json={"inputs": "w1", "parameters": {"seed": "7"}}), 422),
+    ("temperature as string", dict(json={"inputs": "w1", "parameters": {"temperature": "0.5"}}), 422),
+    ("inputs as list", dict(json={"inputs": ["w1"]}), 422),
 ]
 
 
@@ -84,6 +107,44 @@ def test_openai_bad_input(client) -> None:
     _check(client.post("/v1/chat/completions", json={"model": "lora4", "messages": []}), 422)
     _check(client.post("/classify", json={"inputs": "w1"}), 400, "bad_request")  # a causal LM has no head
     _check(client.get("/nowhere"), 404, "not_found")
+
+
+def test_odd_text_is_a_422_on_every_text_route(client) -> None:
+    """A lone surrogate reached the tokenizer (TypeError, 500) from a chat message; echoed in an error
+    message it broke the JSON response (500). Each is now a 422 that names the character."""
+    chat = b'{"model": "lora4", "messages": [{"role": "user", "content": "w1 %s"}]%s}'
+    cases = [
+        ("/v1/chat/completions", chat % (b"\\ud83d", b"")),
+        ("/v1/chat/completions", chat % (b"w2", b', "stop": "\\ud83d"')),
+        ("/v1/completions", b'{"model": "lora4", "prompt": "w1 \\ud83d"}'),
+        ("/v1/completions", b'{"model": "\\ud83d", "prompt": "w1"}'),
+    ]
+    for route, content in cases:
+        body = _check(client.post(route, content=content, headers=JSON), 422, "validation")
+        assert "lone surrogate ('\\ud83d'" in body["error"], (route, body)
+    nul = {"inputs": "w1 \u0000 w2", "parameters": {"max_new_tokens": 2}}
+    assert client.post("/generate", json=nul).status_code == 200
+    nul_chat = {"model": "lora4", "messages": [{"role": "user", "content": "w1\u0000"}], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=nul_chat).status_code == 200
+    assert client.post("/generate", json=OK).status_code == 200
+
+
+def test_truncate_applies_before_the_input_limit(client) -> None:
+    long = " ".join(["w1"] * 30)  # over max_input_tokens (16)
+    _check(client.post("/generate", json={"inputs": long}), 422)
+    ok = client.post("/generate", json={"inputs": long, "parameters": {"truncate": 10, "max_new_tokens": 2}})
+    assert ok.status_code == 200, ok.text
+    over = client.post("/generate", json={"inputs": "w1", "parameters": {"truncate": 17}})
+    assert "--max-input-tokens" in _check(over, 422, "validation")["error"]
+
+
+def test_openai_types_are_strict(client) -> None:
+    base = {"model": "lora4", "prompt": "w1"}
+    for field, value in (("max_tokens", "5"), ("max_tokens", True), ("stream", "false"), ("seed", 1.0)):
+        body = _check(client.post("/v1/completions", json={**base, field: value}), 422, "validation")
+        assert field in body["error"]
+    ok = client.post("/v1/completions", json={**base, "max_tokens": 2, "temperature": 0, "top_p": 1})
+    assert ok.status_code == 200, ok.text  # floats take ints
 
 
 def test_chunked_body_over_limit(client) -> None:

@@ -141,3 +141,148 @@ def test_reported_logprobs_are_the_models(client, oracle) -> None:
     logits = multi(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=[None]).logits[0, -1]
     first = out["details"]["tokens"][0]
     assert abs(first["logprob"] - float(torch.log_softmax(logits, -1)[first["id"]])) < 1e-4
+
+
+# -- TGI's and OpenAI's documented parameters: honoured, or a 422 that names them ---------------------------
+def test_tgi_return_full_text_prepends_the_prompt(client) -> None:
+    text = prompt(21)
+    plain = _generate(client, text, "lora4")
+    full = _generate(client, text, "lora4", return_full_text=True)
+    assert full["generated_text"] == text + plain["generated_text"]
+    assert full["details"]["tokens"] == plain["details"]["tokens"]
+    body = {
+        "inputs": text,
+        "parameters": {"adapter_id": "lora4", "max_new_tokens": NEW, "return_full_text": True},
+    }
+    with client.stream("POST", "/generate_stream", json=body) as response:
+        events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    assert events[-1]["generated_text"] == full["generated_text"]
+
+
+def test_tgi_truncate_keeps_the_last_tokens(client) -> None:
+    words = prompt(22, length=6).split()
+    truncated = _generate(client, " ".join(words), "lora8", truncate=2)
+    alone = _generate(client, " ".join(words[-2:]), "lora8")
+    assert truncated["details"]["tokens"] == alone["details"]["tokens"]
+    assert truncated["generated_text"] == alone["generated_text"]
+    assert _generate(client, " ".join(words), "lora8")["details"]["tokens"] != alone["details"]["tokens"]
+
+
+TGI_UNSUPPORTED = {
+    "typical_p": 0.5,
+    "watermark": True,
+    "top_n_tokens": 3,
+    "decoder_input_details": True,
+    "best_of": 2,
+    "frequency_penalty": 0.5,
+    "grammar": {"type": "json", "value": {}},
+}
+TGI_DEFAULTS = {
+    "typical_p": None,
+    "watermark": False,
+    "top_n_tokens": 0,
+    "decoder_input_details": False,
+    "best_of": 1,
+    "frequency_penalty": 0.0,
+    "grammar": None,
+    "truncate": None,
+    "return_full_text": False,
+}
+
+
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream"])
+def test_tgi_parameters_not_supported_yet_are_named(client, route) -> None:
+    for name, value in TGI_UNSUPPORTED.items():
+        response = client.post(route, json={"inputs": "w1", "parameters": {name: value}})
+        assert response.status_code == 422, (name, response.text)
+        assert response.json()["error_type"] == "unsupported" and f"`{name}`" in response.json()["error"]
+    both = client.post(route, json={"inputs": "w1", "parameters": {"watermark": True, "best_of": 3}})
+    assert "`best_of`, `watermark` are not supported" in both.json()["error"]
+    at_defaults = {"inputs": "w1", "parameters": {"max_new_tokens": 2, **TGI_DEFAULTS}}
+    assert client.post(route, json=at_defaults).status_code == 200
+
+
+def test_tgi_stream_flag_must_match_the_route(client) -> None:
+    for route, stream in (("/generate", True), ("/generate_stream", False)):
+        response = client.post(route, json={"inputs": "w1", "stream": stream})
+        assert response.status_code == 422 and "`stream" in response.json()["error"], route
+    assert client.post("/generate", json={"inputs": "w1", "stream": False}).status_code == 200
+
+
+OPENAI_UNSUPPORTED = {
+    "both": {"frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"5": 10}},
+    "/v1/completions": {"logprobs": 2, "suffix": "w3", "best_of": 2},
+    "/v1/chat/completions": {
+        "logprobs": True,
+        "top_logprobs": 2,
+        "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "auto",
+        "functions": [{"name": "f"}],
+        "function_call": "auto",
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "wav"},
+        "prediction": {"type": "content", "content": "w1"},
+        "reasoning_effort": "high",
+        "verbosity": "low",
+        "web_search_options": {},
+        "store": True,
+        "service_tier": "flex",
+    },
+}
+OPENAI_DEFAULTS = {
+    "both": {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "user": "u-1"},
+    "/v1/completions": {"logprobs": None, "suffix": None, "best_of": 1, "echo": False},
+    "/v1/chat/completions": {
+        "logprobs": False,
+        "top_logprobs": 0,
+        "response_format": {"type": "text"},
+        "tools": [],
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
+        "modalities": ["text"],
+        "store": False,
+        "service_tier": "auto",
+        "metadata": {"team": "a"},
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+    },
+}
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_openai_parameters_are_honoured_or_named(client, route) -> None:
+    """They were dropped without a word (`extra="ignore"`): a client asking for tools or logprobs got an
+    answer without them."""
+    base: dict = {"model": "lora4", "max_tokens": 2}
+    base |= (
+        {"prompt": "w1"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "w1"}]}
+    )
+    for name, value in {**OPENAI_UNSUPPORTED["both"], **OPENAI_UNSUPPORTED[route]}.items():
+        response = client.post(route, json={**base, name: value})
+        assert response.status_code == 422, (name, response.text)
+        assert response.json()["error_type"] == "unsupported" and f"`{name}`" in response.json()["error"]
+    unknown = client.post(route, json={**base, "no_such_parameter": 1})
+    assert unknown.status_code == 422 and "no_such_parameter" in unknown.json()["error"]
+    defaults = {**base, **OPENAI_DEFAULTS["both"], **OPENAI_DEFAULTS[route]}
+    assert client.post(route, json=defaults).status_code == 200, defaults
+    options = client.post(route, json={**base, "stream_options": {"include_usage": True}})
+    assert options.status_code == 422 and "stream: true" in options.json()["error"]
+
+
+def test_openai_echo_and_stream_usage(client) -> None:
+    text = prompt(23)
+    body = {"model": "ia3", "prompt": text, "max_tokens": NEW, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]["text"]
+    assert echoed == text + plain
+    stream = {**body, "echo": True, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/completions", json=stream) as response:
+        lines = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(x) for x in lines[:-1]]
+    assert chunks[0]["choices"][0]["text"] == text
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == echoed
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= NEW
+    assert chunks[-1]["usage"]["prompt_tokens"] == len(text.split())

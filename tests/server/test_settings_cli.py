@@ -53,3 +53,39 @@ def test_serve_never_imports_the_trainer() -> None:
         "SWAPYARD_PORT",
     ):
         assert flag in help_text
+
+
+def test_help_shows_defaults_and_the_queue_limit_as_the_engine_counts_it(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "requests waiting to start (running ones not counted); more -> 429 (default: 256)" in help_text
+    assert "waiting + running" not in help_text
+    for shown in ("(default: 8080)", "(default: 127.0.0.1)", "(default: 30.0)", "(default: true)"):
+        assert shown in help_text, shown
+
+
+def test_a_missing_adapter_root_is_a_startup_error(tmp_path, capsys) -> None:
+    from server.serve_cli import main
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValidationError, match="--adapter-root"):
+        parse_settings(["--base-model", "m", "--adapter-root", str(missing)])
+    assert main(["--base-model", "m", "--adapter-root", str(missing)]) == 2
+    assert "--adapter-root" in capsys.readouterr().err
+    assert parse_settings(["--base-model", "m", "--adapter-root", str(tmp_path)]).adapter_root == str(
+        tmp_path
+    )
+
+
+def test_uvicorn_gets_the_keep_alive_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow client is bounded twice: idle keep-alive connections close (uvicorn), and a body that stalls
+    gets a 408 (--request-read-timeout-s, tested in test_api_hardening.py)."""
+    from server import serve_cli, shutdown
+
+    configs = []
+    monkeypatch.setattr(shutdown.DrainingServer, "run", lambda self: configs.append(self.config))
+    argv = ["--base-model", "m", "--keep-alive-timeout-s", "7", "--request-read-timeout-s", "2.5"]
+    assert serve_cli.main(argv) == 0
+    assert configs[0].timeout_keep_alive == 7
+    assert configs[0].app.state.swapyard.settings.request_read_timeout_s == 2.5

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from adapters_core.registry import train_method
 from trainer.cli import build_parser, parse_config
-from trainer.config import DEFAULT_LEARNING_RATE, TrainConfig, resolve_config
+from trainer.config import TrainConfig, resolve_config
 from trainer.errors import TrainConfigError
 
 REQUIRED = [
@@ -27,8 +28,8 @@ REQUIRED = [
 def test_defaults_and_method_learning_rate():
     cfg = parse_config(REQUIRED, environ={})
     assert cfg.batch_size == 8 and cfg.num_epochs == 3 and cfg.prompt_column == "prompt"
-    assert cfg.learning_rate is None and cfg.lr == DEFAULT_LEARNING_RATE["lora"]
-    assert cfg.resolved()["learning_rate"] == DEFAULT_LEARNING_RATE["lora"]
+    assert cfg.learning_rate is None and cfg.lr == train_method("lora")[1].learning_rate
+    assert cfg.resolved()["learning_rate"] == train_method("lora")[1].learning_rate
 
 
 def test_precedence_flag_over_env_over_file(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from train_helpers import write_jsonl
 
 import trainer.run
+from adapters_core.methods.lora import LoraTuner
 from trainer.config import TrainConfig
 from trainer.errors import (
     EmptyDataError,
@@ -128,7 +129,7 @@ def test_method_or_task_does_not_fit_the_model(bases, tmp_path, kind, method, ta
 
 
 def test_lora_without_default_targets_needs_target_modules(bases, tmp_path, monkeypatch):
-    monkeypatch.delitem(trainer.methods.LORA_DEFAULT_TARGETS, "llama")
+    monkeypatch.delitem(LoraTuner.default_targets, "llama")  # type: ignore[attr-defined]
     with pytest.raises(IncompatibleMethodError, match=r"no default target modules .*target_modules"):
         train(_cfg(bases, tmp_path))
 
@@ -173,6 +174,3 @@ def test_unreadable_base_model(tmp_path):
     )
     with pytest.raises(TrainConfigError, match="cannot read the base model"):
         train(cfg)
-
-
-import trainer.methods  # noqa: E402  (monkeypatched above)

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...config import PeftType, register_config
+from ...config import PeftType
 from ...config_checks import MAX_ABS_ALPHA, MAX_RANK, MAX_STEPS, Number
 from ...errors import AdapterConfigError
 from ..lora.config import LoraConfig
@@ -20,10 +20,9 @@ _STEP = Number(int, 0, MAX_STEPS)
 _BETA = Number(float, 0, 1, hint="AdaLoRA's EMA coefficients are in [0, 1] (default 0.85)")
 
 
-@register_config
 @dataclass
 class AdaLoraConfig(LoraConfig):
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.ADALORA
+    PEFT_TYPE: ClassVar[str] = PeftType.ADALORA
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "init_r", "lora_alpha", "target_modules")
     NUMBERS: ClassVar[dict[str, Number]] = {
         "init_r": Number(int, 1, MAX_RANK, hint='set e.g. "init_r": 12 (the rank before pruning)'),

@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import PeftType
 from ...errors import AdapterConfigError, UnsupportedError
-from ...registry import MethodSpec, register_method
 from ...targeting import ADALORA_DEFAULT_TARGETS
 from ...tuners.injection import InjectionTuner
 from ...tuners.layer import TunerLayer, is_conv1d
@@ -171,6 +169,3 @@ class AdaLoraTuner(InjectionTuner):
                 adapter_name, rank, config.lora_alpha, True, ranknum=ranknum if rank > 0 else 0.0
             )
         self._refresh_active()
-
-
-register_method(MethodSpec(peft_type=PeftType.ADALORA, config_cls=AdaLoraConfig, tuner_cls=AdaLoraTuner))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...config import AdapterConfig, PeftType, register_config
+from ...config import AdapterConfig, PeftType
 from ...config_checks import MAX_LAYERS, MAX_VIRTUAL_TOKENS, Number
 from ...errors import AdapterConfigError
 
@@ -13,12 +13,11 @@ from ...errors import AdapterConfigError
 SUPPORTED_TARGETS: dict[str, str] = {"llama": "self_attn", "mistral": "self_attn", "gpt2": "attn"}
 
 
-@register_config
 @dataclass
 class AdaptionPromptConfig(AdapterConfig):
     """LLaMA-Adapter: `adapter_len` gated prompt rows attended by the last `adapter_layers` attention modules."""
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.ADAPTION_PROMPT
+    PEFT_TYPE: ClassVar[str] = PeftType.ADAPTION_PROMPT
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "adapter_len", "adapter_layers")
     NUMBERS: ClassVar[dict[str, Number]] = {
         "adapter_len": Number(int, 1, MAX_VIRTUAL_TOKENS, nullable=True, hint="set e.g. adapter_len=10"),

@@ -5,16 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...config import AdapterConfig, PeftType, register_config
+from ...config import AdapterConfig, PeftType
 from ...errors import AdapterConfigError
 
 
-@register_config
 @dataclass
 class IA3Config(AdapterConfig):
     """IA³: learned vectors that rescale a layer's output (or, for feed-forward layers, its input)."""
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.IA3
+    PEFT_TYPE: ClassVar[str] = PeftType.IA3
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "target_modules", "feedforward_modules")
 
     target_modules: set[str] | list[str] | str | None = None

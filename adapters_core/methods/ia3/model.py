@@ -7,9 +7,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from ...config import AdapterConfig, PeftType
+from ...config import AdapterConfig
 from ...errors import AdapterConfigError, AdapterNotFoundError, UnsupportedError
-from ...registry import MethodSpec, register_method
 from ...targeting import IA3_DEFAULT_FEEDFORWARD, IA3_DEFAULT_TARGETS, is_feedforward, resolve_target_modules
 from ...tuners.injection import InjectionTuner
 from ...tuners.layer import TunerLayer, is_conv1d
@@ -85,6 +84,3 @@ def _union(values: list, field: str) -> object:
     if all(isinstance(v, (set, list)) for v in values):
         return set().union(*values)
     raise AdapterConfigError(f"cannot combine adapters whose {field} mix lists and regex strings.")
-
-
-register_method(MethodSpec(peft_type=PeftType.IA3, config_cls=IA3Config, tuner_cls=IA3Tuner))

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...config import AdapterConfig, PeftType, register_config
+from ...config import AdapterConfig, PeftType
 from ...config_checks import MAX_ABS_ALPHA, MAX_LAYERS, MAX_RANK, Number, check_number, check_number_map
 from ...errors import AdapterConfigError, UnsupportedError
 
@@ -26,12 +26,11 @@ ALPHA = Number(
 LAYER_INDEX = Number(int, 0, MAX_LAYERS, hint="layers_to_transform lists transformer layer indices")
 
 
-@register_config
 @dataclass
 class LoraConfig(AdapterConfig):
     """LoRA: `y = W x + scaling · B A x`, `scaling = lora_alpha / r` (or `/ sqrt(r)` with rsLoRA)."""
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.LORA
+    PEFT_TYPE: ClassVar[str] = PeftType.LORA
     REQUIRED_KEYS: ClassVar[tuple[str, ...]] = ("peft_type", "r", "lora_alpha", "target_modules")
     NUMBERS: ClassVar[dict[str, Number]] = {
         "r": RANK,

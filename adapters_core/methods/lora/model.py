@@ -6,9 +6,7 @@ import warnings
 
 from torch import nn
 
-from ...config import PeftType
 from ...errors import UnsupportedError
-from ...registry import MethodSpec, register_method
 from ...targeting import LORA_DEFAULT_TARGETS, get_pattern_key
 from ...tuners.injection import InjectionTuner
 from ...tuners.layer import CONV_TYPES, TunerLayer, is_conv1d
@@ -104,6 +102,3 @@ class LoraTuner(InjectionTuner):
             svd_full_matrices=svd_full_matrices,
             svd_driver=svd_driver,
         )
-
-
-register_method(MethodSpec(peft_type=PeftType.LORA, config_cls=LoraConfig, tuner_cls=LoraTuner))

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...config import PeftType, register_config
+from ...config import PeftType
 from ...config_checks import MAX_LAYERS, MAX_WIDTH, PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
@@ -19,12 +19,11 @@ class PromptEncoderReparameterizationType(enum.StrEnum):
     LSTM = "LSTM"
 
 
-@register_config
 @dataclass
 class PromptEncoderConfig(PromptLearningConfig):
     """P-tuning: virtual tokens produced by a small MLP or bidirectional LSTM over trainable embeddings."""
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.P_TUNING
+    PEFT_TYPE: ClassVar[str] = PeftType.P_TUNING
     NUMBERS: ClassVar[dict[str, Number]] = {
         **PROMPT_LEARNING_NUMBERS,
         "encoder_hidden_size": Number(int, 1, MAX_WIDTH, nullable=True),

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ...config import PeftType, register_config
+from ...config import PeftType
 from ...config_checks import MAX_WIDTH, PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
 
 
-@register_config
 @dataclass
 class PrefixTuningConfig(PromptLearningConfig):
     """Prefix tuning: `num_virtual_tokens` trainable key/value rows in front of every attention layer.
@@ -20,7 +19,7 @@ class PrefixTuningConfig(PromptLearningConfig):
     (reference §8.1).
     """
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.PREFIX_TUNING
+    PEFT_TYPE: ClassVar[str] = PeftType.PREFIX_TUNING
     NUMBERS: ClassVar[dict[str, Number]] = {
         **PROMPT_LEARNING_NUMBERS,
         "encoder_hidden_size": Number(int, 1, MAX_WIDTH, nullable=True),

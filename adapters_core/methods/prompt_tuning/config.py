@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...config import PeftType, register_config
+from ...config import PeftType
 from ...config_checks import PROMPT_LEARNING_NUMBERS, Number
 from ...errors import AdapterConfigError
 from ...prompt_learning.config import PromptLearningConfig
@@ -20,12 +20,11 @@ class PromptTuningInit(enum.StrEnum):
     RANDOM = "RANDOM"
 
 
-@register_config
 @dataclass
 class PromptTuningConfig(PromptLearningConfig):
     """Prompt tuning: `num_virtual_tokens` trainable embedding rows prepended to the input."""
 
-    PEFT_TYPE: ClassVar[PeftType] = PeftType.PROMPT_TUNING
+    PEFT_TYPE: ClassVar[str] = PeftType.PROMPT_TUNING
     NUMBERS: ClassVar[dict[str, Number]] = {
         **PROMPT_LEARNING_NUMBERS,
     }
