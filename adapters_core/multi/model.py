@@ -125,6 +125,14 @@ class MultiAdapterModel(nn.Module):
         linear = {
             p: m for p, m in self._base_modules.items() if p and (isinstance(m, nn.Linear) or is_conv1d(m))
         }
+        quantized = [p for p, m in linear.items() if not m.weight.dtype.is_floating_point]
+        if quantized:
+            # bitsandbytes (and other) quantized layers keep integer weights: the pools and kernels are float.
+            raise UnsupportedError(
+                f"{quantized[0]} (and {len(quantized) - 1} more) hold quantized {linear[quantized[0]].weight.dtype} "
+                "weights: the serving form runs over float bases only. Serve a float16/bfloat16/float32 base, or "
+                "use AdapterModel, which runs LoRA, IA3 and AdaLoRA over bitsandbytes layers."
+            )
         width = sum(int(weight_rows(m).shape[0] + weight_rows(m).shape[1]) for m in linear.values())
         budget = PoolBudget(adapter_memory_bytes, width, max_adapters, rank_capacity)
         self._layers: dict[str, _MultiBase] = {}

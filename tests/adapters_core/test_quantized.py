@@ -144,3 +144,11 @@ def test_prepare_model_for_kbit_training_as_peft_and_a_qlora_step(base_dir, bits
     for name, grad in grads[0].items():
         assert grad is not None and grads[1][name] is not None and grad.abs().sum() > 0, name
         assert max_abs_diff(grads[1][name], grad) < 1e-4, name
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_the_serving_form_refuses_a_quantized_base_by_name(base_dir, bits: str) -> None:
+    """MultiAdapterModel's pools and kernels are float: a bitsandbytes base is refused at construction, with the
+    layer named, rather than failing later inside the pools."""
+    with pytest.raises(UnsupportedError, match=r"q_proj.*quantized.*float bases only"):
+        adapters_core.MultiAdapterModel(quantized(base_dir, bits))
