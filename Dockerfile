@@ -39,6 +39,8 @@ COPY kernels kernels
 COPY adapters_core adapters_core
 COPY server server
 COPY trainer trainer
+COPY demo demo
+COPY swapyard swapyard
 RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --extras ""
 
 # A non-root user owns only the data volumes.

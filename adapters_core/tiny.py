@@ -1,7 +1,7 @@
 """Tiny transformers models built from configs with a fixed seed: no download, ready in milliseconds.
 
 The one factory of the project's tiny bases: the tests' four (tests/tiny_models.py), the examples' bases
-(examples/make_tiny_base.py), the demos' (server/demo.py, server/demo_sentiment.py) and the benchmark's
+(examples/make_tiny_base.py), the demos' (demo/chat.py, demo/sentiment.py) and the benchmark's
 (bench/bench_multi_adapter.py). It lives in the library, not under tests/, because the demo, the examples
 and the benchmark run without the tests on their path. A base is its kind and a few config numbers; the
 defaults are the tests' shapes (hidden 64, 2 layers, vocab 256, ../shared/reference/peft-format.md):

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SWAPYARD_VENV:-.venv}"
 # Skip the install when Swapyard is already importable from this checkout (a second start is instant).
-if ! "$VENV/bin/python" -c "import torch, server, fastapi, uvicorn" 2>/dev/null || [ ! -x "$VENV/bin/swapyard" ]; then
+if ! "$VENV/bin/python" -c "import torch, swapyard.cli, server, demo, fastapi, uvicorn" 2>/dev/null || [ ! -x "$VENV/bin/swapyard" ]; then
   bash scripts/install.sh --venv "$VENV"
 fi
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"

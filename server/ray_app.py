@@ -14,7 +14,7 @@ the most recently used `max_adapters` of them per replica (the device slots), fo
 means traffic affinity: an adapter's requests keep landing where its weights are already resident in the
 device pool (and host cache), so they hit instead of loading.
 
-Start it with `swapyard-ray` (server/ray_cli.py), or with Ray's own CLI on a cluster:
+Start it with `swapyard-ray` (swapyard/ray_cli.py), or with Ray's own CLI on a cluster:
 `serve run server.ray_app:app_builder base_model=org/model replicas=4`.
 """
 

@@ -1,6 +1,6 @@
 """Offline training that writes PEFT-format adapters (uses adapters_core; never imported by server).
 
-Python API (the CLI is `swapyard train`, see trainer/cli.py):
+Python API (the CLI is `swapyard train`, see swapyard/train_cli.py):
 
     from trainer.config import TrainConfig
     from trainer.run import train

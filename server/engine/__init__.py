@@ -41,7 +41,7 @@ __all__ = [
 def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
     """Load the base model and every adapter the settings name; the engine is returned not yet started.
 
-    Without --base-model the embedded demo is served (built on first run, see server/demo.py). The token
+    Without --base-model the embedded demo is served (built on first run, see demo/). The token
     limits are the settings', clamped to the base's context length (engine/limits.py; the clamp is logged).
     """
     base_model, adapter_dir, base_name = settings.base_model, settings.adapter_dir, settings.served_model_name

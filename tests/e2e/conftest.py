@@ -29,11 +29,9 @@ def free_port() -> int:
 
 
 def swapyard_command() -> list[str]:
-    """The installed `swapyard` entry point next to this interpreter, else the same main via -c."""
-    script = Path(sys.executable).parent / "swapyard"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())"]
+    """The `swapyard` command as `python -m swapyard`: the code of this checkout (with PYTHONPATH), never a
+    console script that an older install left behind."""
+    return [sys.executable, "-m", "swapyard"]
 
 
 @contextmanager

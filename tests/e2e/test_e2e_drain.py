@@ -47,7 +47,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     adapters = make_causal_adapters(base, tmp_path_factory.mktemp("adapters"), names=["lora4"])
     port = _free_port()
     args = [
-        sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())",
+        sys.executable, "-m", "swapyard",
         "serve",
         "--base-model", str(base),
         "--adapter", f"lora4={adapters['lora4']}",

@@ -8,8 +8,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from server.serve_cli import parse_settings
 from server.settings import Settings
+from swapyard.serve_cli import parse_settings
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,14 +33,18 @@ def test_bad_settings_are_refused() -> None:
 
 def test_serve_never_imports_the_trainer() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, server.app, server.serve_cli; print('trainer' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, server.app; print(any(m in sys.modules for m in ('trainer', 'demo', 'swapyard')))",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.stdout.strip() == "False", out.stderr
     help_text = subprocess.run(
-        [sys.executable, "-c", "from server.cli import main; main(['serve', '--help'])"],
+        [sys.executable, "-c", "from swapyard.cli import main; main(['serve', '--help'])"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -66,7 +70,7 @@ def test_help_shows_defaults_and_the_queue_limit_as_the_engine_counts_it(capsys)
 
 
 def test_a_missing_adapter_root_is_a_startup_error(tmp_path, capsys) -> None:
-    from server.serve_cli import main
+    from swapyard.serve_cli import main
 
     missing = tmp_path / "nowhere"
     with pytest.raises(ValidationError, match="--adapter-root"):
@@ -81,7 +85,8 @@ def test_a_missing_adapter_root_is_a_startup_error(tmp_path, capsys) -> None:
 def test_uvicorn_gets_the_keep_alive_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow client is bounded twice: idle keep-alive connections close (uvicorn), and a body that stalls
     gets a 408 (--request-read-timeout-s, tested in test_api_hardening.py)."""
-    from server import serve_cli, shutdown
+    from server import shutdown
+    from swapyard import serve_cli
 
     configs = []
     monkeypatch.setattr(shutdown.DrainingServer, "run", lambda self: configs.append(self.config))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adapters_core.registry import train_method
-from trainer.cli import build_parser, parse_config
+from swapyard.train_cli import build_parser, parse_config
 from trainer.config import TrainConfig, resolve_config
 from trainer.errors import TrainConfigError
 

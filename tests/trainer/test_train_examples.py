@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import parse_config
+from swapyard.train_cli import parse_config
 from trainer.run import train
 
 REPO = Path(__file__).resolve().parents[2]

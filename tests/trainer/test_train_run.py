@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from train_helpers import write_jsonl
 
-from trainer.cli import main
+from swapyard.train_cli import main
 from trainer.config import TrainConfig
 from trainer.run import train
 
@@ -140,7 +140,7 @@ def test_cli_writes_adapter_metrics_and_resolved_config(bases, task_data, tmp_pa
 
 
 def test_swapyard_command_dispatches_train(tmp_path, capsys):
-    from server.cli import main as swapyard
+    from swapyard.cli import main as swapyard
 
-    assert swapyard(["train", "--base-model", "x"]) == 2  # config error, reported by trainer.cli
+    assert swapyard(["train", "--base-model", "x"]) == 2  # config error, reported by swapyard.train_cli
     assert "required but not given" in capsys.readouterr().err

@@ -59,30 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         import ray
         from ray import serve
 
-        from .ray_app import build_app
+        from server.ray_app import build_app
     except ImportError as exc:
         print(f"swapyard-ray needs Ray Serve: pip install 'swapyard[ray]' ({exc})", file=sys.stderr)
         return 2
-    from .serve_cli import parse_settings
+    from .serve_cli import parse_settings, resolve_demo
 
     try:
         settings = parse_settings(serve_argv)
     except ValidationError as exc:
         print(f"swapyard-ray: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    if settings.base_model is None:
-        # Build the demo once here, not in every replica at once (they would race on one cache directory).
-        # Its paths are local: on a multi-node cluster give --base-model a Hub id or a shared path instead.
-        from .demo import prepare
-
-        demo, demo_name = prepare(settings.demo, settings.demo_dir)
-        settings = settings.model_copy(
-            update={
-                "base_model": str(demo.base_dir),
-                "adapter_dir": settings.adapter_dir or str(demo.adapter_dir),
-                "served_model_name": settings.served_model_name or demo_name,
-            }
-        )
+    # Build the demo once here, not in every replica at once (they would race on one cache directory).
+    # Its paths are local: on a multi-node cluster give --base-model a Hub id or a shared path instead.
+    settings = resolve_demo(settings)
     ray.init(address=args.ray_address or None)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(

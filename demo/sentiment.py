@@ -4,7 +4,7 @@ classification adapters with different label sets, trained by `swapyard train --
     sentiment   negative / positive
     emotion     joy / anger / sadness / fear
 
-Built on first run like the chat demo (server/demo.py), deterministic, cached, offline. The base is randomly
+Built on first run like the chat demo (demo/chat.py), deterministic, cached, offline. The base is randomly
 initialised: the adapters learn which words carry the feeling — enough to show per-request heads and labels.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .demo import READY_FILE, Demo, default_dir, run_trainer
+from .common import READY_FILE, Demo, default_dir, run_trainer
 
 # word -> (sentiment, emotion)
 FEELINGS: dict[str, tuple[str, str]] = {

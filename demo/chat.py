@@ -1,13 +1,12 @@
-"""The embedded demo served by `swapyard serve` without `--base-model`: built on first run, offline, cached.
+"""The chat demo (`swapyard serve` without `--base-model`, or `--demo chat`): built on first run, offline, cached.
 
-    chat demo (default)   a tiny Llama-style model taught to answer greetings in English, plus two adapters
-                          trained with `swapyard train` (LoRA): `french` answers in French, `pirate` in pirate
-                          speak. Same prompt, three answers: the adapter visibly changes what the model says.
+A tiny Llama-style model taught to answer greetings in English, plus two adapters trained with `swapyard train`
+(LoRA): `french` answers in French, `pirate` in pirate speak. Same prompt, three answers: the adapter visibly
+changes what the model says.
 
 Everything is deterministic (fixed seeds) and lives in one directory (default `~/.cache/swapyard/demo-v1`,
 or `--demo-dir` / `SWAPYARD_DEMO_DIR`); a complete build is marked by a `READY` file, so later starts skip it.
-Building takes well under a minute on a 2-core CPU. The trainer runs as a child process: the server never imports
-it, and a machine that already has the demo cache never runs it.
+Building takes well under a minute on a 2-core CPU; a machine that already has the demo cache never builds it.
 """
 
 from __future__ import annotations
@@ -16,18 +15,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-DEMO_VERSION = "demo-v1"
-DEMO_MODEL_NAME = "swapyard-demo"
-READY_FILE = "READY"
+from .common import DEMO_VERSION, READY_FILE, Demo, default_dir, run_trainer
 
 # prompt -> (english, french, pirate). Prompts are what a newcomer types; answers are what each adapter says.
 DIALOGUE: dict[str, tuple[str, str, str]] = {
@@ -81,25 +75,6 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}"
 )
-
-
-@dataclass
-class Demo:
-    base_dir: Path
-    adapter_dir: Path
-
-
-def prepare(kind: str | None, directory: str | os.PathLike[str] | None = None) -> tuple[Demo, str]:
-    """(demo, served model name) of the demo `kind` ('chat' when None)."""
-    if kind == "sentiment":
-        from .demo_sentiment import prepare_sentiment_demo
-
-        return prepare_sentiment_demo(directory), DEMO_MODEL_NAME + "-sentiment"
-    return prepare_demo(directory), DEMO_MODEL_NAME
-
-
-def default_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "swapyard" / DEMO_VERSION
 
 
 def prepare_demo(directory: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Demo:
@@ -207,7 +182,7 @@ def train_base(tokenizer: Any, steps: int = 200) -> Any:
 
 
 def train_adapter(base_dir: Path, data_dir: Path, out: Path, column: int) -> None:
-    """Train a LoRA adapter with Swapyard's trainer (imported here, lazily) on one answer style."""
+    """Train a LoRA adapter with `swapyard train` (in a child process) on one answer style."""
     data_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": v, "completion": " " + DIALOGUE[p][column]} for v, p in _prompts()]
     random.Random(column).shuffle(rows)
@@ -230,21 +205,3 @@ def train_adapter(base_dir: Path, data_dir: Path, out: Path, column: int) -> Non
             "progress": False,
         }
     )
-
-
-def run_trainer(config: dict) -> None:
-    """Run `swapyard train` (`python -m trainer --config FILE`) in a child process.
-
-    A separate process keeps the dependency rule: the server never imports the trainer, it only runs it.
-    """
-    config_file = Path(config["output_dir"]).with_suffix(".train.json")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(config), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "trainer", "--config", str(config_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"training the demo adapter {config['output_dir']} failed:\n{done.stderr[-2000:]}")

@@ -4,35 +4,20 @@
         --train-file train.jsonl [--eval-file eval.jsonl] --output-dir out [--lr 2e-4 --epochs 3 ...]
 
 Multi-GPU / multi-node: the same command under torchrun, e.g.
-`torchrun --nproc_per_node 8 -m trainer --config run.yaml` (one process per GPU, DDP).
+`torchrun --nproc_per_node 8 -m swapyard train --config run.yaml` (one process per GPU, DDP).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import types
 import typing
 from collections.abc import Sequence
-from typing import Any
 
-from .config import METHOD_NAMES, TrainConfig, env_name, resolve_config
-from .errors import TrainerError
+from trainer.config import METHOD_NAMES, TrainConfig, env_name, resolve_config
+from trainer.errors import TrainerError
 
-ALIASES = {"learning_rate": ["--lr"], "num_epochs": ["--epochs"]}
-
-
-def _arg_type(annotation: Any) -> tuple[Any, list[str] | None]:
-    """(python type, choices) of a field annotation; Optional is unwrapped, Literal becomes choices."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _arg_type(inner[0])
-    if origin is typing.Literal:
-        return str, [str(a) for a in typing.get_args(annotation)]
-    if origin is dict or annotation is dict:
-        return str, None  # a JSON object, parsed by resolve_config
-    return annotation, None
+from .flags import add_model_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,23 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         "flag > environment > config file > default.",
     )
     parser.add_argument("--config", default=None, help=f"YAML or JSON config file [env {env_name('config')}]")
-    for name, field in TrainConfig.model_fields.items():
-        kind, choices = _arg_type(field.annotation)
-        kwargs: dict[str, Any] = {"dest": name, "default": None}
-        default = (
-            "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
-        )
-        kwargs["help"] = f"{field.description} ({default}) [env {env_name(name)}]"
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-            if choices:
-                kwargs["choices"] = choices
-        if name == "method":  # adapters_core's method table, read when a value is checked (not for --help)
-            kwargs.update(choices=METHOD_NAMES, metavar="METHOD")
-        parser.add_argument("--" + name.replace("_", "-"), *ALIASES.get(name, []), **kwargs)
-    return parser
+    return add_model_flags(
+        parser,
+        TrainConfig,
+        env_name,
+        aliases={"learning_rate": ["--lr"], "num_epochs": ["--epochs"]},
+        # adapters_core's method table, read when a value is checked (not for --help)
+        overrides={"method": {"choices": METHOD_NAMES, "metavar": "METHOD"}},
+    )
 
 
 def parse_config(
@@ -74,7 +50,7 @@ def parse_config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `swapyard train`; returns the process exit status."""
-    from .run import train  # imports torch/transformers/adapters_core: keep --help fast
+    from trainer.run import train  # imports torch/transformers/adapters_core: keep --help fast
 
     try:
         cfg = parse_config(argv)
@@ -96,7 +72,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"adapter written to {result.output_dir}" + (f" ({summary})" if summary else ""))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

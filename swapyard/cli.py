@@ -1,0 +1,56 @@
+"""The `swapyard` command line: one entry point that dispatches to the packages.
+
+    swapyard serve ...   server/ (swapyard serve --help)
+    swapyard train ...   trainer/ (swapyard train --help)
+    swapyard bench ...   not built yet (issue 19)
+
+Each command parses its own flags (swapyard/flags.py generates them from the settings models), so this module
+only picks the command; the packages below never import each other or this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from collections.abc import Sequence
+
+BENCH_MISSING = (
+    "swapyard bench: not built yet (issue 19); meanwhile run the scripts in bench/ directly, "
+    "e.g. python bench/bench_multi_adapter.py --help"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swapyard", description="Serve one frozen base model with many PEFT adapters."
+    )
+    parser.add_argument("--version", action="version", version=importlib.metadata.version("swapyard"))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "serve", help="serve a base model and its adapters over HTTP (swapyard serve --help)", add_help=False
+    )
+    commands.add_parser("train", help="train a PEFT-format adapter (swapyard train --help)", add_help=False)
+    commands.add_parser("bench", help="benchmarks (not built yet: issue 19)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `swapyard`; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "serve":
+        from .serve_cli import main as serve_main
+
+        return serve_main(rest)
+    if command == "train":
+        from .train_cli import main as train_main
+
+        return train_main(rest)
+    if command == "bench":
+        print(BENCH_MISSING, file=sys.stderr)
+        return 2
+    parser = build_parser()
+    parser.parse_args(argv)  # --version, --help, or an unknown command (argparse's error, exit 2)
+    parser.print_help()
+    return 0
