@@ -424,7 +424,7 @@ class AdapterModelForFeatureExtraction(AdapterModel):
 
 
 TASK_MODEL_CLASSES: dict[TaskType, type[AdapterModel]] = {
-    c.TASK_TYPE: c  # type: ignore[misc]
+    c.TASK_TYPE: c
     for c in (
         AdapterModelForCausalLM,
         AdapterModelForSeq2SeqLM,

@@ -30,7 +30,7 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.swapyard  # type: ignore[no-any-return]
+    return request.app.state.swapyard
 
 
 def get_settings(request: Request) -> Settings:

@@ -216,11 +216,11 @@ class MultiAdapterModel(nn.Module):
             for path, t in parsed.lora.items():
                 layer = self._layers[path]
                 touched.append(layer)
-                layer.load_lora(slot, t)  # type: ignore[attr-defined]
+                layer.load_lora(slot, t)
             for path, (vec, feedforward) in parsed.ia3.items():
                 layer = self._layers[path]
                 touched.append(layer)
-                layer.load_ia3(slot, vec, feedforward)  # type: ignore[attr-defined]
+                layer.load_ia3(slot, vec, feedforward)
             for path, params in parsed.overrides.items():
                 layer = self._layers.get(path) or self._wrap_other(path)
                 touched.append(layer)

@@ -161,8 +161,8 @@ class DecodeState:
             return DecodeState(cache=cache, **common)
         parts = [s.cache for s in states]
         assert all(isinstance(c, EncoderDecoderCache) for c in parts)
-        own = _cat_caches([c.self_attention_cache for c in parts], left=True)  # type: ignore[union-attr]
-        cross = _cat_caches([c.cross_attention_cache for c in parts], left=False)  # type: ignore[union-attr]
+        own = _cat_caches([c.self_attention_cache for c in parts], left=True)
+        cross = _cat_caches([c.cross_attention_cache for c in parts], left=False)
         return DecodeState(
             cache=EncoderDecoderCache(own, cross),
             encoder_hidden=_pad_cat([s.encoder_hidden for s in states], left=False),  # type: ignore[misc]

@@ -90,7 +90,7 @@ class AdaLoraTuner(InjectionTuner):
         elif config.rank_pattern:
             allocator.mask_using_rank_pattern(self.model, config.rank_pattern)
 
-    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:  # type: ignore[override]
+    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:
         if not (isinstance(target, nn.Linear) or is_conv1d(target)):
             raise UnsupportedError(
                 f"{key}: AdaLoRA cannot target a {type(target).__name__}; Swapyard supports nn.Linear and Conv1D."
@@ -101,7 +101,7 @@ class AdaLoraTuner(InjectionTuner):
             target, adapter_name, config.init_r, config.lora_alpha, bool(config.init_lora_weights)
         )
 
-    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:  # type: ignore[override]
+    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:
         if not isinstance(layer, SVDLinear):
             raise UnsupportedError(f"{key}: already adapted by another method ({type(layer).__name__}).")
         layer.update_layer(adapter_name, config.init_r, config.lora_alpha, bool(config.init_lora_weights))

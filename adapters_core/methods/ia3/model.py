@@ -28,7 +28,7 @@ class IA3Tuner(InjectionTuner):
             resolved = dataclasses.replace(resolved, feedforward_modules=feedforward)
         return resolved
 
-    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:  # type: ignore[override]
+    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:
         if not (isinstance(target, nn.Linear) or is_conv1d(target)):
             raise UnsupportedError(
                 f"{key}: IA3 cannot target a {type(target).__name__}; Swapyard supports nn.Linear and Conv1D."
@@ -38,7 +38,7 @@ class IA3Tuner(InjectionTuner):
         feedforward = is_feedforward(key, config.feedforward_modules)
         return Linear(target, adapter_name, feedforward, config.init_ia3_weights)
 
-    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:  # type: ignore[override]
+    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:
         if not isinstance(layer, Linear):
             raise UnsupportedError(f"{key}: already adapted by another method ({type(layer).__name__}).")
         layer.update_layer(adapter_name, config.init_ia3_weights)

@@ -33,7 +33,7 @@ class LoraTuner(InjectionTuner):
 
     default_targets = LORA_DEFAULT_TARGETS
 
-    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:  # type: ignore[override]
+    def create_layer(self, target: nn.Module, config, adapter_name: str, key: str) -> TunerLayer:
         r, alpha = rank_and_alpha(config, key)
         if isinstance(target, nn.Embedding):
             return Embedding(target, adapter_name, config, r, alpha)
@@ -55,7 +55,7 @@ class LoraTuner(InjectionTuner):
             "nn.Embedding and nn.Conv1d/2d/3d. Narrow target_modules."
         )
 
-    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:  # type: ignore[override]
+    def update_layer(self, layer: TunerLayer, config, adapter_name: str, key: str) -> None:
         if not isinstance(layer, LoraLayer):
             raise UnsupportedError(f"{key}: already adapted by another method ({type(layer).__name__}).")
         r, alpha = rank_and_alpha(config, key)

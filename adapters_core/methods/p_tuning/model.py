@@ -12,5 +12,5 @@ class PromptEncoderModel(PromptLearningTuner):
 
     config_cls = PromptEncoderConfig
 
-    def build_encoder(self, config) -> PromptEncoderBase:  # type: ignore[override]
+    def build_encoder(self, config) -> PromptEncoderBase:
         return PromptEncoder(config)

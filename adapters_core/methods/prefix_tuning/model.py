@@ -13,5 +13,5 @@ class PrefixTuningModel(PromptLearningTuner):
     config_cls = PrefixTuningConfig
     is_prefix = True
 
-    def build_encoder(self, config) -> PromptEncoderBase:  # type: ignore[override]
+    def build_encoder(self, config) -> PromptEncoderBase:
         return PrefixEncoder(config)

@@ -12,5 +12,5 @@ class PromptTuningModel(PromptLearningTuner):
 
     config_cls = PromptTuningConfig
 
-    def build_encoder(self, config) -> PromptEncoderBase:  # type: ignore[override]
+    def build_encoder(self, config) -> PromptEncoderBase:
         return PromptEmbedding(config, self.word_embeddings)
