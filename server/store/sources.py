@@ -162,7 +162,9 @@ class SourcePolicy:
         return AdapterSource("hub", repo_id, revision=revision, subfolder=subfolder)
 
 
-def _read(path: str, max_bytes: int, root: str | None) -> bytes:
+def _checked_path(path: str, max_bytes: int, root: str | None) -> str:
+    """The real path of `path` once it is known to stay inside `root` (when given) and to be at most
+    `max_bytes` long; `SourceNotAllowedError` / `UploadTooLargeError` otherwise."""
     real = os.path.realpath(path)
     if root is not None and not _within(real, root):
         raise SourceNotAllowedError(f"{os.path.basename(path)} links outside its adapter root; refused.")
@@ -171,22 +173,18 @@ def _read(path: str, max_bytes: int, root: str | None) -> bytes:
         raise UploadTooLargeError(
             f"{os.path.basename(path)} is {size} bytes, above this server's limit of {max_bytes} bytes."
         )
-    with open(real, "rb") as fh:
+    return real
+
+
+def _read(path: str, max_bytes: int, root: str | None) -> bytes:
+    with open(_checked_path(path, max_bytes, root), "rb") as fh:
         return fh.read()
 
 
 def _bin_as_safetensors(path: str, max_bytes: int, root: str | None) -> bytes:
     """`adapter_model.bin` read with torch.load(weights_only=True) (tensors only, no code runs), re-encoded as
     safetensors bytes: everything after the fetch stage sees one format."""
-    real = os.path.realpath(path)
-    if root is not None and not _within(real, root):
-        raise SourceNotAllowedError(f"{os.path.basename(path)} links outside its adapter root; refused.")
-    size = os.path.getsize(real)
-    if size > max_bytes:
-        raise UploadTooLargeError(
-            f"{os.path.basename(path)} is {size} bytes, above this server's limit of {max_bytes} bytes."
-        )
-    state = load_pickle_weights_only(real)
+    state = load_pickle_weights_only(_checked_path(path, max_bytes, root))
     # clone: a .bin may hold views of one storage, which safetensors refuses to write
     return safetensors_save({key: tensor.detach().clone().contiguous() for key, tensor in state.items()})
 
