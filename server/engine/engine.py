@@ -300,21 +300,26 @@ class Engine:
         for row, pick in zip(self._batch.rows, picks):
             if row.handle.cancelled:
                 continue
+            if isinstance(pick, Exception):
+                self._fail_alone(row, pick)
+                continue
             try:
-                if isinstance(pick, Exception):
-                    raise pick
                 self._emit_row(row, pick, now)
-            except Exception as exc:  # this row fails alone; the others go on
-                status, _ = status_of(exc)
-                log.log(
-                    logging.ERROR if status >= 500 else logging.INFO,
-                    "request %d failed alone: %s",
-                    row.handle.id,
-                    exc,
-                    exc_info=exc if status >= 500 else None,
-                )
-                self._fail([row], exc)
+            except Exception as exc:
+                self._fail_alone(row, exc)
         self.metrics.observe_tokens([row.request.adapter for row in self._batch.rows])
+
+    def _fail_alone(self, row: Row, exc: Exception) -> None:
+        """Fail one row of the step (its sampling or emitting went wrong); the others go on."""
+        status, _ = status_of(exc)
+        log.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "request %d failed alone: %s",
+            row.handle.id,
+            exc,
+            exc_info=exc if status >= 500 else None,
+        )
+        self._fail([row], exc)
 
     def _emit_row(self, row: Row, pick: Pick, now: float) -> None:
         """Record the row's token (detokenize, check stops), send its events."""
