@@ -42,9 +42,6 @@ class HostAdapter:
 
     name: str
     parsed: ParsedAdapter
-    method: str
-    task_type: str | None
-    rank: int | None
     revision: str | None = None
 
     @property
@@ -58,6 +55,20 @@ class HostAdapter:
     @property
     def nbytes(self) -> int:
         return self.parsed.nbytes
+
+    @property
+    def method(self) -> str:
+        return self.parsed.peft_type
+
+    @property
+    def task_type(self) -> str | None:
+        task_type = self.parsed.config.task_type
+        return getattr(task_type, "value", task_type)
+
+    @property
+    def rank(self) -> int | None:
+        """The LoRA-family rank; None for IA3 and prompt methods."""
+        return self.parsed.max_rank or None
 
     @property
     def probe_max_delta(self) -> float | None:
@@ -110,12 +121,4 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
             f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
             "serve a lower-rank adapter or raise --max-adapter-rank."
         )
-    peft_type = parsed.peft_type
-    return HostAdapter(
-        name=name,
-        parsed=parsed,
-        method=peft_type,
-        task_type=getattr(config.task_type, "value", config.task_type),
-        rank=parsed.max_rank or None,  # LoRA-family rank; None for IA3 and prompt methods
-        revision=files.revision,
-    )
+    return HostAdapter(name=name, parsed=parsed, revision=files.revision)
