@@ -176,9 +176,9 @@ class Engine:
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
         job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
-        virtual = prompt_positions(self.model, job.model_name)
-        for i, ids in enumerate(input_ids):
-            self.limits.check_input(len(ids), virtual, name=f"input {i}" if len(input_ids) > 1 else "inputs")
+        self.limits.check_inputs(
+            [len(ids) for ids in input_ids], prompt_positions(self.model, job.model_name)
+        )
         with self._cond:
             self._admit_check()
             self._classify.append(job)

@@ -121,6 +121,11 @@ class TokenLimits:
                 f"{self.max_input_tokens} ({self._name('max_input_tokens')})"
             )
 
+    def check_inputs(self, lengths: list[int], virtual_tokens: int = 0) -> None:
+        """`check_input` for each of a request's texts (classification), naming the one over the limit."""
+        for i, length in enumerate(lengths):
+            self.check_input(length, virtual_tokens, name=f"input {i}" if len(lengths) > 1 else "inputs")
+
     def check(self, input_tokens: int, new_tokens: int, virtual_tokens: int = 0) -> None:
         """422 naming the limit a generation crosses. `virtual_tokens`: positions its adapter adds."""
         self.check_input(input_tokens, virtual_tokens)

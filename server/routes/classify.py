@@ -28,12 +28,9 @@ async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineD
             "(--max-classify-inputs)"
         )
     ids = [engine.tok.encode(t) for t in texts]
-    for i, row in enumerate(ids):
-        if len(row) > settings.max_input_tokens:
-            raise InvalidInputError(
-                f"input {i} has {len(row)} tokens, more than the limit of {settings.max_input_tokens} "
-                "(--max-input-tokens)"
-            )
+    # Checked again, with the positions the adapter adds, once its lease is held (submit_classify); here
+    # first, so that an over-long input never waits for an adapter to load.
+    engine.limits.check_inputs([len(row) for row in ids])
     lease = await engine.registry.acquire(adapter)  # 404 if unknown; the engine releases it after the job
     id2label = engine.registry.id2label(lease)
     try:
