@@ -150,12 +150,15 @@ def choose_tokens(samplers: list[RowSampler], logits: torch.Tensor) -> list[Pick
     usable = usable_rows(logits).tolist()
     picks: list[int | Exception] = []
     for i, sampler in enumerate(samplers):
-        try:
-            if not usable[i]:
-                raise NonFiniteScoresError(
+        if not usable[i]:
+            picks.append(
+                NonFiniteScoresError(
                     "the model's scores for this request are not finite numbers (nan or inf), so no token "
                     "can be chosen; its adapter may hold weights that overflow"
                 )
+            )
+            continue
+        try:
             token = int(greedy[i]) if sampler.is_plain_greedy else sampler.choose(logits[i])
         except Exception as exc:  # this row fails alone
             picks.append(exc)
