@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .common import DEMO_VERSION, READY_FILE, Demo, default_dir, run_trainer
+from .common import DEMO_VERSION, READY_FILE, Demo, default_dir, train_lora
 
 # prompt -> (english, french, pirate). Prompts are what a newcomer types; answers are what each adapter says.
 DIALOGUE: dict[str, tuple[str, str, str]] = {
@@ -183,25 +182,14 @@ def train_base(tokenizer: Any, steps: int = 200) -> Any:
 
 def train_adapter(base_dir: Path, data_dir: Path, out: Path, column: int) -> None:
     """Train a LoRA adapter with `swapyard train` (in a child process) on one answer style."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": v, "completion": " " + DIALOGUE[p][column]} for v, p in _prompts()]
-    random.Random(column).shuffle(rows)
-    train_file = data_dir / f"{out.name}.jsonl"
-    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    run_trainer(
-        {
-            "base_model": str(base_dir),
-            "method": "lora",
-            # lm_head too: the base never produced these words, so its output rows for them need moving.
-            "method_config": {"r": 8, "lora_alpha": 16, "target_modules": LORA_TARGETS},
-            "task": "causal-lm",
-            "train_file": str(train_file),
-            "output_dir": str(out),
-            "learning_rate": 5e-3,
-            "num_epochs": 20,
-            "batch_size": 16,
-            "seed": column,
-            "device": "cpu",
-            "progress": False,
-        }
+    # lm_head too (LORA_TARGETS): the base never produced these words, so its output rows for them need moving.
+    train_lora(
+        rows,
+        base_dir=base_dir,
+        data_dir=data_dir,
+        out=out,
+        seed=column,
+        task="causal-lm",
+        target_modules=LORA_TARGETS,
     )

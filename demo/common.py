@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEMO_VERSION = "demo-v1"
 DEMO_MODEL_NAME = "swapyard-demo"
@@ -41,3 +43,38 @@ def run_trainer(config: dict) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"training the demo adapter {config['output_dir']} failed:\n{done.stderr[-2000:]}")
+
+
+def train_lora(
+    rows: list[dict[str, Any]],
+    *,
+    base_dir: Path,
+    data_dir: Path,
+    out: Path,
+    seed: int,
+    task: str,
+    target_modules: list[str],
+) -> None:
+    """Train one demo LoRA adapter on `rows` (shuffled with `seed`, written as `data_dir/<out name>.jsonl`)
+    with `swapyard train` in a child process: the recipe both demos' adapters share."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    train_file = data_dir / f"{out.name}.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run_trainer(
+        {
+            "base_model": str(base_dir),
+            "method": "lora",
+            "method_config": {"r": 8, "lora_alpha": 16, "target_modules": target_modules},
+            "task": task,
+            "train_file": str(train_file),
+            "output_dir": str(out),
+            "learning_rate": 5e-3,
+            "num_epochs": 20,
+            "batch_size": 16,
+            "seed": seed,
+            "device": "cpu",
+            "progress": False,
+        }
+    )

@@ -13,14 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .common import READY_FILE, Demo, default_dir, run_trainer
+from .common import READY_FILE, Demo, default_dir, train_lora
 
 # word -> (sentiment, emotion)
 FEELINGS: dict[str, tuple[str, str]] = {
@@ -134,24 +133,13 @@ def _base(vocab_size: int) -> Any:
 
 
 def _train(base_dir: Path, data_dir: Path, out: Path, column: int) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"text": text, "label": FEELINGS[word][column]} for text, word in _sentences()]
-    random.Random(column).shuffle(rows)
-    train_file = data_dir / f"{out.name}.jsonl"
-    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    run_trainer(
-        {
-            "base_model": str(base_dir),
-            "method": "lora",
-            "method_config": {"r": 8, "lora_alpha": 16, "target_modules": ["query", "key", "value", "dense"]},
-            "task": "seq-cls",
-            "train_file": str(train_file),
-            "output_dir": str(out),
-            "learning_rate": 5e-3,
-            "num_epochs": 20,
-            "batch_size": 16,
-            "seed": column,
-            "device": "cpu",
-            "progress": False,
-        }
+    train_lora(
+        rows,
+        base_dir=base_dir,
+        data_dir=data_dir,
+        out=out,
+        seed=column,
+        task="seq-cls",
+        target_modules=["query", "key", "value", "dense"],
     )
