@@ -37,11 +37,6 @@ class Tokenization:
         _check_unicode(text)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_pair(self, text: str) -> dict[str, list[int]]:
-        """Encoder inputs for classification (with token_type_ids when the tokenizer makes them)."""
-        _check_unicode(text)
-        return dict(self.tokenizer(text))
-
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
