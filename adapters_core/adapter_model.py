@@ -57,7 +57,7 @@ class AdapterModel(ForwardingModule):
     """A transformers model with one or more named adapters of one method (PEFT's `PeftModel`)."""
 
     # Missing attributes: the tuner's, and from there the transformers model's
-    forward_to: ClassVar[str] = "base_model"
+    _forward_to: ClassVar[str] = "base_model"
 
     TASK_TYPE: ClassVar[TaskType | None] = None
 

@@ -13,15 +13,15 @@ from torch import nn
 
 
 class ForwardingModule(nn.Module):
-    """Looks an attribute up on itself (parameters, buffers, submodules), then on `getattr(self, forward_to)`."""
+    """Looks an attribute up on itself (parameters, buffers, submodules), then on `getattr(self, _forward_to)`."""
 
-    forward_to: ClassVar[str]  # the attribute holding the wrapped module
+    _forward_to: ClassVar[str]  # the attribute holding the wrapped module
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            inner = type(self).forward_to  # a class attribute: reading it never re-enters __getattr__
+            inner = type(self)._forward_to  # a class attribute: reading it never re-enters __getattr__
             if name == inner:  # not set yet (early in __init__): no forwarding, no recursion
                 raise
             return getattr(getattr(self, inner), name)

@@ -57,7 +57,7 @@ class _MultiBase(ForwardingModule):
     """Shared bookkeeping: which slots touch this module, and per-slot full overrides (heads, biases)."""
 
     # Model code reads its layers' attributes (T5: `self.wo.weight.dtype`)
-    forward_to: ClassVar[str] = "base_layer"
+    _forward_to: ClassVar[str] = "base_layer"
 
     base_layer: Any  # nn.Linear, Conv1D, nn.Embedding or any module an adapter overrides
 

@@ -55,7 +55,7 @@ class PromptLearningTuner(ForwardingModule):
     """Virtual-token adapters over one transformers model (see module docstring)."""
 
     # Missing attributes: the transformers model's (`config`, `device`, ...)
-    forward_to: ClassVar[str] = "model"
+    _forward_to: ClassVar[str] = "model"
 
     config_cls: ClassVar[type[PromptLearningConfig]]
     model: Any  # the transformers model (typed loosely: its attributes are model-specific)

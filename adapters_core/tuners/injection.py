@@ -36,7 +36,7 @@ class InjectionTuner(ForwardingModule):
     """Adapters injected as tuner layers into one transformers model (`self.model`, modified in place)."""
 
     # Missing attributes: the transformers model's
-    forward_to: ClassVar[str] = "model"
+    _forward_to: ClassVar[str] = "model"
 
     default_targets: ClassVar[Mapping[str, list[str] | str]] = {}
     model: Any  # the transformers model (typed loosely: its methods vary by architecture)

@@ -28,7 +28,7 @@ class AdaptionPromptModel(ForwardingModule):
     """LLaMA-Adapter over a Llama, Mistral or GPT-2 model (PEFT's supported architectures)."""
 
     # Missing attributes: the transformers model's (`config`, `device`, ...)
-    forward_to: ClassVar[str] = "model"
+    _forward_to: ClassVar[str] = "model"
 
     model: Any  # the transformers model (typed loosely: its attributes are model-specific)
 
