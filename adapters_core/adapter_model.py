@@ -25,6 +25,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from tqdm.auto import tqdm
 
 from . import publish
+from .attr_forwarding import ForwardingModule
 from .config import AdapterConfig, TaskType
 from .errors import AdapterConfigError, AdapterNotFoundError, UnsupportedError
 from .peft_names import DEFAULT_ADAPTER_NAME
@@ -52,8 +53,11 @@ def prepare_task_config(config: AdapterConfig) -> AdapterConfig:
     return dataclasses.replace(config, modules_to_save=merged)  # type: ignore[call-arg]
 
 
-class AdapterModel(nn.Module):
+class AdapterModel(ForwardingModule):
     """A transformers model with one or more named adapters of one method (PEFT's `PeftModel`)."""
+
+    # Missing attributes: the tuner's, and from there the transformers model's
+    _forward_to: ClassVar[str] = "base_model"
 
     TASK_TYPE: ClassVar[TaskType | None] = None
 
@@ -72,15 +76,6 @@ class AdapterModel(nn.Module):
         self.base_model: AdapterTuner = spec.tuner_cls(model, config, adapter_name)
         if not autocast_adapter_dtype:
             keep_adapter_dtype(self.base_model, adapter_name)
-
-    def __getattr__(self, name: str) -> Any:
-        """Forward missing attributes to the tuner, and from there to the transformers model (like PEFT)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_model":
-                raise
-            return getattr(self.base_model, name)
 
     # -- identity -------------------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ Math per row whose adapter is loaded here (x: the layer input, W: the (out, in) 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply
 
+from ..attr_forwarding import ForwardingModule
 from .context import ContextHolder, RowContext
 from .parsed import LoraTensors
 
@@ -52,8 +53,11 @@ class PoolBudget:
         return self.num_slots * 8 + self.num_slots * features * torch.finfo(dtype).bits // 8
 
 
-class _MultiBase(nn.Module):
+class _MultiBase(ForwardingModule):
     """Shared bookkeeping: which slots touch this module, and per-slot full overrides (heads, biases)."""
+
+    # Model code reads its layers' attributes (T5: `self.wo.weight.dtype`)
+    _forward_to: ClassVar[str] = "base_layer"
 
     base_layer: Any  # nn.Linear, Conv1D, nn.Embedding or any module an adapter overrides
 
@@ -64,16 +68,6 @@ class _MultiBase(nn.Module):
         self._holder = [holder]  # a list keeps the holder out of nn.Module's child registry
         self.slots: set[int] = set()
         self.overrides: dict[int, dict[str, torch.Tensor]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        """Model code reads attributes of the layer it called (`self.wo.weight.dtype` in T5,
-        `embed_tokens.padding_idx`): answer with the base layer's, as PEFT's layers do."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
 
     @property
     def context(self) -> RowContext | None:

@@ -27,19 +27,11 @@ from ..peft_names import BASE_LAYER_INFIX, INJECTED_PREFIX, PROMPT_PREFIX
 from ..registry import ServingForm, get_method, peft_type_name
 from ..targeting import is_feedforward
 from ..weights_io import check_finite
-from .agreement import check_agreement
+from .agreement import IA3_KEYS, LORA_KEYS, check_agreement
 from .probe import ProbeResult, probe_adapter
 from .prompt_parse import PromptTensors, parse_prompt_adapter
 
-LORA_SUFFIXES = (
-    ".lora_A.weight",
-    ".lora_B.weight",
-    ".lora_B.bias",
-    ".lora_embedding_A",
-    ".lora_embedding_B",
-    ".lora_magnitude_vector",
-)
-IA3_SUFFIX = ".ia3_l"
+(IA3_SUFFIX,) = IA3_KEYS  # IA3 saves one tensor per module
 
 
 @dataclass
@@ -192,14 +184,14 @@ def _parse_injected(
             )
         rest = key.removeprefix(INJECTED_PREFIX)
         suffix = (
-            next((s for s in LORA_SUFFIXES if rest.endswith(s)), None)
+            next((s for s in LORA_KEYS if rest.endswith(s)), None)
             if is_lora
             else (IA3_SUFFIX if rest.endswith(IA3_SUFFIX) else None)
         )
         if suffix is not None:
             pieces.setdefault(rest.removesuffix(suffix), {})[suffix] = tensor.float()
             continue
-        if any(rest.endswith(s) for s in (*LORA_SUFFIXES, IA3_SUFFIX, ".lora_E")):
+        if any(rest.endswith(s) for s in (*LORA_KEYS, IA3_SUFFIX, ".lora_E")):
             raise AdapterWeightsError(
                 f"{key}: a tensor of another method (or of `lora_bias`) in a {config.peft_type} adapter; "
                 "the config does not explain it."

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..attr_forwarding import ForwardingModule
 from ..config import AdapterConfig, TaskType
 from ..errors import AdapterConfigError, AdapterLoadError, AdapterShapeError, AdapterWeightsError
 from ..peft_names import PROMPT_EMBEDDINGS_KEY, PROMPT_PREFIX
@@ -50,8 +51,11 @@ class PromptEncoderBase(nn.Module):
         return self.embedding.weight
 
 
-class PromptLearningTuner(nn.Module):
+class PromptLearningTuner(ForwardingModule):
     """Virtual-token adapters over one transformers model (see module docstring)."""
+
+    # Missing attributes: the transformers model's (`config`, `device`, ...)
+    _forward_to: ClassVar[str] = "model"
 
     config_cls: ClassVar[type[PromptLearningConfig]]
     model: Any  # the transformers model (typed loosely: its attributes are model-specific)
@@ -72,15 +76,6 @@ class PromptLearningTuner(nn.Module):
             self.__dict__["_injector"] = prefix_cache.EncoderPrefixInjector(model)
         model.requires_grad_(False)  # the base stays frozen; only encoders and head copies train
         self.add_adapter(adapter_name, config)
-
-    def __getattr__(self, name: str) -> Any:
-        """Forward missing attributes to the wrapped transformers model (`config`, `device`, ...), as PEFT does."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(self.model, name)
 
     @property
     def word_embeddings(self) -> Any:

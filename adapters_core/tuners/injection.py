@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..attr_forwarding import ForwardingModule
 from ..config import AdapterConfig
 from ..errors import AdapterConfigError, AdapterNotFoundError, NoTargetModulesError
 from ..targeting import (
@@ -31,8 +32,11 @@ from .modules_to_save import ModulesToSaveWrapper, wrap_modules_to_save
 from .state_io import adapter_state_dict, load_adapter_state, remove_adapter_name
 
 
-class InjectionTuner(nn.Module):
+class InjectionTuner(ForwardingModule):
     """Adapters injected as tuner layers into one transformers model (`self.model`, modified in place)."""
+
+    # Missing attributes: the transformers model's
+    _forward_to: ClassVar[str] = "model"
 
     default_targets: ClassVar[Mapping[str, list[str] | str]] = {}
     model: Any  # the transformers model (typed loosely: its methods vary by architecture)
@@ -46,15 +50,6 @@ class InjectionTuner(nn.Module):
         self.active_adapter: str | None = adapter_name
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
-
-    def __getattr__(self, name: str) -> Any:
-        """Forward missing attributes to the wrapped transformers model (like PEFT)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(self.model, name)
 
     # -- what a method provides -----------------------------------------------------------------
     def create_layer(

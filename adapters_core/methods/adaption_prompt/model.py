@@ -8,11 +8,12 @@ are saved under PEFT's keys `base_model.model.<path>.adaption_prompt` / `.adapti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ...attr_forwarding import ForwardingModule
 from ...config import AdapterConfig
 from ...errors import AdapterConfigError, AdapterShapeError, AdapterWeightsError, UnsupportedError
 from ...peft_names import INJECTED_PREFIX
@@ -23,8 +24,11 @@ from .layer import AdaptionPromptLayer, gpt2_adapter_output, llama_adapter_outpu
 _PARAMS = ("adaption_prompt", "adaption_gate")
 
 
-class AdaptionPromptModel(nn.Module):
+class AdaptionPromptModel(ForwardingModule):
     """LLaMA-Adapter over a Llama, Mistral or GPT-2 model (PEFT's supported architectures)."""
+
+    # Missing attributes: the transformers model's (`config`, `device`, ...)
+    _forward_to: ClassVar[str] = "model"
 
     model: Any  # the transformers model (typed loosely: its attributes are model-specific)
 
@@ -46,15 +50,6 @@ class AdaptionPromptModel(nn.Module):
         self._hooked: dict[str, Any] = {}  # path -> hook handle (one hook per module, shared by adapters)
         model.requires_grad_(False)
         self.add_adapter(adapter_name, config)
-
-    def __getattr__(self, name: str) -> Any:
-        """Forward missing attributes to the wrapped transformers model (`config`, `device`, ...), as PEFT does."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(self.model, name)
 
     # -- adapters ------------------------------------------------------------------------------------------
     def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:

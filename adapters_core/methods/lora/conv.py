@@ -108,18 +108,11 @@ class Conv(LoraLayer):
             new_weight = self.checked_merge(
                 weight.data + self.get_delta_weight(name).to(weight.dtype), name, safe_merge
             )
-            new_bias = None
-            if self.lora_bias.get(name):
-                if base.bias is None:
-                    raise RuntimeError(
-                        "cannot merge LoRA with lora_bias=True into a base layer without bias."
-                    )
-                new_bias = self.checked_merge(
-                    base.bias.data + self.lora_B[name].bias * self.scaling[name], name, safe_merge
-                )
-            weight.data = new_weight
+            new_bias = self._merged_bias(name)
             if new_bias is not None:
-                base.bias.data = new_bias.to(base.bias.dtype)
+                new_bias = self.checked_merge(new_bias, name, safe_merge)
+            weight.data = new_weight
+            self._write_bias(new_bias)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -129,5 +122,4 @@ class Conv(LoraLayer):
                 continue
             weight = self.base_layer.weight
             weight.data -= self.get_delta_weight(name).to(weight.dtype)
-            if self.lora_bias.get(name):
-                self.base_layer.bias.data -= self.lora_B[name].bias * self.scaling[name]
+            self._unmerge_bias(name)

@@ -80,6 +80,22 @@ class LoraLayer(TunerLayer):
         drop = config.lora_dropout
         self.lora_dropout[adapter_name] = nn.Dropout(p=drop) if drop > 0.0 else nn.Identity()
 
+    def _merged_bias(self, adapter_name: str) -> torch.Tensor | None:
+        """The base bias with the adapter's `lora_B.bias` folded in (`lora_bias=True`), else None."""
+        if not self.lora_bias.get(adapter_name):
+            return None
+        if self.base_layer.bias is None:
+            raise RuntimeError("cannot merge LoRA with lora_bias=True into a base layer without bias.")
+        return self.base_layer.bias.data + self.lora_B[adapter_name].bias * self.scaling[adapter_name]
+
+    def _write_bias(self, new_bias: torch.Tensor | None) -> None:
+        if new_bias is not None:
+            self.base_layer.bias.data = new_bias.to(self.base_layer.bias.dtype)
+
+    def _unmerge_bias(self, adapter_name: str) -> None:
+        if self.lora_bias.get(adapter_name):
+            self.base_layer.bias.data -= self.lora_B[adapter_name].bias * self.scaling[adapter_name]
+
     def _init_weights(self, adapter_name: str, init: bool | str) -> None:
         """PEFT's `reset_lora_parameters`: A kaiming-uniform (or gaussian), B zeros, so the adapter starts as a no-op."""
         a, b = self.lora_A[adapter_name], self.lora_B[adapter_name]
@@ -191,16 +207,9 @@ class Linear(LoraLayer):
                 )
             else:
                 new_weight = weight + self.get_delta_weight(name).to(weight.dtype)
-            new_bias = None
-            if self.lora_bias.get(name):
-                if base.bias is None:
-                    raise RuntimeError(
-                        "cannot merge LoRA with lora_bias=True into a base layer without bias."
-                    )
-                new_bias = base.bias.data + self.lora_B[name].bias * self.scaling[name]
+            new_bias = self._merged_bias(name)
             self._write_weight(self.checked_merge(new_weight, name, safe_merge))
-            if new_bias is not None:
-                base.bias.data = new_bias.to(base.bias.dtype)
+            self._write_bias(new_bias)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -214,8 +223,7 @@ class Linear(LoraLayer):
                 self._write_weight(self.lora_magnitude_vector[name].unmerged_weight(weight, delta, name))
             else:
                 self._write_weight(weight - delta.to(weight.dtype))
-            if self.lora_bias.get(name):
-                self.base_layer.bias.data -= self.lora_B[name].bias * self.scaling[name]
+            self._unmerge_bias(name)
 
     def _write_weight(self, new_weight: torch.Tensor) -> None:
         if bnb_kind(self.base_layer) is not None:
