@@ -15,7 +15,14 @@ import torch
 from peft_guide_scripts import SCRIPTS, Env
 from tiny_models import VOCAB, batch, max_abs_diff, tiny_bert, tiny_llama, tiny_t5
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertForTokenClassification, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertForTokenClassification,
+    PreTrainedTokenizerFast,
+)
 
 import adapters_core
 
@@ -143,9 +150,29 @@ def test_guide_ported_by_import_gives_peft_outputs(name: str, bases, tmp_path, c
         assert torch.equal(ours["generated"], want)
 
 
-def test_the_trained_adapter_changes_the_output(bases, tmp_path, capsys) -> None:
-    """The comparisons above are not vacuous: the one training step moves the outputs away from the base."""
-    ours = run_script("quicktour_seq2seq_lora", adapters_core, bases, str(tmp_path), capsys)
+# The base each script loads (its key in bases() and _batches()) and the Auto class it loads it with.
+BASE_OF = {
+    "quicktour_seq2seq_lora": ("t5", AutoModelForSeq2SeqLM),
+    "causal_lm_lora": ("llama", AutoModelForCausalLM),
+    "prompt_tuning_causal_lm": ("llama", AutoModelForCausalLM),
+    "p_tuning_seq_cls": ("bert_seq_cls", AutoModelForSequenceClassification),
+    "prefix_tuning_seq2seq": ("t5", AutoModelForSeq2SeqLM),
+    "ia3_seq2seq": ("t5", AutoModelForSeq2SeqLM),
+    "token_cls_lora": ("bert_token_cls", AutoModelForTokenClassification),
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_the_trained_adapter_changes_the_output(name: str, bases, tmp_path, capsys) -> None:
+    """The comparisons above are not vacuous: for every script, the one training step moves the outputs away
+    from the base's."""
+    assert BASE_OF.keys() == SCRIPTS.keys()
+    ours = run_script(name, adapters_core, bases, str(tmp_path), capsys)
+    kind, auto = BASE_OF[name]
     with torch.no_grad():
-        plain = tiny_t5()(**_batches()["t5"]).logits
-    assert max_abs_diff(ours["logits"], plain) > 1e-3
+        plain = auto.from_pretrained(bases[kind]).eval()(**_batches()[kind]).logits
+    got = ours["logits"]
+    if got.dim() == 3:  # a causal prompt method's logits lead with its virtual tokens
+        got = got[:, -plain.shape[1] :]
+    assert got.shape == plain.shape, (got.shape, plain.shape)
+    assert max_abs_diff(got, plain) > 1e-3

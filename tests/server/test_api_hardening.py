@@ -71,16 +71,17 @@ def test_503_not_ready_and_draining_carry_retry_after() -> None:
 
 
 def test_queue_full_429_carries_retry_after(llama_dir: Path) -> None:
-    """The engine is held (its model lock), so the first request stays queued and the second finds the
-    queue full: no timing involved."""
+    """The engine is held (Engine.hold), so the first request stays queued and the second finds the queue
+    full: no timing involved."""
     settings = Settings(base_model=str(llama_dir), max_batch_size=1, max_queued_requests=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         engine = client.app.state.swapyard.engine
         results: list[httpx.Response] = []
-        with engine.model_lock:
+        with engine.hold() as held:
             first = threading.Thread(target=lambda: results.append(client.post("/generate", json=OK)))
             first.start()
-            _wait_until(lambda: "swapyard_queue_depth 1.0" in client.get("/metrics").text, "a queued request")
+            held.wait_queued(1)
+            assert "swapyard_queue_depth 1.0" in client.get("/metrics").text
             full = client.post("/generate", json=OK)
         first.join(60)
         assert full.status_code == 429 and full.json()["error_type"] == "queue_full", full.text

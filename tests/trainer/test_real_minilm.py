@@ -138,7 +138,8 @@ def test_served_labels_and_scores_equal_peft(base_dir: Path, adapters: dict[str,
             out = client.post("/classify", json={"inputs": PROBES, "parameters": {"adapter_id": name}})
             assert out.status_code == 200, out.text
             probs = torch.softmax(_peft_logits(base_dir, path, PROBES), dim=-1)  # (3, 2)
-            for ranked, row in zip(out.json(), probs):
+            assert len(out.json()) == len(PROBES), out.text  # one ranking per input: zip would hide a gap
+            for ranked, row in zip(out.json(), probs, strict=True):
                 scores = {r["label"]: r["score"] for r in ranked}
                 assert set(scores) == {"negative", "positive"}
                 got = torch.tensor([scores["negative"], scores["positive"]])

@@ -52,6 +52,14 @@ def _register(
     return files
 
 
+async def _loads_finished(store: AdapterStore) -> None:
+    """Wait for every load the store has started (the test's own, never a wall-clock bound)."""
+    while store._loads:
+        tasks = [p.task for p in store._loads.values() if p.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the loads' done-callbacks run
+
+
 def test_acquire_loads_once_for_concurrent_requests(tmp_path) -> None:
     calls = []
     model = make_model()
@@ -308,10 +316,7 @@ def test_cancelled_acquire_leaves_nothing_pinned(tmp_path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(200):  # the shared load still completes
-            if not store._loads:
-                break
-            await asyncio.sleep(0.01)
+        await _loads_finished(store)  # the shared load still completes
         assert store.get("a").leases == 0
         async with store.acquire("b"):  # a holds nothing: it can be evicted for b
             assert resident_names(store) == ["b"]
@@ -328,17 +333,11 @@ def test_prefetch_loads_ahead_without_stalling(tmp_path) -> None:
         held = await store.acquire("a")
         other = await store.acquire("b")
         assert store.prefetch(["c", "unknown", None, "a"]) == 1  # a is resident, unknown is skipped
-        for _ in range(200):
-            if not store._loads:
-                break
-            await asyncio.sleep(0.01)
+        await _loads_finished(store)
         assert store.get("c").tier == "host"  # no free slot: host only, nobody was evicted or stalled
         other.release()
         assert store.prefetch(["c"]) == 1
-        for _ in range(200):
-            if store.get("c").tier == "device":
-                break
-            await asyncio.sleep(0.01)
+        await _loads_finished(store)
         assert store.get("c").tier == "device"
         async with store.acquire("c"):
             pass

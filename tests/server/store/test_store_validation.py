@@ -173,6 +173,17 @@ NAMED = {
     "partial_weights": "no tensors in the file: model.layers.1.self_attn.v_proj;",
     "peft_type_list": "peft_type must be a string",
     "nested_100k": "nests too deeply",
+    "pickle": "the weights are a pickle / torch.save file",
+    "corrupt": "adapter_model.safetensors is corrupt or truncated",
+    "garbage": "adapter_model.safetensors is corrupt or truncated",
+    "nan": "' contains NaN or Inf values",  # the tensor poisoned is the file's first, in any order
+    "wrong_base": "lora_A.weight has shape (4, 32) but the base layer has in_features=64",
+    "rank": "LoRA rank 32 is above this server's maximum of 16",
+    "no_targets": "the base model has no module transformer.h.0.attn.c_attn",
+    "bad_json": "adapter_config.json: not valid UTF-8 JSON",
+    "not_utf8": "adapter_config.json is not valid UTF-8",
+    "no_peft_type": "missing required key 'peft_type'",
+    "unknown_type": "unknown or unsupported peft_type 'LOHA'",
 }
 
 
@@ -188,7 +199,7 @@ def test_bad_upload_is_refused_and_the_current_version_keeps_serving(tmp_path, c
         with pytest.raises(error) as info:
             await store.upload("a", config, weights())
         assert status_of(info.value)[0] == status
-        assert NAMED.get(case, "") in str(info.value)
+        assert NAMED[case] in str(info.value)
         assert store.get("a").content_hash == good.content_hash
         async with store.acquire("a") as lease:
             out = forward(store.model, store.model_lock, [lease.model_name])[0]
@@ -255,7 +266,7 @@ def test_oversized_local_file_is_413(tmp_path) -> None:
     store.register("big", store.policy.local_from_request("big"))
 
     async def scenario() -> None:
-        with pytest.raises(UploadTooLargeError):
+        with pytest.raises(UploadTooLargeError, match="above this server's limit of 1000 bytes"):
             await store.acquire("big")
         await store.close()
 
