@@ -171,7 +171,8 @@ def _checked_path(path: str, max_bytes: int, root: str | None) -> str:
     size = os.path.getsize(real)
     if size > max_bytes:
         raise UploadTooLargeError(
-            f"{os.path.basename(path)} is {size} bytes, above this server's limit of {max_bytes} bytes."
+            f"{os.path.basename(path)} is {size} bytes, above this server's limit of {max_bytes} bytes "
+            "(raise it with --max-adapter-bytes)."
         )
     return real
 

@@ -267,7 +267,8 @@ class AdapterStore:
         if size > self.config.max_adapter_bytes:
             self.metrics.failure("too_large")
             raise UploadTooLargeError(
-                f"the upload is {size} bytes, above this server's limit of {self.config.max_adapter_bytes}."
+                f"the upload is {size} bytes, above this server's limit of {self.config.max_adapter_bytes} "
+                "(raise it with --max-adapter-bytes)."
             )
         async with self._name_lock(name):
             files = FetchedFiles(config, weights, origin=f"upload {name!r}")

@@ -13,7 +13,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import batch, max_abs_diff, perturb_adapter_weights, tiny_llama
+from tiny_models import batch, max_abs_diff, perturb_adapter_weights, tiny_gpt2, tiny_llama
 from transformers import GenerationConfig
 
 import adapters_core
@@ -228,3 +228,18 @@ def test_prompt_generate_accepts_transformers_defaults(prompt_model) -> None:
     assert torch.equal(plain, same)
     with pytest.raises(TypeError, match="not_an_option"):
         prompt_model.generate(**INPUTS, max_new_tokens=3, not_an_option=1)
+
+
+@pytest.mark.parametrize("make", [peft.get_peft_model, adapters_core.get_peft_model])
+def test_safe_merge_refuses_a_broken_lora_bias_as_peft_does(make) -> None:
+    """`safe_merge` checks the merged bias too (`lora_bias=True` trains one in lora_B): a NaN there must raise,
+    not be written into the base layer."""
+    model = make(tiny_gpt2(), peft.LoraConfig(r=2, lora_bias=True, target_modules=["c_attn"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name and name.endswith("bias"):
+            param.data[0] = float("nan")
+            break
+    else:
+        raise AssertionError("no lora_B bias")
+    with pytest.raises(ValueError, match="NaNs detected in the merged weights"):
+        model.merge_and_unload(safe_merge=True)

@@ -208,6 +208,8 @@ class Linear(LoraLayer):
             else:
                 new_weight = weight + self.get_delta_weight(name).to(weight.dtype)
             new_bias = self._merged_bias(name)
+            if new_bias is not None:  # a trained bias (bias="all"/"lora_only") can be broken too
+                new_bias = self.checked_merge(new_bias, name, safe_merge)
             self._write_weight(self.checked_merge(new_weight, name, safe_merge))
             self._write_bias(new_bias)
             self.merged_adapters.append(name)

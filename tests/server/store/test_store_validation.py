@@ -219,7 +219,7 @@ def test_oversized_upload_is_413_before_parsing(tmp_path) -> None:
     store = make_store(str(tmp_path), max_adapter_bytes=1000)
 
     async def scenario() -> None:
-        with pytest.raises(UploadTooLargeError) as info:
+        with pytest.raises(UploadTooLargeError, match="--max-adapter-bytes") as info:
             await store.upload("big", *GOOD)
         assert status_of(info.value)[0] == 413
         assert "big" not in store.catalog
@@ -266,7 +266,10 @@ def test_oversized_local_file_is_413(tmp_path) -> None:
     store.register("big", store.policy.local_from_request("big"))
 
     async def scenario() -> None:
-        with pytest.raises(UploadTooLargeError, match="above this server's limit of 1000 bytes"):
+        with pytest.raises(
+            UploadTooLargeError,
+            match=r"above this server's limit of 1000 bytes \(raise it with --max-adapter-bytes\)",
+        ):
             await store.acquire("big")
         await store.close()
 
