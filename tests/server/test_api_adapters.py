@@ -102,14 +102,13 @@ def _expected(oracle, adapter: str, text: str) -> list[int]:
     return reference_tokens(multi, tok, text, adapter, NEW)[:NEW]
 
 
-def _wait_leases(client: TestClient, name: str, leases: int, responses: list) -> None:
-    for _ in range(500):  # bounded: 5 s
-        got = client.get(f"/v1/adapters/{name}", headers=ADMIN).json()
-        if got.get("leases") == leases:
-            return
+def _wait_until(check, what: str, timeout: float = 60.0) -> None:
+    """Poll `check` until true; the bound is a safety net against a hang, not a timing assumption."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never happened within {timeout} s")
         time.sleep(0.01)
-    done = [(r.status_code, r.text) for r in responses]  # a request that failed never holds a lease
-    raise AssertionError(f"{name} never had {leases} lease(s): {got}; finished requests: {done}")
 
 
 def test_upload_generate_reupload_generate(env, oracle, causal_adapters) -> None:
@@ -140,21 +139,20 @@ def test_running_request_keeps_its_version_across_a_reupload(env, oracle, causal
     text = prompt(41)
     assert _upload(client, "hot", _files(causal_adapters["lora4"])).status_code == 201
     _tokens(client, "hot", text)  # resident now
-    lock = client.app.state.swapyard.engine.model_lock
+    engine = client.app.state.swapyard.engine
     results: list = []
-    with lock:  # the engine cannot step: the request below is accepted and holds its lease, nothing more
+    with engine.hold() as held:  # no step runs: the request below is queued and holds its lease, nothing more
         running = _in_background(client, "hot", text, results)
-        _wait_leases(client, "hot", 1, results)
+        held.wait_queued(1)
         assert _upload(client, "hot", _files(causal_adapters["lora8"])).status_code == 201
     running.join(30)
     assert [_ids(r) for r in results] == [_expected(oracle, "lora4", text)]  # the version it started with
     assert _tokens(client, "hot", text) == _expected(oracle, "lora8", text)  # new requests: the new one
-    engine = client.app.state.swapyard.engine
-    for _ in range(200):  # the old version unloads once its last lease ends (device thread)
-        if not [k for k in engine.model.adapters if k.startswith("hot@")][1:]:
-            break
-        time.sleep(0.01)
-    assert len([k for k in engine.model.adapters if k.startswith("hot@")]) == 1
+    # The old version unloads once its last lease ends (on the store's device thread).
+    _wait_until(
+        lambda: len([k for k in engine.model.adapters if k.startswith("hot@")]) == 1,
+        "the old version's unload",
+    )
 
 
 def test_delete_in_use_is_409_and_the_request_completes(env, oracle, causal_adapters) -> None:
@@ -162,12 +160,12 @@ def test_delete_in_use_is_409_and_the_request_completes(env, oracle, causal_adap
     text = prompt(42)
     assert _upload(client, "busy", _files(causal_adapters["lora4"])).status_code == 201
     _tokens(client, "busy", text)
-    lock = client.app.state.swapyard.engine.model_lock
+    engine = client.app.state.swapyard.engine
     results: list = []
     deleted: list[int] = []
-    with lock:
+    with engine.hold() as held:
         running = _in_background(client, "busy", text, results)
-        _wait_leases(client, "busy", 1, results)
+        held.wait_queued(1)
         conflict = client.delete("/v1/adapters/busy", headers=ADMIN)
         assert conflict.status_code == 409 and conflict.json()["error_type"] == "conflict"
         waiting = threading.Thread(
@@ -176,8 +174,12 @@ def test_delete_in_use_is_409_and_the_request_completes(env, oracle, causal_adap
             )
         )
         waiting.start()
-        time.sleep(0.2)
-        assert waiting.is_alive()  # waits for the running request
+        # With wait=true the name is unregistered at once, then the delete waits for the running request's
+        # lease, which cannot end while no step runs.
+        _wait_until(
+            lambda: client.get("/v1/adapters/busy", headers=ADMIN).status_code == 404, "the delete's start"
+        )
+        assert waiting.is_alive() and not results
     running.join(30)
     waiting.join(30)
     assert [_ids(r) for r in results] == [_expected(oracle, "lora4", text)] and deleted == [200]
