@@ -69,7 +69,9 @@ class BlockPool:
         self._refs = [0] * num_blocks
         self._hash_of: dict[int, BlockHash] = {}  # cached blocks -> their key
         self._cached: dict[BlockHash, int] = {}  # key -> cached block
-        self._idle: collections.OrderedDict[int, None] = collections.OrderedDict()  # cached, refcount 0; LRU first
+        self._idle: collections.OrderedDict[int, None] = (
+            collections.OrderedDict()
+        )  # cached, refcount 0; LRU first
 
     @property
     def capacity(self) -> int:
