@@ -1,7 +1,9 @@
-"""The step plan the engine hands to `model.paged_step` (issue 16; the coordinator's paged contract).
+"""What one engine step runs: the contract between the scheduler (server/engine) and the model (paged_step).
 
-Placeholder written by `sched` to the contract's exact names until `core` lands its own plan.py (take core's
-version when merging).
+A generating row's *stream* is `[v virtual positions][prompt tokens][generated tokens]`, v =
+`model.stream_prefix_length(adapter)`. Stream position p lives in block `block_table[p // block_size]` at
+offset `p % block_size`. A step's plan lists chunks: a decode chunk is one token, a prefill chunk a run of a
+row's prompt; every row at most once.
 """
 
 from __future__ import annotations
