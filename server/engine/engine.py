@@ -55,6 +55,7 @@ from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
 from .fairness import VirtualTokenCounter
 from .limits import TokenLimits, prompt_positions
+from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
 from .scheduler import StepSchedule
 from .types import (
@@ -70,7 +71,7 @@ log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
 
 
-class Engine:
+class Engine(PaddedPath):
     """Continuous batching over a MultiAdapterModel: `paged_step` (or `prefill`/`decode`) and `classify`."""
 
     def __init__(
@@ -262,40 +263,6 @@ class Engine:
             else:
                 self._padded_step(self._batch)
 
-    # -- the padded path --------------------------------------------------------------------------------
-    def _padded_step(self, batch: RunningBatch) -> None:
-        admitted, jobs = self._schedule(batch)
-        if jobs:
-            self._run_classify(jobs)
-        try:
-            logits = self._forward(batch, admitted)
-        except Exception as exc:
-            # Rows admitted this step but not yet in the batch would otherwise be lost: fail them
-            # too (the caller fails the batch's rows).
-            in_batch = {id(row) for row in batch.rows}
-            self._fail([row for row in admitted if id(row) not in in_batch], exc)
-            raise
-        if logits is None:
-            return
-        self._emit(batch.rows, choose_tokens([row.sampler for row in batch.rows], logits))
-
-    def _schedule(self, batch: RunningBatch) -> tuple[list[Row], list[ClassifyJob]]:
-        for row in batch.rows:
-            if row.done:  # it leaves the batch now: its adapter may be unloaded from here on
-                self._leave(row)
-        batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
-        self.metrics.running_rows.set(len(batch))
-        admitted: list[Row] = []
-        with self._cond:
-            self._drop_cancelled()
-            self.fairness.notice(self._waiting, (row.tenant for row in batch.rows))
-            while self._waiting and len(batch) + len(admitted) < self.max_batch_size:
-                row = self.fairness.pop_next(self._waiting)
-                self.fairness.charge(row.tenant, prompt_tokens=len(row.request.input_ids))
-                admitted.append(row)
-            jobs = self._take_classify_jobs()
-        return admitted, jobs
-
     def _drop_cancelled(self) -> None:
         """Waiting rows whose client went away leave the queue (called under the condition)."""
         if any(row.handle.cancelled for row in self._waiting):
@@ -384,39 +351,6 @@ class Engine:
             pool = self._batch.blocks.pool
             self.metrics.kv_blocks_used.set(pool.num_used)
             self.metrics.kv_blocks_free.set(pool.num_free)
-
-    def _forward(self, batch: RunningBatch, admitted: list[Row]) -> torch.Tensor | None:
-        """Logits (B, V) for the running rows (decode) followed by the admitted ones (prefill)."""
-        parts: list[torch.Tensor] = []
-        if batch.rows:
-            next_tokens = torch.tensor([row.last_token for row in batch.rows], device=self.device)
-            logits, batch.state = self.model.decode(batch.state, next_tokens)
-            parts.append(logits)
-        for rows, logits, state in self._prefill(admitted):
-            batch.extend(rows, state)
-            parts.append(logits)
-            self.metrics.prompt_tokens.inc(sum(len(row.request.input_ids) for row in rows))
-        if not parts:
-            return None
-        self.metrics.observe_step([row.request.adapter for row in batch.rows])
-        self.metrics.running_rows.set(len(batch.rows))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-    def _prefill(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor, Any]]:
-        """Prefill `rows` together; if that fails (e.g. an adapter removed while they waited), retry them one
-        by one so that only the row at fault gets the error."""
-        if not rows:
-            return []
-        try:
-            logits, state = self.model.prefill(
-                [row.request.input_ids for row in rows], [row.request.model_name for row in rows]
-            )
-        except Exception as exc:
-            if len(rows) == 1:
-                self._fail(rows, exc)
-                return []
-            return [part for row in rows for part in self._prefill([row])]
-        return [(rows, logits, state)]
 
     def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()

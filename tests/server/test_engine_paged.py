@@ -5,7 +5,9 @@ and preemption; every answer must still be the adapter's own greedy answer alone
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
 from server.app import create_app
-from server.engine import build_engine
+from server.engine import GenerationRequest, build_engine
+from server.sampling import SamplingParams
 from server.settings import Settings
 
 NEW = 12
@@ -62,7 +65,8 @@ def tokens(response: Any) -> list[int]:
 
 
 def all_at_once(client: TestClient, engine: Any, bodies: list[dict]) -> list[Any]:
-    """POST every body while the engine is held, so that they all wait in the queue together."""
+    """POST every body while the engine is held, so that they all wait in the queue together, queued in
+    this order (each is queued before the next is sent)."""
     out: list[Any] = [None] * len(bodies)
 
     def post(i: int) -> None:
@@ -70,9 +74,9 @@ def all_at_once(client: TestClient, engine: Any, bodies: list[dict]) -> list[Any
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
     with engine.hold() as held:
-        for t in threads:
+        for i, t in enumerate(threads):
             t.start()
-        held.wait_queued(len(bodies))
+            held.wait_queued(i + 1)
     for t in threads:
         t.join(timeout=300)
     assert not any(t.is_alive() for t in threads), "a request got no response"
@@ -106,7 +110,9 @@ def test_concurrent_rows_equal_each_adapter_alone_under_chunking_and_preemption(
         assert max(sizes) == 8, "the token budget was never reached (or was passed)"
         assert any(not c.want_logits for plan in double.plans for c in plan.chunks), "no prompt was chunked"
         mixed = [p for p in double.plans if any(len(c.tokens) > 1 for c in p.chunks) and len(p.chunks) > 1]
-        assert any(any(len(c.tokens) == 1 for c in p.chunks) for p in mixed), "prefill never ran beside decodes"
+        assert any(any(len(c.tokens) == 1 for c in p.chunks) for p in mixed), (
+            "prefill never ran beside decodes"
+        )
         assert counter(engine, "preemptions") > 0, "the KV budget was meant to force preemption"
 
 
@@ -129,7 +135,10 @@ def test_prefix_blocks_are_shared_within_an_adapter_version_only(
 
         def upload(source: str) -> None:
             files = {
-                "config": ("adapter_config.json", (causal_adapters[source] / "adapter_config.json").read_bytes()),
+                "config": (
+                    "adapter_config.json",
+                    (causal_adapters[source] / "adapter_config.json").read_bytes(),
+                ),
                 "weights": (
                     "adapter_model.safetensors",
                     (causal_adapters[source] / "adapter_model.safetensors").read_bytes(),
@@ -146,7 +155,9 @@ def test_prefix_blocks_are_shared_within_an_adapter_version_only(
         assert tokens(client.post("/generate", json=body(text, "hot"))) == reference_tokens(
             multi, tok, text, "lora4", NEW
         )
-        assert counter(engine, "prefix_cache_hits") - hits == 3 * BLOCK, "the same prompt missed its own prefix"
+        assert counter(engine, "prefix_cache_hits") - hits == 3 * BLOCK, (
+            "the same prompt missed its own prefix"
+        )
         hits = counter(engine, "prefix_cache_hits")
         upload("lora8")  # same name, new content hash
         assert tokens(client.post("/generate", json=body(text, "hot"))) == reference_tokens(
@@ -167,7 +178,11 @@ def test_a_flooding_adapter_does_not_delay_the_others_admission(
     """10 requests of lora4 then one of ia3 and one of dora, one row at a time: ia3 and dora are admitted
     second and third (first in, first out would put them last)."""
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3", "dora")]
-    with paged_client(base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (client, engine, double):
+    with paged_client(base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (
+        client,
+        engine,
+        double,
+    ):
         order = [("lora4", 100 + i) for i in range(10)] + [("ia3", 200), ("dora", 300)]
         out = all_at_once(client, engine, [body(prompt(seed), name, new=2) for name, seed in order])
         assert all(r.status_code == 200 for r in out)
@@ -190,3 +205,58 @@ def test_a_request_larger_than_the_whole_kv_cache_is_refused_with_the_flag_to_ra
         response = client.post("/generate", json=body(prompt(1, length=10), None, new=20))
         assert response.status_code == 422 and "--kv-cache-bytes" in response.json()["error"], response.text
         assert client.post("/generate", json=body(prompt(1, length=3), None, new=4)).status_code == 200
+
+
+def wait_until_idle(engine: Any) -> None:
+    """Hold the engine until it has no running row (a bound against a hang, not a timing assumption)."""
+    for _ in range(6000):
+        with engine.hold():
+            if not engine._batch.rows and not engine._waiting:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the engine never went idle")
+
+
+@pytest.mark.timeout(300)
+def test_failed_and_cancelled_rows_fail_alone_and_give_their_blocks_back(
+    llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
+) -> None:
+    multi, tok = oracle
+    adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3")]
+    with paged_client(
+        base_model=str(llama_dir), adapters=adapters, kv_block_size=BLOCK, max_batch_tokens=16
+    ) as (
+        client,
+        engine,
+        double,
+    ):
+        step = double.paged_step
+
+        def failing_for_ia3(plan: Any) -> Any:
+            if any(c.adapter is not None and c.adapter.startswith("ia3@") for c in plan.chunks):
+                raise RuntimeError("injected: this adapter's rows break the step")
+            return step(plan)
+
+        double.paged_step = failing_for_ia3  # type: ignore[method-assign]
+        loop = asyncio.new_event_loop()  # never run: the cancelled row's events are not read
+        long_text = prompt(9)
+        # It cannot end before it is cancelled: no EOS among its tokens (checked, not assumed).
+        assert tok.eos_token_id not in reference_tokens(multi, tok, long_text, None, 100)
+        request = GenerationRequest(tok(long_text)["input_ids"], None, SamplingParams(), max_new_tokens=100)
+        with engine.hold():
+            abandoned = engine.submit_generate(request, loop)
+        texts = [prompt(60 + i) for i in range(3)]
+        names = ["lora4", "ia3", None]
+        out = all_at_once(client, engine, [body(t, n) for t, n in zip(texts, names)])
+        assert out[1].status_code == 500 and "RuntimeError" in out[1].json()["error"], out[1].text
+        for i in (0, 2):
+            assert tokens(out[i]) == reference_tokens(multi, tok, texts[i], names[i], NEW)
+        with engine.hold():
+            running = [row for row in engine._batch.rows if row.handle is abandoned]
+            assert running and engine._batch.blocks.table(abandoned.id), (
+                "the long row was meant to be running"
+            )
+            abandoned.cancel()
+        wait_until_idle(engine)
+        assert engine._batch.blocks.pool.num_used == 0, "a row that left kept KV blocks"
+        loop.close()
