@@ -94,6 +94,7 @@ def paged_attention(
             "to the paged cache first): this model does not run on the paged path."
         )
     layer, batch = cache.layer, cache.batch
+    cache.attended += 1
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     window = int(window) if window else None
     softcap = kwargs.get("softcap")

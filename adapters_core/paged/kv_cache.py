@@ -58,6 +58,8 @@ class StepCache:
     def __init__(self, pool: KVPool, batch: PagedBatch) -> None:
         self.pool, self.batch = pool, batch
         self.layer: int | None = None  # the layer whose keys were written last: the one attending now
+        self.writes = 0  # layers written and attended in this step (paged_support's probe checks them)
+        self.attended = 0
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -72,6 +74,7 @@ class StepCache:
         self.pool.keys[layer_idx].index_copy_(0, slots, key_states[0].transpose(0, 1))
         self.pool.values[layer_idx].index_copy_(0, slots, value_states[0].transpose(0, 1))
         self.layer = layer_idx
+        self.writes += 1
         return key_states, value_states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UnsupportedError
-from .kv_cache import RESERVED_BLOCKS, KVPool
+from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
 from .plan import SeqChunk, StepPlan
 from .step import PagedState, mark_attention_modules, run
 
@@ -61,30 +61,22 @@ def _why_not(model: Any, state: PagedState) -> str | None:
     probe = PagedState()
     probe.pool = KVPool(_heads(model), RESERVED_BLOCKS + 1, 2, dtype=_dtype(model), device=model._device())
     mark_attention_modules(base, probe.cell)
-    calls = {"update": 0}
+    layers = len(_heads(model))
+    seen: list[StepCache] = []
+    failure = ""
     try:
-        from .kv_cache import StepCache
-
-        original = StepCache.update
-
-        def counting(self: StepCache, *args: Any, **kwargs: Any) -> Any:
-            calls["update"] += 1
-            return original(self, *args, **kwargs)
-
-        StepCache.update = counting  # type: ignore[method-assign]
-        try:
-            plan = StepPlan([SeqChunk(0, None, [1, 1], 0, [RESERVED_BLOCKS])])
-            run(model, probe, plan, [(-1, 0, 0)])
-        finally:
-            StepCache.update = original  # type: ignore[method-assign]
+        plan = StepPlan([SeqChunk(0, None, [1, 1], 0, [RESERVED_BLOCKS])])
+        run(model, probe, plan, [(-1, 0, 0)], probe=seen)
     except Exception as exc:  # the reason is the answer
-        return f"{name}: its attention does not run over the paged cache ({type(exc).__name__}: {exc})."
+        failure = f" (the probe step failed: {type(exc).__name__}: {exc})"
     finally:
         mark_attention_modules(base, state.cell)
-    if calls["update"] != len(_heads(model)):
+    writes, attended = (seen[0].writes, seen[0].attended) if seen else (0, 0)
+    if failure or writes != layers or attended != layers:
         return (
-            f"{name}: {calls['update']} of its {len(_heads(model))} attention layers wrote to the paged cache; "
-            "the paged path needs every layer's keys."
+            f"{name}: its attention does not run through transformers' cache.update and attention interface in "
+            f"every layer ({writes} of {layers} layers wrote keys, {attended} attended){failure}; the paged path "
+            "needs both."
         )
     return None
 

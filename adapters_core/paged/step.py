@@ -65,9 +65,14 @@ def _inputs(store: Any, batch: PagedBatch) -> dict[str, torch.Tensor]:
 
 
 def run(
-    model: Any, state: PagedState, plan: StepPlan, chunk_info: list[tuple[int, int, int]]
+    model: Any,
+    state: PagedState,
+    plan: StepPlan,
+    chunk_info: list[tuple[int, int, int]],
+    probe: list[StepCache] | None = None,
 ) -> torch.Tensor:
-    """(n, V) float logits of the chunks with `want_logits`, plan order. `chunk_info[i]` = (slot, v, m)."""
+    """(n, V) float logits of the chunks with `want_logits`, plan order. `chunk_info[i]` = (slot, v, m).
+    `probe` receives the step's cache (paged_support counts the layers it wrote and attended)."""
     pool = state.pool
     assert pool is not None
     store = model._prompts
@@ -84,6 +89,8 @@ def run(
     )
     batch.extras["prefix"] = {s: store.slots[s].prefix for s, _, m in chunk_info if m}
     cache = StepCache(pool, batch)
+    if probe is not None:
+        probe.append(cache)
     keep = batch.logit_tokens or [batch.num_tokens - 1]
     call: dict[str, Any] = {"position_ids": batch.position_ids, "cache": cache, "use_cache": True}
     if "logits_to_keep" in inspect.signature(base.forward).parameters:
