@@ -114,10 +114,7 @@ def _chunk_info(model: Any, chunk: SeqChunk) -> tuple[int, int, int]:
         return slot, int(tensors.length), 0
     if tensors.kind == "prefix":
         return slot, 0, int(tensors.prefix[0][0].shape[1])
-    raise UnsupportedError(
-        f"adapter {chunk.adapter!r} is a LLaMA-Adapter (adaption prompts): not on the paged path yet; serve it "
-        "with the padded step API (prefill/decode)."
-    )
+    return slot, 0, 0  # LLaMA-Adapter: its hooks add the gated prompt term per token (multi/prompts.py)
 
 
 def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:

@@ -25,7 +25,7 @@ class Oracles:
 
     def __init__(self, fam: Family, root: Path, methods: tuple[str, ...]) -> None:
         warnings.simplefilter("ignore")
-        self.fam = fam
+        self.fam, self.methods = fam, methods
         self.peft: dict[str | None, torch.nn.Module] = {None: fam.build()}
         self.multi = MultiAdapterModel(fam.build())
         for i, (method, cfg) in enumerate(method_configs(fam).items()):

@@ -1,5 +1,5 @@
 """paged_step (issue 16) equals PEFT row by row: every causal family the paged path accepts × every method it
-serves, rows of different adapters (and the base) packed in one stream, prompts prefilled in uneven chunks,
+serves (LLaMA-Adapter too where PEFT has it), rows of different adapters (and the base) packed in one stream, prompts prefilled in uneven chunks,
 rows joining while others decode, blocks shuffled. At every step each row's logits equal PEFT's for that row
 alone (whole (V,) tensors) and its greedy token is PEFT's."""
 
@@ -20,7 +20,9 @@ PAGED = [n for n, f in FAMILIES.items() if f.kind == "causal" and n not in ("fal
 
 @pytest.fixture(scope="module", params=PAGED)
 def oracles(request, tmp_path_factory) -> Oracles:
-    return Oracles(FAMILIES[request.param], tmp_path_factory.mktemp(request.param), METHODS)
+    fam = FAMILIES[request.param]
+    methods = (*METHODS, "LLaMA-Adapter") if fam.llama_adapter else METHODS
+    return Oracles(fam, tmp_path_factory.mktemp(request.param), methods)
 
 
 def test_paged_support_says_which_families(oracles: Oracles) -> None:
@@ -29,7 +31,7 @@ def test_paged_support_says_which_families(oracles: Oracles) -> None:
 
 @torch.no_grad()
 def test_packed_steps_equal_peft_per_row(oracles: Oracles) -> None:
-    names: list[str | None] = [*METHODS, None, "LoRA", "prefix tuning", None]
+    names: list[str | None] = [*oracles.methods, None, "LoRA", "prefix tuning", None]
     random.Random(1).shuffle(names)
     g = torch.Generator().manual_seed(2)
     prompts = [
