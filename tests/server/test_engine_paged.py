@@ -1,11 +1,12 @@
 """The engine's paged path end to end (real app in process, tiny Llama, PEFT adapters of every method), over
-`ReferencePagedModel` (paged_double.py): a token-level KV cache read back through the engine's block tables,
-with an exact full forward per row. Small `--max-batch-tokens` and `--kv-cache-bytes` force chunked prefill
-and preemption; every answer must still be the adapter's own greedy answer alone."""
+the real paged core and over `ReferencePagedModel` (paged_double.py: a token-level KV cache read back through
+the engine's block tables, with an exact full forward per row). Small `--max-batch-tokens` and KV pools force
+chunked prefill and preemption; every answer must still be the adapter's own greedy answer alone."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from serve_helpers import prompt, reference_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged.plan import StepPlan
 from server.app import create_app
 from server.engine import GenerationRequest, build_engine
 from server.sampling import SamplingParams
@@ -31,20 +33,32 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
 @contextmanager
-def paged_client(**settings: Any) -> Iterator[tuple[TestClient, Any, ReferencePagedModel]]:
-    """The real app over an engine whose model is the reference paged double."""
+def paged_client(
+    model: str, kv_blocks: int | None = None, **settings: Any
+) -> Iterator[tuple[TestClient, Any, list[StepPlan]]]:
+    """The real app on the paged path over `model`: "double" (the reference double) or "core" (the real paged
+    core). `kv_blocks`: a KV pool of that many blocks. Yields the client, the engine and every plan run."""
     config = Settings(**settings)
     engine = build_engine(config)
-    double = ReferencePagedModel(engine.model)
-    engine.model = double
+    if model == "double":
+        engine.model = ReferencePagedModel(engine.model)
+    if kv_blocks is not None:
+        size = kv_blocks * engine.model.kv_block_bytes(engine.paging.block_size)
+        engine.paging = dataclasses.replace(engine.paging, kv_cache_bytes=size)
+    plans: list[StepPlan] = []
+    step = engine.model.paged_step
+
+    def recording(plan: StepPlan) -> Any:
+        plans.append(plan)
+        return step(plan)
+
+    engine.model.paged_step = recording
     with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
         assert engine.paged, engine.padded_reason
-        yield client, engine, double
+        yield client, engine, plans
 
 
-def kv_bytes(double_blocks: int) -> int:
-    """--kv-cache-bytes for this many blocks of BLOCK positions of the tiny Llama (2 layers, 2 KV heads of 16)."""
-    return double_blocks * 2 * 2 * 2 * 16 * BLOCK * 4
+MODELS = ["double", "core"]
 
 
 @pytest.fixture(scope="module")
@@ -88,28 +102,30 @@ def counter(engine: Any, name: str) -> float:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("model", MODELS)
 def test_concurrent_rows_equal_each_adapter_alone_under_chunking_and_preemption(
-    llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
+    model: str, llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
 ) -> None:
     multi, tok = oracle
     names: list[str | None] = [None, *causal_adapters]
     adapters = [f"{name}={path}" for name, path in causal_adapters.items()]
     with paged_client(
+        model,
+        kv_blocks=17,  # 16 usable blocks = 64 positions; a row needs up to 6 blocks
         base_model=str(llama_dir),
         adapters=adapters,
         max_batch_size=8,
         max_batch_tokens=8,
         kv_block_size=BLOCK,
-        kv_cache_bytes=kv_bytes(17),  # 16 usable blocks = 64 positions; a row needs up to 6 blocks
-    ) as (client, engine, double):
+    ) as (client, engine, plans):
         texts = [prompt(50 + i, length=5 + 2 * (i % 4)) for i in range(len(names))]
         out = all_at_once(client, engine, [body(t, n) for t, n in zip(texts, names)])
         for name, text, response in zip(names, texts, out):
             assert tokens(response) == reference_tokens(multi, tok, text, name, NEW), name
-        sizes = [sum(len(c.tokens) for c in plan.chunks) for plan in double.plans]
+        sizes = [sum(len(c.tokens) for c in plan.chunks) for plan in plans]
         assert max(sizes) == 8, "the token budget was never reached (or was passed)"
-        assert any(not c.want_logits for plan in double.plans for c in plan.chunks), "no prompt was chunked"
-        mixed = [p for p in double.plans if any(len(c.tokens) > 1 for c in p.chunks) and len(p.chunks) > 1]
+        assert any(not c.want_logits for plan in plans for c in plan.chunks), "no prompt was chunked"
+        mixed = [p for p in plans if any(len(c.tokens) > 1 for c in p.chunks) and len(p.chunks) > 1]
         assert any(any(len(c.tokens) == 1 for c in p.chunks) for p in mixed), (
             "prefill never ran beside decodes"
         )
@@ -117,14 +133,20 @@ def test_concurrent_rows_equal_each_adapter_alone_under_chunking_and_preemption(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("model", MODELS)
 def test_prefix_blocks_are_shared_within_an_adapter_version_only(
-    llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any], tmp_path: Path
+    model: str,
+    llama_dir: Path,
+    causal_adapters: dict[str, Path],
+    oracle: tuple[MultiAdapterModel, Any],
+    tmp_path: Path,
 ) -> None:
     """The same prompt again reuses its cached blocks; a re-uploaded adapter of the same name does not (its
     answer is the new weights' answer), and neither does another adapter."""
     multi, tok = oracle
     text = prompt(7, length=14)  # 3 full blocks of 4 (+ the BOS)
     with paged_client(
+        model,
         base_model=str(llama_dir),
         adapters=[f"ia3={causal_adapters['ia3']}"],
         admin_key="admin-secret",
@@ -178,30 +200,26 @@ def test_a_flooding_adapter_does_not_delay_the_others_admission(
     """10 requests of lora4 then one of ia3 and one of dora, one row at a time: ia3 and dora are admitted
     second and third (first in, first out would put them last)."""
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3", "dora")]
-    with paged_client(base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (
+    with paged_client("double", base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (
         client,
         engine,
-        double,
+        plans,
     ):
         order = [("lora4", 100 + i) for i in range(10)] + [("ia3", 200), ("dora", 300)]
         out = all_at_once(client, engine, [body(prompt(seed), name, new=2) for name, seed in order])
         assert all(r.status_code == 200 for r in out)
         first_seen: list[int] = []
-        for plan in double.plans:
+        for plan in plans:
             for c in plan.chunks:
                 if c.seq_id not in first_seen:
                     first_seen.append(c.seq_id)
-        adapter_of = {c.seq_id: c.adapter.partition("@")[0] for p in double.plans for c in p.chunks}
+        adapter_of = {c.seq_id: c.adapter.partition("@")[0] for p in plans for c in p.chunks}
         admitted = [adapter_of[s] for s in first_seen]
         assert admitted == ["lora4", "ia3", "dora"] + ["lora4"] * 9, admitted
 
 
 def test_a_request_larger_than_the_whole_kv_cache_is_refused_with_the_flag_to_raise(llama_dir: Path) -> None:
-    with paged_client(base_model=str(llama_dir), kv_block_size=BLOCK, kv_cache_bytes=kv_bytes(5)) as (
-        client,
-        _,
-        _,
-    ):
+    with paged_client("core", kv_blocks=5, base_model=str(llama_dir), kv_block_size=BLOCK) as (client, _, _):
         response = client.post("/generate", json=body(prompt(1, length=10), None, new=20))
         assert response.status_code == 422 and "--kv-cache-bytes" in response.json()["error"], response.text
         assert client.post("/generate", json=body(prompt(1, length=3), None, new=4)).status_code == 200
@@ -218,26 +236,27 @@ def wait_until_idle(engine: Any) -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("model", MODELS)
 def test_failed_and_cancelled_rows_fail_alone_and_give_their_blocks_back(
-    llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
+    model: str, llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
 ) -> None:
     multi, tok = oracle
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3")]
-    with paged_client(
-        base_model=str(llama_dir), adapters=adapters, kv_block_size=BLOCK, max_batch_tokens=16
-    ) as (
-        client,
-        engine,
-        double,
-    ):
-        step = double.paged_step
+    settings = {
+        "base_model": str(llama_dir),
+        "adapters": adapters,
+        "kv_block_size": BLOCK,
+        "max_batch_tokens": 16,
+    }
+    with paged_client(model, **settings) as (client, engine, _):
+        step = engine.model.paged_step
 
         def failing_for_ia3(plan: Any) -> Any:
             if any(c.adapter is not None and c.adapter.startswith("ia3@") for c in plan.chunks):
                 raise RuntimeError("injected: this adapter's rows break the step")
             return step(plan)
 
-        double.paged_step = failing_for_ia3  # type: ignore[method-assign]
+        engine.model.paged_step = failing_for_ia3
         loop = asyncio.new_event_loop()  # never run: the cancelled row's events are not read
         long_text = prompt(9)
         # It cannot end before it is cancelled: no EOS among its tokens (checked, not assumed).
