@@ -77,6 +77,28 @@ class Metrics:
         self.rejected = Counter(
             "swapyard_rejected_requests", "requests refused before running", ["reason"], registry=r
         )
+        # The paged KV cache (engine/paged.py): how full it is, how often rows are recomputed, prefix reuse.
+        self.kv_blocks_used = Gauge("swapyard_kv_blocks_used", "KV cache blocks held by rows", registry=r)
+        self.kv_blocks_free = Gauge(
+            "swapyard_kv_blocks_free",
+            "KV cache blocks that can be allocated (free, or cached prefixes nobody holds)",
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "swapyard_preemptions",
+            "rows whose KV blocks were taken back when the cache ran out (recomputed later)",
+            registry=r,
+        )
+        self.prefix_cache_queries = Counter(
+            "swapyard_prefix_cache_queried_tokens",
+            "stream positions looked up in the prefix cache",
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "swapyard_prefix_cache_hit_tokens",
+            "stream positions served from the prefix cache (not recomputed)",
+            registry=r,
+        )
         # Per adapter (bounded label set, see AdapterLabels): what the dashboard shows per adapter.
         self.adapter_requests = Counter(
             "swapyard_adapter_requests",

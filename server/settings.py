@@ -66,6 +66,26 @@ class Settings(BaseSettings):
         default=20, ge=1, description="max_new_tokens when a request gives none"
     )
     max_batch_size: int = Field(default=32, ge=1, description="rows in the running batch at most")
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="tokens one model step runs at most: running rows' decode tokens first, then prefill chunks "
+        "of new rows (a longer prompt is spread over steps); running rows are capped at this many too "
+        "(default: 256 on the CPU, 2048 on a GPU)",
+    )
+    kv_cache_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="bytes of the paged KV cache, preallocated at start-up (default: half of the GPU memory free "
+        "after the model loads, 1 GiB on the CPU; the default is capped at what --max-batch-size rows of "
+        "--max-total-tokens need, twice over)",
+    )
+    kv_block_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="positions per KV cache block (the unit of allocation and of prefix reuse)",
+    )
     max_queued_requests: int = Field(
         default=256, ge=1, description="requests waiting to start (running ones not counted); more -> 429"
     )

@@ -95,9 +95,67 @@ class RowContext:
             groups.setdefault(slot, []).append(row)
         return groups
 
+    def index_groups(self, tokens: int, device: torch.device) -> dict[int, Any]:
+        """slot -> an index of `x[index]` that picks that slot's tokens from activations (B, tokens, ...):
+        here the rows (a list for dim 0); `TokenContext` answers with (0, token indices) of a packed stream."""
+        return self.row_groups()
+
 
 class ContextHolder:
     """A mutable cell shared by the model and all its wrapped layers (no globals, no thread-locals)."""
 
     def __init__(self) -> None:
         self.current: RowContext | None = None
+
+
+@dataclass
+class TokenContext(RowContext):
+    """The packed stream of a paged step (adapters_core/paged): activations are (1, T, H) (or (T, H) where a
+    model flattens), a run of tokens per segment, segment s under slot `row_slots[s]` for `seg_lengths[s]`
+    tokens. `layouts` maps a token count to its (slots, lengths) segments: the whole stream, and the tokens the
+    LM head sees (`logits_to_keep`: one per chunk that wants logits). Layers read it through the same methods
+    as a `RowContext`, so every adapter follows its tokens, not a row of a padded batch."""
+
+    layouts: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+    _groups: dict[tuple[int, str], dict[int, Any]] = field(default_factory=dict)
+
+    def _layout(self, tokens: int, where: str) -> tuple[list[int], list[int]]:
+        try:
+            return self.layouts[tokens]
+        except KeyError:
+            raise RuntimeError(
+                f"{where}: got {tokens} tokens, but the paged step packed {sorted(self.layouts)}; the model moved "
+                "tokens in a way the paged path cannot attribute to adapters."
+            ) from None
+
+    def note_shape(self, shape: torch.Size) -> None:
+        return None
+
+    def rows_view(self, x: torch.Tensor, where: str) -> torch.Tensor:
+        tokens = x.numel() // x.shape[-1]
+        self._layout(tokens, where)
+        return x.reshape(1, tokens, x.shape[-1])
+
+    def meta(self, tokens_per_row: int, device: torch.device) -> BatchMeta:
+        key = (tokens_per_row, str(device))
+        if key not in self._metas:
+            slots, lengths = self._layout(tokens_per_row, "adapter metadata")
+            if all(n == 1 for n in lengths):
+                self._metas[key] = build_decode_meta(slots, device=device)
+            else:
+                self._metas[key] = build_prefill_meta(slots, lengths, device=device)
+        return self._metas[key]
+
+    def index_groups(self, tokens: int, device: torch.device) -> dict[int, Any]:
+        key = (tokens, str(device))
+        if key not in self._groups:
+            slots, lengths = self._layout(tokens, "per-slot tokens")
+            per_slot: dict[int, list[int]] = {}
+            at = 0
+            for slot, n in zip(slots, lengths):
+                per_slot.setdefault(slot, []).extend(range(at, at + n))
+                at += n
+            self._groups[key] = {
+                s: (0, torch.tensor(idx, dtype=torch.long, device=device)) for s, idx in per_slot.items()
+            }
+        return self._groups[key]

@@ -84,7 +84,8 @@ class _MultiBase(ForwardingModule):
     def _apply_overrides(self, x: torch.Tensor, y: torch.Tensor, ctx: RowContext, *args: Any) -> torch.Tensor:
         """Rows whose adapter carries its own copy of this module run that copy; widths may differ
         (classification heads with other label counts): narrower rows are padded with -inf."""
-        groups = {s: rows for s, rows in ctx.row_groups().items() if s in self.overrides}
+        tokens = x.shape[1] if x.dim() > 1 else x.shape[0]
+        groups = {s: i for s, i in ctx.index_groups(tokens, x.device).items() if s in self.overrides}
         if not groups:
             return y
         outs = {
@@ -214,10 +215,10 @@ class MultiLinear(_MultiBase):
         if self.base_layer.bias is not None:
             y = y + self.base_layer.bias
         if self.bias_delta:
-            y = y.view(ctx.batch_size, -1, self.out_features)  # (B, L, out)
-            for slot, rows in ctx.row_groups().items():
+            y = y.view(*lead, self.out_features)  # (B, L, out)
+            for slot, index in ctx.index_groups(x.shape[1], x.device).items():
                 if slot in self.bias_delta:
-                    y[rows] += self.bias_delta[slot]
+                    y[index] += self.bias_delta[slot]
             y = y.view(-1, self.out_features)
         if self.ia3_out is not None:
             ia3_scale_output(y, self.ia3_out, meta)
@@ -252,7 +253,7 @@ class MultiEmbedding(_MultiBase):
         if ctx is None:
             return y
         emb = self.base_layer
-        for slot, rows in ctx.row_groups().items():
+        for slot, rows in ctx.index_groups(ids.shape[1] if ids.dim() > 1 else 1, ids.device).items():
             if slot not in self.lora:
                 continue
             a_t, b_t, scale, g = self.lora[slot]

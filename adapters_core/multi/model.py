@@ -31,6 +31,8 @@ from kernels.errors import PoolFullError
 
 from ..config import AdapterConfig
 from ..errors import AdapterCapacityError, AdapterLoadError, AdapterNotFoundError, UnsupportedError
+from ..paged import model_api as paged
+from ..paged.plan import StepPlan
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
 from .layers import (
@@ -376,6 +378,34 @@ class MultiAdapterModel(nn.Module):
                     "drop the row (DecodeState.select) or prefill it again."
                 )
         state.epoch = self._epoch
+
+    # -- the paged engine core (issue 16, adapters_core/paged/) ----------------------------------------
+    def paged_support(self) -> str | None:
+        """None when this base runs on the paged path (`paged_step`); else why it does not (the engine keeps
+        the padded step API for it)."""
+        return paged.support(self)
+
+    def stream_prefix_length(self, adapter: str | None) -> int:
+        """Virtual positions that open a row's stream under `adapter` (prompt / P-tuning), else 0."""
+        return paged.stream_prefix_length(self, adapter)
+
+    def kv_block_bytes(self, block_size: int) -> int:
+        """Bytes one KV block of `block_size` positions takes over all layers, keys and values."""
+        return paged.kv_block_bytes(self, block_size)
+
+    def init_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        """Preallocate the paged KV pool: `num_blocks` blocks of `block_size` positions on the model's device."""
+        paged.init_kv_cache(self, num_blocks, block_size)
+
+    @property
+    def reserved_blocks(self) -> int:
+        """Leading block ids the scheduler must not hand out (block 0 is the scratch block)."""
+        return paged.RESERVED_BLOCKS
+
+    @torch.no_grad()
+    def paged_step(self, plan: StepPlan) -> torch.Tensor:
+        """Run one step (paged/plan.py): (n, V) float logits, one per chunk with `want_logits`, in plan order."""
+        return paged.paged_step(self, plan)
 
     @torch.no_grad()
     def classify(

@@ -223,16 +223,22 @@ class PromptStore:
             per_slot = self._adaption.get(path)
             if ctx is None or not per_slot:
                 return output
-            groups = [(s, rows) for s, rows in ctx.row_groups().items() if s in per_slot]
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, q_len, hidden)
+            # rows of a padded batch, or (0, token indices) of a paged step's packed stream (TokenContext)
+            index_groups = ctx.index_groups(hidden.shape[1], hidden.device).items()
+            groups = [(s, index) for s, index in index_groups if s in per_slot]
             if not groups:
                 return output
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, q_len, hidden)
             out, *rest = output
             out = out.clone()
-            for slot, rows in groups:
+            for slot, index in groups:
                 k, v, gate = per_slot[slot]
-                extra = self._adaption_term(module, hidden[rows], k, v, gate, kwargs, rows)
-                out[rows] = (out[rows] + extra).to(hidden.dtype)
+                packed = isinstance(index, tuple)
+                h = (
+                    hidden[index][None] if packed else hidden[index]
+                )  # (b, q_len, hidden); packed: (1, n, hidden)
+                extra = self._adaption_term(module, h, k, v, gate, kwargs, index)
+                out[index] = (out[index] + (extra[0] if packed else extra)).to(hidden.dtype)
             return (out, *rest)
 
         return hook
@@ -245,7 +251,7 @@ class PromptStore:
         v: torch.Tensor,
         gate: torch.Tensor,
         kwargs: dict,
-        rows: list[int],
+        rows: Any,
     ) -> torch.Tensor:
         """PEFT's AdaptedAttention term for the rows `h` (b, q_len, hidden) -> (b, q_len, hidden)."""
         bsz, q_len, _ = h.shape
@@ -256,7 +262,9 @@ class PromptStore:
             return _gated_attention(q, k, v, gate, hd)  # GPT-2: no c_proj on the adapter term
         q = _base(attn.q_proj)(h).view(bsz, q_len, -1, hd).transpose(1, 2)  # (b, H, q_len, hd)
         cos, sin = kwargs["position_embeddings"]  # (B, q_len, hd): the rows' own positions
-        if cos.shape[0] != 1:  # per-row positions; a (1, q_len, hd) table is shared by every row
+        if isinstance(rows, tuple):  # a paged step: (0, token indices) of the packed (1, T) stream
+            cos, sin = cos[rows][None], sin[rows][None]
+        elif cos.shape[0] != 1:  # per-row positions; a (1, q_len, hd) table is shared by every row
             cos, sin = cos[rows], sin[rows]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin  # RoPE on the query only, as PEFT

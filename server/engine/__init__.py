@@ -11,6 +11,7 @@ from ..settings import Settings, public_base_name
 from ..store import PrometheusStoreMetrics
 from .engine import Engine, EngineHold
 from .limits import TokenLimits, context_length
+from .paged import PagingConfig
 from .types import (
     ClassifyJob,
     ErrorEvent,
@@ -77,4 +78,5 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
             settings, context_length(base.config, base.tokenization.tokenizer), base.kind
         ),
         metrics=metrics,
+        paging=PagingConfig.from_settings(settings),
     )

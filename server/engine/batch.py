@@ -1,7 +1,8 @@
-"""The running batch: one `Row` per admitted request, aligned with the model's `DecodeState` rows.
+"""One `Row` per generation request, and the padded path's running batch (rows aligned with the model's
+`DecodeState` rows). The paged path's running rows are engine/paged.py's `PagedBatch`.
 
-Invariant: `rows[i]` is row i of `state`. Rows only ever leave through `keep` (DecodeState.select) and join
-through `extend` (DecodeState.concat), so the two can never drift apart.
+Invariant of `RunningBatch`: `rows[i]` is row i of `state`. Rows only ever leave through `keep`
+(DecodeState.select) and join through `extend` (DecodeState.concat), so the two can never drift apart.
 """
 
 from __future__ import annotations
@@ -11,20 +12,32 @@ from typing import Any
 
 from ..sampling import RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
+from .scheduler import SeqState
 from .types import FinishEvent, FinishReason, GenerationRequest, RequestHandle, TokenEvent
 
 
-@dataclass
+@dataclass(eq=False)  # a row is an identity: two rows are never "equal"
 class Row:
-    """One request inside the running batch."""
+    """One generation request, from the queue to its last event.
+
+    `seq` is its stream as the paged scheduler sees it (the engine appends every accepted token to
+    `seq.stream`); the padded path only uses its fairness fields."""
 
     request: GenerationRequest
     handle: RequestHandle
     sampler: RowSampler
     decoder: IncrementalDecoder
+    seq: SeqState
     generated: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     failed: bool = False  # it got an ErrorEvent
+    fair_seen: bool = False  # the fair queue noticed its arrival (engine/fairness.py)
+    preempted: bool = False  # its KV blocks were taken back: it waits at the queue's front to be recomputed
+
+    @property
+    def tenant(self) -> str | None:
+        """Whose share of the service it uses (engine/fairness.py): its adapter's public name."""
+        return self.request.adapter
 
     @property
     def ended(self) -> bool:
@@ -44,6 +57,7 @@ class Row:
     def accept(self, token_id: int, logprob: float, tok: Tokenization) -> TokenEvent:
         """Record a sampled token, decide whether the row is finished, and return its event."""
         self.generated.append(token_id)
+        self.seq.stream.append(token_id)
         text = self.decoder.push(token_id)
         if token_id in tok.eos_token_ids:
             self.finish_reason = "eos_token"
@@ -85,6 +99,11 @@ class RunningBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def clear(self) -> None:
+        """Forget every row (the step failed or the engine stopped: they got their events)."""
+        self.rows = []
+        self.state = None
 
     def keep(self, keep: list[int]) -> None:
         """Keep only rows `keep` (indices into the current rows), in that order."""

@@ -3,11 +3,22 @@
 Handlers call `submit_generate` / `submit_classify` from the event loop and await events; they never touch
 the model. The thread repeats one step, a short named pipeline:
 
-    schedule  drop finished and cancelled rows (DecodeState.select), admit waiting requests
+    schedule  drop finished and cancelled rows, pick this step's work (engine/scheduler.py)
     classify  run waiting classification jobs as one dynamic batch
-    forward   decode the running rows one token, prefill the admitted ones, concat their states
-    sample    pick each row's next token with its own sampler
+    forward   one `model.paged_step` over the step's packed tokens (engine/paged.py builds its StepPlan)
+    sample    pick the next token of each row whose stream the step completed, with its own sampler
     emit      send tokens, detect EOS / stop sequences / length, send finish events
+
+Two paths, chosen at `start()` by `model.paged_support()`:
+
+* paged (causal LMs): a token budget per step (`--max-batch-tokens`), decodes first, then prefill chunks;
+  rows hold blocks of a paged KV cache (`--kv-cache-bytes`, `--kv-block-size`), shared by prompt prefixes of
+  the same adapter version; when blocks run out a row is preempted and recomputed later;
+* padded (the bases `paged_support` names a reason for: encoder-decoders, ALiBi): the running rows decode one
+  token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated. It goes when
+  the paged core covers those bases (issue 16).
+
+Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
 
 So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
 for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
@@ -35,14 +46,18 @@ from typing import Any
 import torch
 
 from ..adapters import AdapterRegistry
-from ..errors import NotReadyError, QueueFullError, status_of
+from ..errors import InvalidInputError, NotReadyError, QueueFullError, status_of
 from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler, choose_tokens
 from ..store import Lease
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
+from .fairness import VirtualTokenCounter
 from .limits import TokenLimits, prompt_positions
+from .padded import PaddedPath
+from .paged import PagedBatch, PagingConfig, new_seq
+from .scheduler import StepSchedule
 from .types import (
     ClassifyJob,
     ErrorEvent,
@@ -56,8 +71,8 @@ log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
 
 
-class Engine:
-    """Continuous batching over a model with `prefill`, `decode` and `classify` (adapters_core.multi)."""
+class Engine(PaddedPath):
+    """Continuous batching over a MultiAdapterModel: `paged_step` (or `prefill`/`decode`) and `classify`."""
 
     def __init__(
         self,
@@ -68,6 +83,7 @@ class Engine:
         max_queued_requests: int,
         limits: TokenLimits,
         metrics: Metrics | None = None,
+        paging: PagingConfig | None = None,
     ) -> None:
         self.base = base
         self.registry = registry
@@ -81,7 +97,11 @@ class Engine:
         self.limits = limits
         self._waiting: collections.deque[Row] = collections.deque()
         self._classify: collections.deque[ClassifyJob] = collections.deque()
-        self._batch = RunningBatch()
+        self.paging = paging or PagingConfig()
+        self.fairness = VirtualTokenCounter()
+        # The running rows: a PagedBatch on the paged path (decided at start()), else a RunningBatch.
+        self._batch: RunningBatch | PagedBatch = RunningBatch()
+        self.padded_reason: str | None = "not started"
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -97,7 +117,26 @@ class Engine:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
+    @property
+    def paged(self) -> bool:
+        return isinstance(self._batch, PagedBatch)
+
     def start(self) -> None:
+        """Choose the path (paged if the model supports it), allocate the KV pool, start the thread."""
+        support = getattr(self.model, "paged_support", None)
+        self.padded_reason = "the model has no paged_step" if support is None else support()
+        if self.padded_reason is None:
+            self._batch = PagedBatch(
+                self.model,
+                self.paging,
+                self.fairness,
+                device=self.device,
+                max_rows=self.max_batch_size,
+                max_total=self.limits.max_total_tokens,
+            )
+            self._observe_blocks()
+        else:
+            log.info("padded engine path: %s", self.padded_reason)
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()
 
@@ -117,7 +156,7 @@ class Engine:
             release_lease(job.lease)
         self._waiting.clear()
         self._classify.clear()
-        self._batch = RunningBatch()
+        self._batch.clear()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[EngineHold]:
@@ -154,8 +193,15 @@ class Engine:
         virtual = prompt_positions(self.model, request.model_name)
         self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
         handle = RequestHandle(loop)
+        seq = new_seq(self.model, handle.id, request.input_ids, request.model_name, self.paged)
+        if isinstance(self._batch, PagedBatch):
+            self._batch.check_fits(len(seq.stream), request.max_new_tokens)
         row = Row(
-            request, handle, RowSampler(request.sampling, request.input_ids), IncrementalDecoder(self.tok)
+            request,
+            handle,
+            RowSampler(request.sampling, request.input_ids),
+            IncrementalDecoder(self.tok),
+            seq,
         )
         with self._cond:
             self._admit_check()
@@ -202,7 +248,7 @@ class Engine:
             except Exception as exc:  # a bug or device error: fail what is running, keep serving others
                 log.exception("engine step failed")
                 self._fail(self._batch.rows, exc)
-                self._batch = RunningBatch()
+                self._batch.clear()
             finally:
                 self._step_lock.release()
 
@@ -212,92 +258,103 @@ class Engine:
     def step(self) -> None:
         """One iteration: schedule -> classify -> forward -> sample -> emit."""
         with self.model_lock:
-            admitted, jobs = self._schedule()
-            if jobs:
-                self._run_classify(jobs)
-            try:
-                logits = self._forward(admitted)
-            except Exception as exc:
-                # Rows admitted this step but not yet in the batch would otherwise be lost: fail them
-                # too (the caller fails the batch's rows).
-                in_batch = {id(row) for row in self._batch.rows}
-                self._fail([row for row in admitted if id(row) not in in_batch], exc)
-                raise
-            if logits is None:
-                return
-            picks = self._sample(logits)
-            self._emit(picks)
+            if isinstance(self._batch, PagedBatch):
+                self._paged_step(self._batch)
+            else:
+                self._padded_step(self._batch)
 
-    def _schedule(self) -> tuple[list[Row], list[ClassifyJob]]:
-        batch = self._batch
-        for row in batch.rows:
-            if row.done:  # it leaves the batch now: its adapter may be unloaded from here on
+    def _drop_cancelled(self) -> None:
+        """Waiting rows whose client went away leave the queue (called under the condition)."""
+        if any(row.handle.cancelled for row in self._waiting):
+            for row in [row for row in self._waiting if row.handle.cancelled]:
                 self._leave(row)
-        batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
-        self.metrics.running_rows.set(len(batch))
-        admitted: list[Row] = []
+            self._waiting = collections.deque(row for row in self._waiting if not row.handle.cancelled)
+
+    def _take_classify_jobs(self) -> list[ClassifyJob]:
+        """This step's classification jobs, up to max_batch_size texts (called under the condition)."""
         jobs: list[ClassifyJob] = []
+        texts = 0
+        while self._classify and (
+            not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
+        ):
+            job = self._classify.popleft()
+            if not job.cancelled:
+                jobs.append(job)
+                texts += len(job.input_ids)
+            else:
+                release_lease(job.lease)
+        self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
+        return jobs
+
+    # -- the paged path ---------------------------------------------------------------------------------
+    def _paged_step(self, batch: PagedBatch) -> None:
+        schedule, jobs = self._schedule_paged(batch)
+        if jobs:
+            self._run_classify(jobs)
+        rows, logits = self._forward_paged(batch, schedule)
+        if rows and logits is not None:
+            self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
+
+    def _schedule_paged(self, batch: PagedBatch) -> tuple[StepSchedule[Row], list[ClassifyJob]]:
+        for row in batch.keep_running():  # they leave now: their adapter may be unloaded from here on
+            self._leave(row)
+        hits = batch.blocks.hit_positions, batch.blocks.queried_positions
         with self._cond:
-            while self._waiting and len(batch) + len(admitted) < self.max_batch_size:
-                row = self._waiting.popleft()
-                if not row.handle.cancelled:
-                    admitted.append(row)
-                else:
-                    self._leave(row)
-            texts = 0
-            while self._classify and (
-                not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
-            ):
-                job = self._classify.popleft()
-                if not job.cancelled:
-                    jobs.append(job)
-                    texts += len(job.input_ids)
-                else:
-                    release_lease(job.lease)
-            self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
-        return admitted, jobs
+            self._drop_cancelled()
+            schedule = batch.schedule(self._waiting)
+            jobs = self._take_classify_jobs()
+        for row in schedule.unfit:  # check_fits refuses these at submit: a bug if it happens
+            self._fail_alone(row, InvalidInputError("the request does not fit in the KV cache"))
+        self.metrics.preemptions.inc(len(schedule.preempted))
+        self.metrics.prefix_cache_hits.inc(batch.blocks.hit_positions - hits[0])
+        self.metrics.prefix_cache_queries.inc(batch.blocks.queried_positions - hits[1])
+        self.metrics.running_rows.set(len(batch))
+        self._observe_blocks()
+        return schedule, jobs
 
-    def _forward(self, admitted: list[Row]) -> torch.Tensor | None:
-        """Logits (B, V) for the running rows (decode) followed by the admitted ones (prefill)."""
-        parts: list[torch.Tensor] = []
-        batch = self._batch
-        if batch.rows:
-            next_tokens = torch.tensor([row.last_token for row in batch.rows], device=self.device)
-            logits, batch.state = self.model.decode(batch.state, next_tokens)
-            parts.append(logits)
-        for rows, logits, state in self._prefill(admitted):
-            batch.extend(rows, state)
-            parts.append(logits)
-            self.metrics.prompt_tokens.inc(sum(len(row.request.input_ids) for row in rows))
-        if not parts:
-            return None
-        self.metrics.observe_step([row.request.adapter for row in batch.rows])
-        self.metrics.running_rows.set(len(batch.rows))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-    def _prefill(self, rows: list[Row]) -> list[tuple[list[Row], torch.Tensor, Any]]:
-        """Prefill `rows` together; if that fails (e.g. an adapter removed while they waited), retry them one
-        by one so that only the row at fault gets the error."""
-        if not rows:
-            return []
+    def _forward_paged(
+        self, batch: PagedBatch, schedule: StepSchedule[Row]
+    ) -> tuple[list[Row], torch.Tensor | None]:
+        """Run the schedule's chunks; return the rows whose stream they completed and those rows' logits
+        (n, V). If the step fails, each chunk runs alone so that only the rows at fault fail."""
+        chunks = schedule.chunks
+        if not chunks:
+            return [], None
         try:
-            logits, state = self.model.prefill(
-                [row.request.input_ids for row in rows], [row.request.model_name for row in rows]
-            )
+            logits = self.model.paged_step(batch.plan(chunks))
+            done = chunks
         except Exception as exc:
-            if len(rows) == 1:
-                self._fail(rows, exc)
-                return []
-            return [part for row in rows for part in self._prefill([row])]
-        return [(rows, logits, state)]
+            if len(chunks) == 1:
+                self._fail_alone(chunks[0].row, exc)
+                return [], None
+            done, parts = [], []
+            for chunk in chunks:
+                try:
+                    part = self.model.paged_step(batch.plan([chunk]))
+                except Exception as solo_exc:
+                    self._fail_alone(chunk.row, solo_exc)
+                    continue
+                done.append(chunk)
+                if chunk.last:
+                    parts.append(part)
+            logits = torch.cat(parts) if parts else None
+        for chunk in done:
+            batch.commit(chunk)
+        self.metrics.prompt_tokens.inc(
+            sum(max(0, min(c.start + c.count, c.row.seq.prompt_len) - c.start) for c in done)
+        )
+        self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
+        return [chunk.row for chunk in done if chunk.last], logits
 
-    def _sample(self, logits: torch.Tensor) -> list[Pick | Exception]:
-        """Each row's next token, or the exception that failed that row alone."""
-        return choose_tokens([row.sampler for row in self._batch.rows], logits)
+    def _observe_blocks(self) -> None:
+        if isinstance(self._batch, PagedBatch):
+            pool = self._batch.blocks.pool
+            self.metrics.kv_blocks_used.set(pool.num_used)
+            self.metrics.kv_blocks_free.set(pool.num_free)
 
-    def _emit(self, picks: list[Pick | Exception]) -> None:
+    def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()
-        for row, pick in zip(self._batch.rows, picks):
+        for row, pick in zip(rows, picks):
             if row.handle.cancelled:
                 continue
             if isinstance(pick, Exception):
@@ -307,7 +364,7 @@ class Engine:
                 self._emit_row(row, pick, now)
             except Exception as exc:
                 self._fail_alone(row, exc)
-        self.metrics.observe_tokens([row.request.adapter for row in self._batch.rows])
+        self.metrics.observe_tokens([row.request.adapter for row in rows])
 
     def _fail_alone(self, row: Row, exc: Exception) -> None:
         """Fail one row of the step (its sampling or emitting went wrong); the others go on."""
@@ -323,6 +380,8 @@ class Engine:
 
     def _emit_row(self, row: Row, pick: Pick, now: float) -> None:
         """Record the row's token (detokenize, check stops), send its events."""
+        if not self.paged:  # the paged scheduler charges the tokens it feeds back
+            self.fairness.charge(row.tenant, output_tokens=1)
         event = row.accept(pick.token_id, pick.logprob, self.tok)
         if row.handle.first_token_at is None:
             row.handle.first_token_at = now

@@ -247,14 +247,16 @@ def test_an_engine_failure_logs_one_traceback(
     """The engine logs a failed step with its traceback; the request it fails then logged it again."""
     app = create_app(Settings(base_model=str(llama_dir)))
     with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
-        model = app.state.swapyard.engine.model
-        decode = model.decode
+        engine = app.state.swapyard.engine
+        model = engine.model
+        step_name = "paged_step" if engine.paged else "decode"  # the model call of a step with running rows
+        step = getattr(model, step_name)
 
-        def failing_decode(*args: Any, **kwargs: Any) -> Any:
-            monkeypatch.setattr(model, "decode", decode)  # once
+        def failing_step(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(model, step_name, step)  # once
             raise RuntimeError("injected device error")
 
-        monkeypatch.setattr(model, "decode", failing_decode)
+        monkeypatch.setattr(model, step_name, failing_step)
         response = client.post("/generate", json={"inputs": "w1 w2", "parameters": {"max_new_tokens": 3}})
         assert response.status_code == 500 and "RuntimeError" in response.json()["error"]
         assert client.post("/generate", json=OK).status_code == 200

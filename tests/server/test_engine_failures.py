@@ -27,22 +27,42 @@ def test_a_decode_failure_fails_running_and_newly_admitted_rows(
     app = create_app(Settings(base_model=str(llama_dir), max_batch_size=8))
     with TestClient(app, raise_server_exceptions=False) as client:
         engine = app.state.swapyard.engine
-        armed = {"mixed_step": False, "fired": False}
-        schedule, decode = engine._schedule, engine.model.decode
+        # One step that both runs the first row and admits the second fails (every model call of that step:
+        # the paged path retries a failed step row by row); the server goes on with the next.
+        armed = {"mixed_step": False, "fired": False, "step": 0, "fired_at": -1}
 
-        def spy_schedule():
-            admitted, jobs = schedule()
-            armed["mixed_step"] = bool(admitted) and bool(engine._batch.rows)
-            return admitted, jobs
+        def failing(call):
+            def wrapped(*args, **kwargs):
+                if armed["mixed_step"] and armed["fired_at"] in (-1, armed["step"]):
+                    armed["fired"], armed["fired_at"] = True, armed["step"]
+                    raise RuntimeError("injected device error")
+                return call(*args, **kwargs)
 
-        def failing_decode(state, tokens):
-            if armed["mixed_step"] and not armed["fired"]:
-                armed["fired"] = True
-                raise RuntimeError("injected device error")
-            return decode(state, tokens)
+            return wrapped
 
-        monkeypatch.setattr(engine, "_schedule", spy_schedule)
-        monkeypatch.setattr(engine.model, "decode", failing_decode)
+        if engine.paged:
+            schedule = engine._schedule_paged
+
+            def spy_schedule(batch):
+                step, jobs = schedule(batch)
+                admitted = {id(row) for row in step.admitted}
+                armed["step"] += 1
+                armed["mixed_step"] = bool(admitted) and any(id(c.row) not in admitted for c in step.chunks)
+                return step, jobs
+
+            monkeypatch.setattr(engine, "_schedule_paged", spy_schedule)
+            monkeypatch.setattr(engine.model, "paged_step", failing(engine.model.paged_step))
+        else:
+            schedule = engine._schedule
+
+            def spy_schedule(batch):  # type: ignore[misc]
+                admitted, jobs = schedule(batch)
+                armed["step"] += 1
+                armed["mixed_step"] = bool(admitted) and bool(engine._batch.rows)
+                return admitted, jobs
+
+            monkeypatch.setattr(engine, "_schedule", spy_schedule)
+            monkeypatch.setattr(engine.model, "decode", failing(engine.model.decode))
 
         out: dict = {}
         first = threading.Thread(target=_post, args=(client, out, "running", 400))

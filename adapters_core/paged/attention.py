@@ -1,0 +1,125 @@
+"""Paged attention: each row attends over its own blocks of the pool (kv_cache.py), registered with
+transformers' `AttentionInterface` as "swapyard_paged" so every model whose attention calls `cache.update`
+and then the attention interface runs on it unchanged.
+
+Per layer call: `query` (1, Hq, T, hd) of the packed stream; the keys and values of this step are already in
+the pool (`StepCache.update`). One-token chunks (decode) attend as one batch: their streams gathered into
+(B, Hkv, M + C, hd) with a key mask, one SDPA. Longer chunks (prefill) attend one by one over their gathered
+stream with a causal mask offset by `start`. A prefix-tuning row's read-only prefix keys come first. Sliding
+windows, GQA, the module's scaling and Gemma 2's logit softcapping are honoured; windows count each row's own
+(extended) positions (batch.py), as the row alone would.
+
+The mask interface is left without a "swapyard_paged" entry on purpose: transformers then builds no (T, T)
+mask at all (masking_utils exits early for attention implementations it has no mask function for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from .batch import Decode, Prefill
+from .kv_cache import StepCache
+
+NAME = "swapyard_paged"
+MARK = (
+    "_swapyard_paged"  # attribute of every attention module: a one-element list holding the running StepCache
+)
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scaling: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """q (B, Hq, n, hd), k/v (B, Hkv, S, hd), mask (B, 1, n, S) bool -> (B, Hq, n, hd)."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.tanh(torch.matmul(q, k.transpose(-1, -2)) * scaling / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, v)
+
+
+def _gather(pool: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """pool (slots, Hkv, hd), read (R, C) -> (R, Hkv, C, hd)."""
+    return pool[read].permute(0, 2, 1, 3)
+
+
+def _with_prefix(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    prefixes: dict[int, list[int]],
+    widths: list[int],
+    layer: int,
+    cache: StepCache,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepend each row's prefix (left-aligned in M = max width columns) to its gathered keys/values."""
+    width = max(widths)
+    if not width:
+        return keys, values
+    shape = (keys.shape[0], keys.shape[1], width, keys.shape[3])
+    pk, pv = keys.new_zeros(shape), values.new_zeros(shape)
+    for slot, rows in prefixes.items():
+        k, v = cache.batch.extras["prefix"][slot][layer]  # (Hkv, m, hd)
+        pk[rows, :, : k.shape[1]] = k
+        pv[rows, :, : v.shape[1]] = v
+    return torch.cat([pk, keys], dim=2), torch.cat([pv, values], dim=2)
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Returns (1, T, Hq, hd), the layout transformers' attention functions return."""
+    cell = getattr(module, MARK, None)
+    cache: StepCache | None = cell[0] if cell else None
+    if cache is None or cache.layer is None:
+        raise RuntimeError(
+            f"{type(module).__name__} called the paged attention outside a paged step (or without writing its keys "
+            "to the paged cache first): this model does not run on the paged path."
+        )
+    layer, batch = cache.layer, cache.batch
+    cache.attended += 1
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    window = int(window) if window else None
+    softcap = kwargs.get("softcap")
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    k_pool, v_pool = cache.pool.keys[layer], cache.pool.values[layer]
+    out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, T, Hq, hd)
+    dec: Decode | None = batch.decode
+    if dec is not None:
+        q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
+        k, v = _gather(k_pool, dec.read), _gather(v_pool, dec.read)
+        k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
+        o = _attend(q, k, v, dec.mask(window), scale, softcap)  # (B, Hq, 1, hd)
+        out[0, dec.tokens] = o[:, :, 0]
+    chunk: Prefill
+    for chunk in batch.prefills:
+        span = slice(chunk.tok_start, chunk.tok_start + chunk.n)
+        q = query[:, :, span]  # (1, Hq, n, hd)
+        k, v = _gather(k_pool, chunk.read[None]), _gather(v_pool, chunk.read[None])
+        if chunk.prefix:
+            k, v = _with_prefix(k, v, {chunk.slot: [0]}, [chunk.prefix], layer, cache)
+        o = _attend(q, k, v, chunk.mask(window), scale, softcap)  # (1, Hq, n, hd)
+        out[0, span] = o[0].transpose(0, 1)
+    return out, None
+
+
+def register() -> None:
+    """Make "swapyard_paged" known to transformers (idempotent)."""
+    AttentionInterface.register(NAME, paged_attention)

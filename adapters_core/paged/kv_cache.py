@@ -1,0 +1,81 @@
+"""The paged KV pool: per attention layer, keys and values of every cached stream position, preallocated once.
+
+Layer l holds `keys[l]`, `values[l]`, each (num_blocks · block_size, Hkv_l, hd_l): slot `b · block_size + o` is
+offset o of block b. A row's stream position p lives in slot `block_table[p // block_size] · block_size +
+p % block_size` (plan.py). Block 0 is the scratch block (`RESERVED_BLOCKS`): never handed out, never written;
+gathers point every padding index there, so no read ever touches another row's (or a freed) block.
+
+`StepCache` is what the model gets as its `cache` for one paged step: its `update` writes the step's keys and
+values into their slots in place (`index_copy_`, never a copy of the pool) and remembers the layer, which the
+paged attention (attention.py) then reads over each row's own blocks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .batch import PagedBatch
+
+RESERVED_BLOCKS = 1  # block 0: the scratch block every padding index reads
+
+
+class KVPool:
+    """Preallocated keys and values per layer; `heads[l]` = (key/value heads, head width) of layer l."""
+
+    def __init__(
+        self,
+        heads: list[tuple[int, int]],
+        num_blocks: int,
+        block_size: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        if block_size < 1 or num_blocks <= RESERVED_BLOCKS:
+            raise ValueError(
+                f"init_kv_cache needs block_size >= 1 and more than {RESERVED_BLOCKS} block(s) (block 0 is the "
+                f"scratch block); got num_blocks={num_blocks}, block_size={block_size}."
+            )
+        self.heads, self.num_blocks, self.block_size = heads, num_blocks, block_size
+        slots = num_blocks * block_size
+        self.keys = [torch.zeros(slots, h, d, dtype=dtype, device=device) for h, d in heads]
+        self.values = [torch.zeros(slots, h, d, dtype=dtype, device=device) for h, d in heads]
+
+    @staticmethod
+    def block_bytes(heads: list[tuple[int, int]], block_size: int, dtype: torch.dtype) -> int:
+        """Bytes of one block over all layers, keys and values."""
+        width = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else torch.iinfo(dtype).bits // 8
+        return 2 * block_size * width * sum(h * d for h, d in heads)
+
+
+class StepCache:
+    """The `cache` of one paged forward (duck-typed: transformers' models call `update` and, for positions they
+    are not given, `get_seq_length`; the step always passes position ids)."""
+
+    def __init__(self, pool: KVPool, batch: PagedBatch) -> None:
+        self.pool, self.batch = pool, batch
+        self.layer: int | None = None  # the layer whose keys were written last: the one attending now
+        self.writes = 0  # layers written and attended in this step (paged_support's probe checks them)
+        self.attended = 0
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values (1, Hkv, T, hd) into their slots; return them unchanged."""
+        if key_states.shape[0] != 1 or key_states.shape[2] != self.batch.num_tokens:
+            raise RuntimeError(
+                f"paged step: layer {layer_idx} produced keys {tuple(key_states.shape)} for a packed stream of "
+                f"{self.batch.num_tokens} tokens; this model does not run on the paged path."
+            )
+        slots = self.batch.write_slots
+        self.pool.keys[layer_idx].index_copy_(0, slots, key_states[0].transpose(0, 1))
+        self.pool.values[layer_idx].index_copy_(0, slots, value_states[0].transpose(0, 1))
+        self.layer = layer_idx
+        self.writes += 1
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0

@@ -1,0 +1,124 @@
+"""The MultiAdapterModel methods of the paged contract (paged/plan.py), as functions of the model.
+
+`support` decides which bases run on the paged path: causal LMs whose attention calls `cache.update` and then
+transformers' attention interface (checked by a probe step over a private two-block pool), without ALiBi
+(its biases come from the attention mask, which the paged path does not build). The rest keep the padded step
+API (multi/steps.py) for now.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedError
+from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
+from .plan import SeqChunk, StepPlan
+from .step import PagedState, mark_attention_modules, run
+
+__all__ = ["RESERVED_BLOCKS"]
+
+_ALIBI = ("bloom", "mpt", "baichuan")
+
+
+def _state(model: Any) -> PagedState:
+    state = model.__dict__.get("_paged_state")
+    if state is None:
+        state = PagedState()
+        model.__dict__["_paged_state"] = state
+    return state
+
+
+def _heads(model: Any) -> list[tuple[int, int]]:
+    return list(model._prompts.cache_heads or [])
+
+
+def _dtype(model: Any) -> torch.dtype:
+    return getattr(model.model, "dtype", model._prompts.embed.weight.dtype)
+
+
+def support(model: Any) -> str | None:
+    state = _state(model)
+    if state.support is False:
+        state.support = _why_not(model, state)
+    return state.support  # type: ignore[return-value]
+
+
+def _why_not(model: Any, state: PagedState) -> str | None:
+    base = model.model
+    name = type(base).__name__
+    kind = model._prompts.kind
+    if kind != "causal":
+        what = "an encoder-decoder" if kind == "seq2seq" else "a sequence classifier (encoder)"
+        return f"{name} is {what}: the paged path serves decoder-only causal LMs (its rows use the padded step API)."
+    cfg = base.config
+    if cfg.model_type in _ALIBI or getattr(cfg, "alibi", False):
+        return f"{name} uses ALiBi position biases, which the paged attention does not apply yet."
+    if not _heads(model):
+        return f"{name} fills no KV cache layers: nothing to page."
+    # Probe: one two-token step over a private pool; every layer must write its keys and attend through us.
+    probe = PagedState()
+    probe.pool = KVPool(_heads(model), RESERVED_BLOCKS + 1, 2, dtype=_dtype(model), device=model._device())
+    mark_attention_modules(base, probe.cell)
+    layers = len(_heads(model))
+    seen: list[StepCache] = []
+    failure = ""
+    try:
+        plan = StepPlan([SeqChunk(0, None, [1, 1], 0, [RESERVED_BLOCKS])])
+        run(model, probe, plan, [(-1, 0, 0)], probe=seen)
+    except Exception as exc:  # the reason is the answer
+        failure = f" (the probe step failed: {type(exc).__name__}: {exc})"
+    finally:
+        mark_attention_modules(base, state.cell)
+    writes, attended = (seen[0].writes, seen[0].attended) if seen else (0, 0)
+    if failure or writes != layers or attended != layers:
+        return (
+            f"{name}: its attention does not run through transformers' cache.update and attention interface in "
+            f"every layer ({writes} of {layers} layers wrote keys, {attended} attended){failure}; the paged path "
+            "needs both."
+        )
+    return None
+
+
+def stream_prefix_length(model: Any, adapter: str | None) -> int:
+    if adapter is None:
+        return 0
+    tensors = model._prompts.slots.get(model._get(adapter).slot)
+    return int(tensors.length) if tensors is not None and tensors.kind == "virtual" else 0
+
+
+def kv_block_bytes(model: Any, block_size: int) -> int:
+    return KVPool.block_bytes(_heads(model), block_size, _dtype(model))
+
+
+def init_kv_cache(model: Any, num_blocks: int, block_size: int) -> None:
+    reason = support(model)
+    if reason is not None:
+        raise UnsupportedError(reason)
+    state = _state(model)
+    state.pool = None  # free the old pool before the new one is allocated
+    state.pool = KVPool(_heads(model), num_blocks, block_size, dtype=_dtype(model), device=model._device())
+    mark_attention_modules(model.model, state.cell)
+
+
+def _chunk_info(model: Any, chunk: SeqChunk) -> tuple[int, int, int]:
+    """(slot, virtual positions v, prefix length m) of the chunk's adapter."""
+    if chunk.adapter is None:
+        return -1, 0, 0
+    slot = model._get(chunk.adapter).slot
+    tensors = model._prompts.slots.get(slot)
+    if tensors is None:
+        return slot, 0, 0
+    if tensors.kind == "virtual":
+        return slot, int(tensors.length), 0
+    if tensors.kind == "prefix":
+        return slot, 0, int(tensors.prefix[0][0].shape[1])
+    return slot, 0, 0  # LLaMA-Adapter: its hooks add the gated prompt term per token (multi/prompts.py)
+
+
+def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:
+    state = _state(model)
+    if state.pool is None:
+        raise RuntimeError("paged_step before init_kv_cache: allocate the KV pool first.")
+    return run(model, state, plan, [_chunk_info(model, c) for c in plan.chunks])

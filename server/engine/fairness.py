@@ -1,0 +1,80 @@
+"""Which waiting request is admitted next: S-LoRA's virtual token counter (VTC), so that no adapter starves.
+
+Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024; the VTC scheduler S-LoRA ships): every
+tenant (here: an adapter's public name, None = the base model) has a counter of the service it received,
+in weighted tokens (a prompt token costs 1, a generated token 2, as in the paper's default weights). The
+next request admitted is the oldest waiting one of the tenant with the smallest counter. A tenant that becomes
+active (a request arrives while it has nothing waiting or running) has its counter lifted to the smallest
+counter of the active tenants, so idle time is not banked into a burst that starves the others.
+
+Worked example: adapter A floods the queue with 20 requests, then B and C send 2 each, all 10-token prompts.
+All counters start at 0; ties go to the oldest request. Admission order: A B C A B C A A ... (FIFO would admit
+all 20 of A first). Each admission charges 10 to its tenant; generated tokens then charge 2 each.
+
+Rows preempted by the paged scheduler were admitted before: they wait at the front of the queue and go first.
+The counter lives in the engine thread (no locking): arrivals are noticed at the next schedule.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+PROMPT_WEIGHT = 1.0
+OUTPUT_WEIGHT = 2.0
+
+
+class Queued(Protocol):
+    """What the fair queue needs of a waiting row."""
+
+    fair_seen: bool  # the counter has noticed its arrival
+    preempted: bool  # it ran before and waits to be recomputed: it goes first
+
+    @property
+    def tenant(self) -> str | None: ...
+
+
+T = TypeVar("T", bound=Queued)
+
+
+class VirtualTokenCounter:
+    """Per-tenant counters of weighted tokens served, and the admission choice they make."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str | None, float] = collections.defaultdict(float)
+
+    def notice(self, waiting: Iterable[T], running: Iterable[str | None]) -> None:
+        """Lift the counter of each tenant that became active since the last call (arrival order).
+        `running`: the tenants of the running rows."""
+        items = list(waiting)
+        active = set(running) | {item.tenant for item in items if item.fair_seen}
+        for item in items:
+            if item.fair_seen:
+                continue
+            item.fair_seen = True
+            if item.tenant not in active and active:
+                floor = min(self.counters[t] for t in active)
+                self.counters[item.tenant] = max(self.counters[item.tenant], floor)
+            active.add(item.tenant)
+
+    def next_index(self, waiting: collections.deque[T]) -> int:
+        """Index in `waiting` of the row to admit next: a preempted row first, else the oldest row of the
+        tenant with the smallest counter (ties: the oldest row)."""
+        best, best_key = 0, None
+        for i, item in enumerate(waiting):
+            if item.preempted:
+                return i
+            key = self.counters[item.tenant]
+            if best_key is None or key < best_key:
+                best, best_key = i, key
+        return best
+
+    def pop_next(self, waiting: collections.deque[T]) -> T:
+        i = self.next_index(waiting)
+        item = waiting[i]
+        del waiting[i]
+        return item
+
+    def charge(self, tenant: str | None, prompt_tokens: int = 0, output_tokens: int = 0) -> None:
+        self.counters[tenant] += PROMPT_WEIGHT * prompt_tokens + OUTPUT_WEIGHT * output_tokens

@@ -1,0 +1,162 @@
+"""The paged path's running rows: their KV blocks (adapters_core/paged/blocks.py), the scheduler's decisions
+(engine/scheduler.py) and the `StepPlan` each step hands to `model.paged_step` (adapters_core/paged/plan.py).
+
+How big the pool is (`PagingConfig.num_blocks`): `--kv-cache-bytes` when given; else, on a GPU, half of the
+device memory free once the base and the adapter pools are loaded (the rest stays for activations and the
+adapters loaded later), and on the CPU 1 GiB. Without an explicit `--kv-cache-bytes`, the pool is capped at
+what `max_batch_size` rows of `--max-total-tokens` positions need, twice over (the second half keeps prompt
+prefixes cached): more could never be used at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adapters_core.paged.blocks import BlockPool, KVBlocks
+from adapters_core.paged.plan import VIRTUAL, SeqChunk, StepPlan
+
+from ..errors import InvalidInputError
+from ..settings import Settings
+from .batch import Row
+from .fairness import VirtualTokenCounter
+from .scheduler import Chunk, Scheduler, SeqState, StepSchedule
+
+log = logging.getLogger("swapyard.engine")
+GPU_FREE_SHARE = (
+    0.5  # of the device memory free at start-up, for the KV pool (when --kv-cache-bytes is unset)
+)
+CPU_KV_CACHE_BYTES = 1 << 30
+CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 2048  # --max-batch-tokens defaults
+
+
+@dataclass(frozen=True)
+class PagingConfig:
+    """The paged path's knobs: `--kv-cache-bytes` (None: see the module docstring), `--max-batch-tokens`
+    (None: 256 on the CPU, where a step's cost grows with its tokens, 2,048 on a GPU) and `--kv-block-size`."""
+
+    kv_cache_bytes: int | None = None
+    max_batch_tokens: int | None = None
+    block_size: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PagingConfig:
+        return cls(settings.kv_cache_bytes, settings.max_batch_tokens, settings.kv_block_size)
+
+    def batch_tokens(self, device: torch.device) -> int:
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return GPU_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+
+    def num_blocks(self, model: Any, device: torch.device, max_rows: int, max_total_tokens: int) -> int:
+        """Blocks of the KV pool (reserved ones included)."""
+        block_bytes = model.kv_block_bytes(self.block_size)
+        reserved = model.reserved_blocks
+        if self.kv_cache_bytes is not None:
+            num = self.kv_cache_bytes // block_bytes
+        else:
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                budget = int(free * GPU_FREE_SHARE)
+            else:
+                budget = CPU_KV_CACHE_BYTES
+            per_row = -(-max_total_tokens // self.block_size)
+            num = min(budget // block_bytes, reserved + 2 * max_rows * per_row)
+        if num <= reserved:
+            raise ValueError(
+                f"--kv-cache-bytes {self.kv_cache_bytes or 'default'} holds {num} KV block(s) of "
+                f"{block_bytes} bytes ({self.block_size} positions), {reserved} of them reserved: none left for "
+                "rows. Raise --kv-cache-bytes or lower --kv-block-size."
+            )
+        return num
+
+
+def new_seq(model: Any, seq_id: int, input_ids: list[int], model_name: str | None, paged: bool) -> SeqState:
+    """A row's stream: its adapter's virtual positions, then its prompt (the padded path: the prompt only)."""
+    virtual = model.stream_prefix_length(model_name) if paged else 0
+    key = model.adapters[model_name].content_hash if paged and model_name is not None else ""
+    stream = [VIRTUAL] * virtual + list(input_ids)
+    return SeqState(seq_id, model_name, key, stream, prompt_len=len(stream))
+
+
+class PagedBatch:
+    """The running rows of the paged path and the KV blocks they hold."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: PagingConfig,
+        fairness: VirtualTokenCounter,
+        *,
+        device: torch.device,
+        max_rows: int,
+        max_total: int,
+    ) -> None:
+        num_blocks = config.num_blocks(model, device, max_rows, max_total)
+        model.init_kv_cache(num_blocks, config.block_size)
+        self.blocks = KVBlocks(BlockPool(num_blocks, config.block_size, reserved=model.reserved_blocks))
+        self.scheduler: Scheduler[Row] = Scheduler(
+            self.blocks, fairness, max_batch_tokens=config.batch_tokens(device), max_rows=max_rows
+        )
+        self.rows: list[Row] = []
+        self.positions = self.blocks.pool.capacity * config.block_size
+        log.info(
+            "paged KV cache: %d blocks of %d positions (%d positions), %d tokens per step",
+            num_blocks,
+            config.block_size,
+            self.positions,
+            self.scheduler.max_batch_tokens,
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def check_fits(self, stream_positions: int, new_tokens: int) -> None:
+        """422 when one row alone could never fit in the KV pool."""
+        need = stream_positions + new_tokens
+        if need > self.positions:
+            raise InvalidInputError(
+                f"the request needs {need} positions of KV cache (its prompt and virtual tokens, plus "
+                f"max_new_tokens), more than the whole cache holds ({self.positions}); ask for fewer tokens, or "
+                "start the server with a larger --kv-cache-bytes"
+            )
+
+    def release(self, row: Row) -> None:
+        self.blocks.free(row.seq.seq_id)
+
+    def keep_running(self) -> list[Row]:
+        """Drop the rows that are done (their blocks are freed) and return them."""
+        gone = [row for row in self.rows if row.done]
+        for row in gone:
+            self.release(row)
+        self.rows = [row for row in self.rows if not row.done]
+        return gone
+
+    def clear(self) -> None:
+        for row in self.rows:
+            self.release(row)
+        self.rows = []
+
+    def schedule(self, waiting: Any) -> StepSchedule[Row]:
+        return self.scheduler.schedule(self.rows, waiting)
+
+    def plan(self, chunks: Sequence[Chunk[Row]]) -> StepPlan:
+        bs = self.blocks.block_size
+        out = []
+        for chunk in chunks:
+            seq = chunk.row.seq
+            end = chunk.start + chunk.count
+            table = self.blocks.table(seq.seq_id)[: -(-end // bs)]
+            tokens = seq.stream[chunk.start : end]
+            out.append(SeqChunk(seq.seq_id, seq.adapter, tokens, chunk.start, table, want_logits=chunk.last))
+        return StepPlan(out)
+
+    def commit(self, chunk: Chunk[Row]) -> None:
+        """The chunk ran: its positions hold keys and values now; newly full blocks join the prefix cache."""
+        seq = chunk.row.seq
+        seq.computed = chunk.start + chunk.count
+        self.blocks.commit(seq.seq_id, seq.adapter_key, seq.stream, seq.computed)

@@ -1,0 +1,153 @@
+"""The paged KV pool (issue 16): written in place, retained memory of a decode step independent of context
+length, and plans the pool cannot serve refused with a clear error (never garbage)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import pytest
+import torch
+from arch_configs import FAMILIES, VOCAB
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from adapters_core.errors import AdapterNotFoundError, UnsupportedError
+from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged import VIRTUAL, SeqChunk, StepPlan
+
+BS = 4
+
+
+def _model(name: str = "llama") -> MultiAdapterModel:
+    return MultiAdapterModel(FAMILIES[name].build())
+
+
+def _prompt(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _pool(model: MultiAdapterModel) -> list[torch.Tensor]:
+    pool = model._paged_state.pool  # type: ignore[attr-defined]
+    return [*pool.keys, *pool.values]
+
+
+@torch.no_grad()
+def test_decode_writes_only_the_new_tokens_slots_in_place() -> None:
+    model = _model()
+    model.init_kv_cache(num_blocks=16, block_size=BS)
+    a, b = [9, 3, 12], [5, 7]  # two rows, blocks deliberately out of order
+    model.paged_step(StepPlan([SeqChunk(0, None, _prompt(10), 0, a), SeqChunk(1, None, _prompt(6, 1), 0, b)]))
+    before = [t.clone() for t in _pool(model)]
+    pointers = [t.untyped_storage().data_ptr() for t in _pool(model)]
+    # row 0 decodes stream position 10 -> block a[2] = 12, offset 2; row 1 position 6 -> block 7, offset 2
+    model.paged_step(StepPlan([SeqChunk(0, None, [4], 10, a), SeqChunk(1, None, [8], 6, b)]))
+    written = {12 * BS + 2, 7 * BS + 2}
+    for old, new, ptr in zip(before, _pool(model), pointers):
+        assert new.untyped_storage().data_ptr() == ptr  # the pool is never reallocated or copied
+        changed = {int(s) for s in (old != new).flatten(1).any(dim=1).nonzero().flatten()}
+        assert changed == written
+
+
+class _Retained(TorchDispatchMode):
+    """Bytes of every new tensor an op allocates (outputs not aliasing an input), tracked with weak references
+    so that what is still alive after the step — what the step retains — can be summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive: list[tuple[weakref.ref, int]] = []
+        self.allocated = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                nbytes = t.untyped_storage().nbytes()
+                self.allocated += nbytes
+                self.alive.append((weakref.ref(t), nbytes))
+        return out
+
+    def retained(self) -> int:
+        return sum(n for ref, n in self.alive if ref() is not None)
+
+
+@torch.no_grad()
+def _decode_retains(context: int, paged: bool) -> int:
+    """Bytes a decode step of 4 rows at `context` tokens keeps alive (logits dropped) — paged or padded path."""
+    model = _model()
+    prompts = [_prompt(context, seed=r) for r in range(4)]
+    if paged:
+        model.init_kv_cache(num_blocks=4 * (context // BS + 1) + 1, block_size=BS)
+        tables = [
+            list(range(1 + r * (context // BS + 1), 1 + (r + 1) * (context // BS + 1))) for r in range(4)
+        ]
+        model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
+        with _Retained() as mode:
+            model.paged_step(StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(4)]))
+        return mode.retained()
+    _, state = model.prefill(prompts, [None] * 4)
+    with _Retained() as mode:
+        _, state = model.decode(state, torch.tensor([5, 5, 5, 5]))
+    return mode.retained()
+
+
+def test_decode_step_retains_no_memory_that_grows_with_context() -> None:
+    paged = [_decode_retains(n, paged=True) for n in (32, 256)]
+    assert paged[0] == paged[1], paged  # nothing per step grows with the context: the pool is preallocated
+    padded = [_decode_retains(n, paged=False) for n in (32, 256)]
+    assert padded[1] > padded[0]  # the padded path's DynamicCache re-allocates its whole cache every step
+
+
+@pytest.fixture(scope="module")
+def ready() -> MultiAdapterModel:
+    model = _model()
+    model.init_kv_cache(num_blocks=8, block_size=BS)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("chunk", "says"),
+    [
+        (SeqChunk(0, None, _prompt(9), 0, [1, 2]), "3 blocks needed"),  # 9 positions need 3 blocks of 4
+        (SeqChunk(0, None, [5], 8, [1, 2]), "3 blocks needed"),  # decode at position 8 needs block 3
+        (SeqChunk(0, None, _prompt(3), 0, [0]), "reserved scratch block"),
+        (SeqChunk(0, None, _prompt(3), 0, [8]), "outside the pool's blocks"),
+        (SeqChunk(0, None, [VIRTUAL, 5], 0, [1]), "must be VIRTUAL"),  # the base opens no virtual positions
+        (SeqChunk(0, None, [VOCAB + 3], 0, [1]), "outside the vocabulary"),
+        (SeqChunk(0, None, [], 0, [1]), "at least one token"),
+    ],
+)
+def test_plans_the_pool_cannot_serve_are_refused(
+    ready: MultiAdapterModel, chunk: SeqChunk, says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        ready.paged_step(StepPlan([chunk]))
+
+
+def test_unknown_adapter_and_duplicate_rows_are_refused(ready: MultiAdapterModel) -> None:
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 'nope'"):
+        ready.paged_step(StepPlan([SeqChunk(0, "nope", [5], 0, [1])]))
+    with pytest.raises(ValueError, match="every seq_id at most once"):
+        ready.paged_step(StepPlan([SeqChunk(0, None, [5], 0, [1]), SeqChunk(0, None, [6], 0, [2])]))
+
+
+def test_paged_step_needs_the_pool_and_a_supported_base() -> None:
+    with pytest.raises(RuntimeError, match="init_kv_cache"):
+        _model().paged_step(StepPlan([SeqChunk(0, None, [5], 0, [1])]))
+    bloom, t5 = _model("bloom"), _model("t5")
+    assert "ALiBi" in (bloom.paged_support() or "")
+    assert "encoder-decoder" in (t5.paged_support() or "")
+    with pytest.raises(UnsupportedError, match="ALiBi"):
+        bloom.init_kv_cache(8, BS)
+
+
+def test_block_bytes_and_stream_prefix() -> None:
+    model = _model()
+    heads = model._prompts.cache_heads
+    assert model.kv_block_bytes(16) == 2 * 16 * 4 * sum(h * d for h, d in heads)  # float32, K and V
+    assert model.reserved_blocks == 1
+    assert model.stream_prefix_length(None) == 0
