@@ -159,6 +159,7 @@ class RowSampler:
         self.seen: set[int] = set(prompt_ids) if params.penalized else set()
         self._seen_mask: torch.Tensor | None = None  # (V,) bool on the logits' device, built at first use
         self.matcher = params.guide.matcher() if params.guide is not None else None
+        self.top: tuple[tuple[int, float], ...] = ()  # the top logprobs of its last pick (`Row.accept`)
 
     def seen_mask(self, vocab: int, device: torch.device) -> torch.Tensor:
         """(V,) bool: the tokens this row has seen, kept on the device and updated in place."""
@@ -311,4 +312,5 @@ def _finish_row(sampler: RowSampler, row: list[float], k: int) -> Pick | Excepti
         sampler.observe(token)
     except Exception as exc:  # this row fails alone
         return exc
+    sampler.top = top
     return Pick(token, logprob, top)
