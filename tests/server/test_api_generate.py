@@ -194,7 +194,9 @@ def test_tgi_parameters_not_supported_yet_are_named(client, route) -> None:
         response = client.post(route, json={"inputs": "w1", "parameters": {name: value}})
         assert response.status_code == 422, (name, response.text)
         assert response.json()["error_type"] == "unsupported" and f"`{name}`" in response.json()["error"]
-    both = client.post(route, json={"inputs": "w1", "parameters": {"watermark": True, "frequency_penalty": 1}})
+    both = client.post(
+        route, json={"inputs": "w1", "parameters": {"watermark": True, "frequency_penalty": 1}}
+    )
     assert "`frequency_penalty`, `watermark` are not supported" in both.json()["error"]
     at_defaults = {"inputs": "w1", "parameters": {"max_new_tokens": 2, **TGI_DEFAULTS}}
     assert client.post(route, json=at_defaults).status_code == 200
