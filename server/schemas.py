@@ -253,7 +253,9 @@ class _OpenAISampling(BaseModel):
     # vLLM's extensions.
     stop_token_ids: list[int] | None = Field(default=None, description="token ids that end the output")
     ignore_eos: bool = Field(default=False, description="go on past the model's EOS")
-    min_tokens: int = Field(default=0, ge=0, description="no EOS, stop id or stop string before this many")
+    min_tokens: int = Field(
+        default=0, ge=0, description="EOS and stop_token_ids are masked until this many tokens"
+    )
     # Documented by OpenAI, not implemented here yet (issue 17): accepted only at their defaults.
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")

@@ -46,16 +46,15 @@ class Row:
         """Record a sampled token, decide whether the row is finished, and return its event.
 
         The output ends at an end id (a stop token id, whose text is left out as a stop string's is, or the
-        model's EOS unless `ignore_eos`), at a stop string once it has more than `min_tokens` tokens, or at
-        `max_new_tokens`."""
+        model's EOS unless `ignore_eos`; the sampler masks both until `min_tokens`, as vLLM), at a stop string,
+        or at `max_new_tokens`."""
         self.generated.append(token_id)
         params = self.sampler.params
         stop_id = token_id in params.stop_token_ids
         text = "" if stop_id else self.decoder.push(token_id)
-        stop_text = self._scan_stops(text)
         if stop_id or (not params.ignore_eos and token_id in tok.eos_token_ids):
             self.finish_reason = "eos_token"
-        elif stop_text and len(self.generated) > params.min_tokens:
+        elif self._scan_stops(text):
             self.finish_reason = "stop_sequence"
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish_reason = "length"
