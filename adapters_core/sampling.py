@@ -25,11 +25,12 @@ def usable_rows(logits: torch.Tensor) -> torch.Tensor:
     return ~bad & torch.isfinite(logits).any(dim=-1)
 
 
-def penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
     """Repetition penalty. Semantics: for every seen token v of a row,
     `s[v] <- s[v] / penalty if s[v] > 0 else s[v] * penalty`; other tokens unchanged.
 
-    scores: (..., V) float64; seen: (..., V) bool, the tokens of the prompt and of the output so far.
+    scores: (..., V) float64; seen: (..., V) bool, the tokens of the prompt and of the output so far;
+    penalty: one number, or (..., 1) float64, one per row.
     """
     penalized = torch.where(scores > 0, scores / penalty, scores * penalty)
     return torch.where(seen, penalized, scores)

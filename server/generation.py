@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fastapi import Request
 
@@ -184,12 +185,16 @@ async def run_to_completion(request: Request, handle: RequestHandle) -> Complete
 async def run_all_to_completion(request: Request, handles: list[RequestHandle]) -> list[Completed]:
     """`run_to_completion` for the rows of one request (`n`, `best_of`): the first row to fail fails the
     request, and every row is cancelled when the client goes away."""
-    events = asyncio.ensure_future(asyncio.gather(*(_collect(h) for h in handles)))
-    gone = asyncio.ensure_future(_until_disconnect(request))
+
+    async def collect_all() -> list[Completed]:
+        return list(await asyncio.gather(*(_collect(h) for h in handles)))
+
+    events: asyncio.Future[Any] = asyncio.ensure_future(collect_all())
+    gone: asyncio.Future[Any] = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({events, gone}, return_when=asyncio.FIRST_COMPLETED)
         if events.done():
-            return events.result()
+            return list(events.result())
         raise RequestCancelledError()
     finally:
         for handle in handles:

@@ -182,3 +182,19 @@ def test_min_tokens_masks_the_end_ids_until_reached() -> None:
     assert tokens[3] == 2
     ignoring = RowSampler(SamplingParams(min_tokens=1, eos_token_ids=frozenset({2}), ignore_eos=True), [])
     assert ignoring.choose(logits[0]) == 2  # ignore_eos: EOS does not end the row, so it is not masked
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rows_draw_the_cpus_tokens() -> None:
+    """The noise is integer hashing, so a seeded row draws the same tokens on a GPU as on the CPU (float64
+    warpers on both; a token could differ only at an exact tie of rounding, which these logits do not have)."""
+    cpu, cuda = ([RowSampler(p, [3, 4]) for p in MIXED] for _ in range(2))
+    for t in range(8):
+        logits = _logits(100 + t, rows=len(MIXED))
+        on_cpu = choose_tokens(cpu, logits)
+        on_cuda = choose_tokens(cuda, logits.cuda())
+        assert [p.token_id for p in on_cpu] == [p.token_id for p in on_cuda]  # type: ignore[union-attr]
+        for a, b in zip(on_cpu, on_cuda):
+            assert isinstance(a, Pick) and isinstance(b, Pick)
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
