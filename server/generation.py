@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fastapi import Request
 
@@ -26,6 +27,7 @@ from .engine import (
 )
 from .engine.types import release_lease
 from .errors import BadRequestError, InvalidInputError
+from .guided import Guide
 from .sampling import SamplingParams
 from .settings import Settings
 
@@ -50,7 +52,7 @@ def build_request(
     stop: list[str],
 ) -> GenerationRequest:
     """Check every limit (422), then build the engine request; the adapter is checked once, when its lease is
-    taken (`submit_generate`).
+    taken (`submit_generate`). The model's EOS ids join `sampling` here (min_tokens masks them).
 
     The token limits are checked here without the adapter's virtual tokens (so that an over-long prompt never
     waits for an adapter to load), and again with them when the request is queued.
@@ -65,9 +67,70 @@ def build_request(
             f"{len(stop)} stop sequences given; at most {settings.max_stop_sequences} are allowed "
             "(--max-stop-sequences)"
         )
+    if sampling.min_tokens > new_tokens:
+        raise InvalidInputError(
+            f"min_tokens {sampling.min_tokens} is more than the {new_tokens} tokens the request may generate "
+            "(max_tokens / max_new_tokens)"
+        )
+    vocab = vocab_size(engine)
+    bad_ids = sorted(i for i in sampling.stop_token_ids if not 0 <= i < vocab)
+    if bad_ids:
+        raise InvalidInputError(
+            f"stop_token_ids {bad_ids} are not token ids of this model (0 to {vocab - 1})"
+        )
+    if sampling.guide is not None and sampling.ignore_eos:
+        raise InvalidInputError(
+            "ignore_eos cannot be combined with structured output: the output ends with EOS when the "
+            "grammar is complete"
+        )
+    sampling = replace(sampling, eos_token_ids=frozenset(engine.tok.eos_token_ids))
     return GenerationRequest(
         input_ids=input_ids, adapter=adapter, sampling=sampling, max_new_tokens=new_tokens, stop=stop
     )
+
+
+def vocab_size(engine: Engine) -> int:
+    """Width of the model's logits (the token ids it can produce)."""
+    return int(engine.base.config.vocab_size)
+
+
+async def make_guide(engine: Engine, spec: tuple[str, str] | None) -> Guide | None:
+    """The request's structured-output guide from (grammar, description), or None. Built off the event loop:
+    the first one converts the tokenizer for llguidance (about a second), a large schema takes a while."""
+    if spec is None:
+        return None
+    grammar, what = spec
+    tokenizer = await asyncio.to_thread(engine.tok.guide_tokenizer, vocab_size(engine))
+    return await asyncio.to_thread(Guide, tokenizer, grammar, what)
+
+
+def choice_requests(request: GenerationRequest, count: int) -> list[GenerationRequest]:
+    """`count` rows of one prompt (OpenAI `n` / `best_of`, TGI `best_of`). Sampled rows take seeds seed,
+    seed+1, ... (vLLM's derived seeds) when a seed is given, else each its own random seed; greedy rows are
+    identical (vLLM allows that too). They share the prompt's prefill through prefix caching."""
+    seed = request.sampling.seed
+    return [
+        replace(
+            request,
+            sampling=replace(request.sampling, seed=None if seed is None else (seed + i) % 2**63),
+            stop=list(request.stop),
+        )
+        for i in range(count)
+    ]
+
+
+async def submit_choices(engine: Engine, request: GenerationRequest, count: int) -> list[RequestHandle]:
+    """Queue `count` rows of `request` (each with its own lease); if one cannot be queued, the others are
+    cancelled and its error is the answer."""
+    handles: list[RequestHandle] = []
+    try:
+        for row in choice_requests(request, count):
+            handles.append(await submit_generate(engine, row))
+    except BaseException:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles
 
 
 async def submit_generate(engine: Engine, request: GenerationRequest) -> RequestHandle:
@@ -116,18 +179,34 @@ async def run_to_completion(request: Request, handle: RequestHandle) -> Complete
     """Await the whole generation, racing it against the client's disconnect: a client that goes away
     cancels its row and its handler ends at once (RequestCancelledError), rather than waiting for events
     nobody will read while it counts as in flight (a drain would wait for it)."""
-    events = asyncio.ensure_future(_collect(handle))
-    gone = asyncio.ensure_future(_until_disconnect(request))
+    return (await run_all_to_completion(request, [handle]))[0]
+
+
+async def run_all_to_completion(request: Request, handles: list[RequestHandle]) -> list[Completed]:
+    """`run_to_completion` for the rows of one request (`n`, `best_of`): the first row to fail fails the
+    request, and every row is cancelled when the client goes away."""
+
+    async def collect_all() -> list[Completed]:
+        return list(await asyncio.gather(*(_collect(h) for h in handles)))
+
+    events: asyncio.Future[Any] = asyncio.ensure_future(collect_all())
+    gone: asyncio.Future[Any] = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({events, gone}, return_when=asyncio.FIRST_COMPLETED)
         if events.done():
-            return events.result()
+            return list(events.result())
         raise RequestCancelledError()
     finally:
-        handle.cancel()  # no-op once finished; frees the row if we leave early
+        for handle in handles:
+            handle.cancel()  # no-op once finished; frees the row if we leave early
         for task in (events, gone):
             task.cancel()
         await asyncio.gather(events, gone, return_exceptions=True)
+
+
+def cumulative_logprob(done: Completed) -> float:
+    """What `best_of` ranks candidates by: the sum of the generated tokens' logprobs (vLLM, TGI)."""
+    return sum(t.logprob for t in done.tokens)
 
 
 async def stream_events(handle: RequestHandle) -> AsyncIterator[TokenEvent | FinishEvent | ErrorEvent]:
@@ -137,6 +216,33 @@ async def stream_events(handle: RequestHandle) -> AsyncIterator[TokenEvent | Fin
             yield event
     finally:
         handle.cancel()
+
+
+async def stream_all(
+    handles: list[RequestHandle],
+) -> AsyncIterator[tuple[int, TokenEvent | FinishEvent | ErrorEvent]]:
+    """(row index, event) of several rows as they arrive (OpenAI `n` streams its choices interleaved);
+    when the response is torn down every row is cancelled."""
+    queue: asyncio.Queue[tuple[int, TokenEvent | FinishEvent | ErrorEvent]] = asyncio.Queue()
+
+    async def pump(index: int, handle: RequestHandle) -> None:
+        async for event in handle.events():
+            await queue.put((index, event))
+
+    tasks = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        open_rows = len(handles)
+        while open_rows:
+            index, event = await queue.get()
+            if not isinstance(event, TokenEvent):
+                open_rows -= 1
+            yield index, event
+    finally:
+        for handle in handles:
+            handle.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def sse(data: str) -> bytes:

@@ -38,6 +38,17 @@ Text = Annotated[str, BeforeValidator(_unicode_text)]
 # Request bodies: strict types, finite numbers only (JSON parsers accept NaN/Infinity literals, which must
 # never reach the sampler), unknown keys refused (422) rather than ignored.
 _REQUEST = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+MAX_CHOICES = 16  # n / best_of: rows one request may add to the engine
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat top_logprobs
+
+
+class Grammar(BaseModel):
+    """TGI's `grammar`: a JSON schema (`json`, or `json_object`) or a regular expression (`regex`)."""
+
+    model_config = _REQUEST
+
+    type: Literal["json", "json_object", "regex"]
+    value: dict[str, Any] | str = Field(description="the JSON schema (object or its text), or the regex")
 
 
 def refuse_unsupported(names: list[str]) -> None:
@@ -81,13 +92,29 @@ class GenerateParameters(BaseModel):
     truncate: int | None = Field(
         default=None, ge=1, description="keep only the last `truncate` tokens of the prompt (as TGI does)"
     )
-    # Documented by TGI, not implemented here yet (issue 17): accepted only at their defaults.
-    best_of: int | None = Field(default=None, ge=1, description="not supported yet: only 1")
-    decoder_input_details: bool = Field(default=False, description="not supported yet: only false")
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHOICES,
+        description="sample this many sequences (seeds seed, seed+1, ...) and return the one with the "
+        "highest cumulative logprob; the others in details.best_of_sequences (needs sampling, not streaming)",
+    )
+    typical_p: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="typical decoding mass in (0, 1); enables sampling"
+    )
+    top_n_tokens: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="the n most likely tokens at each step"
+    )
+    grammar: Grammar | None = Field(
+        default=None, description='structured output: {"type": "json", "value": schema} or "regex"'
+    )
+    # Documented by TGI, not implemented here: accepted only at their defaults.
+    decoder_input_details: bool = Field(
+        default=False,
+        description="only false: the prompt's logprobs need the prompt's logits, which the engine does not "
+        "keep (it computes the last position's only)",
+    )
     frequency_penalty: float | None = Field(default=None, description="not supported yet: only 0")
-    grammar: dict[str, Any] | None = Field(default=None, description="not supported yet: only null")
-    top_n_tokens: int | None = Field(default=None, ge=0, description="not supported yet: only 0")
-    typical_p: float | None = Field(default=None, gt=0.0, lt=1.0, description="not supported yet")
     watermark: bool = Field(default=False, description="not supported yet: only false")
 
     @field_validator("stop")
@@ -100,12 +127,8 @@ class GenerateParameters(BaseModel):
     def unsupported(self) -> list[str]:
         """The TGI parameters given a value this server does not implement yet (issue 17)."""
         refused = {
-            "best_of": self.best_of not in (None, 1),
             "decoder_input_details": self.decoder_input_details,
             "frequency_penalty": self.frequency_penalty not in (None, 0.0),
-            "grammar": self.grammar is not None,
-            "top_n_tokens": self.top_n_tokens not in (None, 0),
-            "typical_p": self.typical_p is not None,
             "watermark": self.watermark,
         }
         return [name for name, given in refused.items() if given]
@@ -130,11 +153,30 @@ class TokenInfo(BaseModel):
     special: bool = False
 
 
+class BestOfSequence(BaseModel):
+    """One of the other `best_of` candidates (TGI)."""
+
+    generated_text: str
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    generated_tokens: int
+    seed: int | None
+    prefill: list[TokenInfo] = Field(default_factory=list)
+    tokens: list[TokenInfo]
+    top_tokens: list[list[TokenInfo]] | None = None
+
+
 class Details(BaseModel):
     finish_reason: Literal["length", "eos_token", "stop_sequence"]
     generated_tokens: int
     seed: int | None
+    prefill: list[TokenInfo] = Field(
+        default_factory=list, description="empty: decoder_input_details is not supported"
+    )
     tokens: list[TokenInfo]
+    top_tokens: list[list[TokenInfo]] | None = Field(
+        default=None, description="with top_n_tokens: the n most likely tokens at each step"
+    )
+    best_of_sequences: list[BestOfSequence] | None = None
 
 
 class GenerateResponse(BaseModel):
@@ -147,6 +189,7 @@ class StreamEvent(BaseModel):
 
     index: int
     token: TokenInfo
+    top_tokens: list[TokenInfo] = Field(default_factory=list, description="with top_n_tokens (TGI)")
     generated_text: str | None = None
     details: Details | None = None
 
@@ -205,8 +248,14 @@ class _OpenAISampling(BaseModel):
     stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = Field(default=None, description="with stream: true only")
-    n: int = Field(default=1, ge=1, le=1, description="one choice per request")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="choices: rows with seeds seed, seed+1, ...")
     user: Text | None = Field(default=None, description="the end user's id (accepted; not used)")
+    # vLLM's extensions.
+    stop_token_ids: list[int] | None = Field(default=None, description="token ids that end the output")
+    ignore_eos: bool = Field(default=False, description="go on past the model's EOS")
+    min_tokens: int = Field(
+        default=0, ge=0, description="EOS and stop_token_ids are masked until this many tokens"
+    )
     # Documented by OpenAI, not implemented here yet (issue 17): accepted only at their defaults.
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="only 0")
@@ -246,16 +295,19 @@ class _OpenAISampling(BaseModel):
 class CompletionRequest(_OpenAISampling):
     prompt: Text = Field(min_length=1)
     echo: bool = Field(default=False, description="prepend the prompt to the returned text")
-    best_of: int | None = Field(default=None, ge=1, description="not supported yet: only 1")
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="not supported yet: only null")
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHOICES,
+        description="candidates to sample (>= n); the n with the highest cumulative logprob are returned",
+    )
+    logprobs: int | None = Field(
+        default=None, ge=0, le=5, description="the sampled token's logprob and the k most likely tokens'"
+    )
     suffix: Text | None = Field(default=None, description="not supported: only null")
 
     def _unsupported(self) -> list[str]:
-        refused = {
-            "best_of": self.best_of not in (None, 1),
-            "logprobs": self.logprobs is not None,
-            "suffix": self.suffix is not None,
-        }
+        refused = {"suffix": self.suffix is not None}
         return [name for name, given in refused.items() if given]
 
 
@@ -274,12 +326,14 @@ class ChatCompletionRequest(_OpenAISampling):
     prompt_cache_key: Text | None = Field(default=None, description="prompt prefixes are cached anyway")
     safety_identifier: Text | None = None
     parallel_tool_calls: bool | None = Field(default=None, description="no effect: tools are not supported")
-    # Documented by OpenAI, not implemented here (issue 17 for logprobs and response_format).
-    logprobs: bool | None = Field(default=None, description="not supported yet: only false")
-    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="not supported yet: only 0")
-    response_format: dict[str, Any] | None = Field(
-        default=None, description='not supported yet: only {"type": "text"}'
+    logprobs: bool | None = Field(default=None, description="each generated token's logprob")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: the k most likely tokens"
     )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}'
+    )
+    # Documented by OpenAI, not implemented here.
     tools: list[dict[str, Any]] | None = Field(default=None, description="not supported: only empty")
     tool_choice: Text | dict[str, Any] | None = Field(default=None, description='only "none"')
     functions: list[dict[str, Any]] | None = Field(default=None, description="not supported: only empty")
@@ -295,9 +349,6 @@ class ChatCompletionRequest(_OpenAISampling):
 
     def _unsupported(self) -> list[str]:
         refused = {
-            "logprobs": bool(self.logprobs),
-            "top_logprobs": self.top_logprobs not in (None, 0),
-            "response_format": self.response_format not in (None, {"type": "text"}),
             "tools": bool(self.tools),
             "tool_choice": self.tool_choice not in (None, "none"),
             "functions": bool(self.functions),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
 from transformers import AutoTokenizer
 
 from .errors import BadRequestError, InvalidInputError
@@ -22,6 +23,34 @@ class Tokenization:
         eos = tokenizer.eos_token_id
         self.eos_token_ids: set[int] = set() if eos is None else {int(eos)}
         self.special_ids: set[int] = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+        self._guide_tokenizers: dict[int, Any] = {}
+
+    @property
+    def backend(self) -> Any:
+        """The Rust tokenizer of a fast tokenizer (None for a slow one)."""
+        return getattr(self.tokenizer, "backend_tokenizer", None) if self.is_fast else None
+
+    @property
+    def is_fast(self) -> bool:
+        return bool(getattr(self.tokenizer, "is_fast", False))
+
+    @property
+    def streams(self) -> bool:
+        """Whether `DecodeStream` gives exactly `decode`'s text: a fast tokenizer that does not clean up
+        spaces after decoding (DecodeStream runs the decoder only)."""
+        return self.backend is not None and not getattr(self.tokenizer, "clean_up_tokenization_spaces", False)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's own text, special tokens included (logprob entries name tokens this way)."""
+        return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+
+    def guide_tokenizer(self, vocab_size: int) -> Any:
+        """llguidance's tokenizer over `vocab_size` logits, built once (~1 s) on first structured request."""
+        if vocab_size not in self._guide_tokenizers:
+            from .guided import guide_tokenizer
+
+            self._guide_tokenizers[vocab_size] = guide_tokenizer(self.tokenizer, vocab_size)
+        return self._guide_tokenizers[vocab_size]
 
     @classmethod
     def from_pretrained(cls, path: str, revision: str | None = None) -> Tokenization:
@@ -68,29 +97,55 @@ def _check_unicode(text: str) -> None:
 
 
 class IncrementalDecoder:
-    """Decodes one row's generated ids as they arrive, giving each step's new text.
+    """Decodes one row's generated ids as they arrive, giving each step's new text, in O(1) per token.
 
-    Decoding the whole sequence each time is what makes word-piece spacing and multi-byte characters come out
-    right; text that ends in an incomplete UTF-8 sequence ('\ufffd') is held back until the next token.
+    A fast tokenizer streams through tokenizers' `DecodeStream` (it keeps a window of the last few ids and
+    holds back a piece that ends in an incomplete UTF-8 sequence). Other tokenizers — slow ones, and fast
+    ones whose `decode` also cleans up spaces, which `DecodeStream` does not — use the same window by hand
+    (vLLM's prefix/read offsets): decode ids[prefix:] and ids[prefix:read], emit the difference, and move the
+    window on once it holds complete text. Either way the concatenated pieces equal `decode(ids)`, and the
+    work per token does not grow with the output (tests/server/test_detokenize.py counts it).
     """
 
     def __init__(self, tokenization: Tokenization) -> None:
         self._tok = tokenization
         self.ids: list[int] = []
-        self.text = ""
+        self._pieces: list[str] = []
+        self._stream = DecodeStream(skip_special_tokens=True) if tokenization.streams else None
+        self._prefix = 0  # fallback window: ids[_prefix:_read] decode to text already emitted
+        self._read = 0
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far (joined once, then kept joined)."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     def push(self, token_id: int) -> str:
         """Append a token; return the text it adds (possibly empty)."""
         self.ids.append(token_id)
-        full = self._tok.decode(self.ids)
-        if full.endswith("\ufffd") or not full.startswith(self.text):
-            return ""
-        new, self.text = full[len(self.text) :], full
-        return new
+        if self._stream is not None:
+            piece = self._stream.step(self._tok.backend, token_id) or ""
+        else:
+            piece = self._window_step()
+        if piece:
+            self._pieces.append(piece)
+        return piece
+
+    def _window_step(self) -> str:
+        before = self._tok.decode(self.ids[self._prefix : self._read])
+        after = self._tok.decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing yet, or an incomplete character: wait for the next token
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]
 
     def flush(self) -> str:
-        """Whatever was held back, at the end of the sequence."""
+        """Whatever was held back, at the end of the sequence (one full decode, once per request)."""
         full = self._tok.decode(self.ids)
-        new = full[len(self.text) :] if full.startswith(self.text) else ""
-        self.text = full
+        text = self.text
+        new = full[len(text) :] if full.startswith(text) else ""
+        if new:
+            self._pieces.append(new)
         return new

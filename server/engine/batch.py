@@ -33,6 +33,7 @@ class Row:
     failed: bool = False  # it got an ErrorEvent
     fair_seen: bool = False  # the fair queue noticed its arrival (engine/fairness.py)
     preempted: bool = False  # its KV blocks were taken back: it waits at the queue's front to be recomputed
+    _stop_tail: str = ""  # the end of the output, as long as the longest stop string less one character
 
     @property
     def tenant(self) -> str | None:
@@ -55,29 +56,43 @@ class Row:
         return self.generated[-1]
 
     def accept(self, token_id: int, logprob: float, tok: Tokenization) -> TokenEvent:
-        """Record a sampled token, decide whether the row is finished, and return its event."""
+        """Record a sampled token, decide whether the row is finished, and return its event.
+
+        The output ends at an end id (a stop token id, whose text is left out as a stop string's is, or the
+        model's EOS unless `ignore_eos`; the sampler masks both until `min_tokens`, as vLLM), at a stop string,
+        or at `max_new_tokens`."""
         self.generated.append(token_id)
         self.seq.stream.append(token_id)
-        text = self.decoder.push(token_id)
-        if token_id in tok.eos_token_ids:
+        params = self.sampler.params
+        stop_id = token_id in params.stop_token_ids
+        text = "" if stop_id else self.decoder.push(token_id)
+        if stop_id or (not params.ignore_eos and token_id in tok.eos_token_ids):
             self.finish_reason = "eos_token"
-        elif self._hit_stop(text):
+        elif self._scan_stops(text):
             self.finish_reason = "stop_sequence"
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish_reason = "length"
         if self.finish_reason is not None:
             text += self.decoder.flush()
         return TokenEvent(
-            token_id, text, logprob, token_id in tok.special_ids, final=self.finish_reason is not None
+            token_id,
+            text,
+            logprob,
+            token_id in tok.special_ids,
+            final=self.finish_reason is not None,
+            top=self.sampler.top,
         )
 
-    def _hit_stop(self, new_text: str) -> bool:
-        if not self.request.stop or not new_text:
+    def _scan_stops(self, new_text: str) -> bool:
+        """Whether `new_text` completes a stop string. Only the tail can hold one that this token completed:
+        the row keeps the last (longest stop - 1) characters, so the work per token stays bounded."""
+        stops = self.request.stop
+        if not stops or not new_text:
             return False
-        # Only the tail can hold a stop sequence that this token completed.
-        longest = max(len(s) for s in self.request.stop)
-        tail = self.decoder.text[-(longest + len(new_text)) :]
-        return any(s in tail for s in self.request.stop)
+        window = self._stop_tail + new_text
+        keep = max(len(s) for s in stops) - 1
+        self._stop_tail = window[-keep:] if keep else ""
+        return any(s in window for s in stops)
 
     def finish_event(self) -> FinishEvent:
         assert self.finish_reason is not None

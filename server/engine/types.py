@@ -70,6 +70,7 @@ class TokenEvent:
     logprob: float
     special: bool
     final: bool = False  # the request's last token: a FinishEvent follows at once
+    top: tuple[tuple[int, float], ...] = ()  # the request's `top_logprobs` best (id, logprob), best first
 
 
 @dataclass

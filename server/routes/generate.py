@@ -1,8 +1,11 @@
 """`POST /generate` and `POST /generate_stream` (text-generation-inference's API), per-request adapters.
 
 TGI's parameters are honoured as TGI does: `truncate` keeps the last N prompt tokens (before the input
-limit is checked), `return_full_text` prepends the prompt to `generated_text`. Documented ones not
-implemented yet are a 422 (`GenerateParameters.unsupported`).
+limit is checked), `return_full_text` prepends the prompt to `generated_text`, `typical_p` is typical
+decoding, `top_n_tokens` returns the most likely tokens of each step, `grammar` constrains the output
+(server/guided.py), and `best_of` samples that many sequences (seeds seed, seed+1, ...) and returns the one
+with the highest cumulative logprob, the others in `details.best_of_sequences` (sampling only, not streamed,
+as TGI). Documented ones not implemented are a 422 (`GenerateParameters.unsupported`).
 """
 
 from __future__ import annotations
@@ -15,18 +18,30 @@ from fastapi.responses import StreamingResponse
 
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
-from ..errors import InvalidInputError, error_payload
-from ..generation import build_request, run_to_completion, sse, stream_events, submit_generate
+from ..errors import InvalidInputError, UnsupportedParameterError, error_payload
+from ..generation import (
+    Completed,
+    build_request,
+    cumulative_logprob,
+    make_guide,
+    run_all_to_completion,
+    sse,
+    stream_events,
+    submit_choices,
+)
+from ..guided import tgi_grammar
 from ..sampling import SamplingParams
 from ..schemas import (
+    BestOfSequence,
     Details,
     GenerateRequest,
     GenerateResponse,
     StreamEvent,
-    TokenInfo,
     refuse_unsupported,
 )
 from ..settings import Settings
+from ..tokenization import Tokenization
+from .logprobs import tgi_token, tgi_top_tokens
 
 router = APIRouter(tags=["generate"])
 
@@ -51,8 +66,13 @@ def _full_text(body: GenerateRequest, generated: str) -> str:
 
 async def _submit(
     body: GenerateRequest, settings: Settings, engine: Engine, *, streaming: bool
-) -> RequestHandle:
+) -> list[RequestHandle]:
     p = body.parameters
+    if p.decoder_input_details:
+        raise UnsupportedParameterError(
+            "`decoder_input_details` asks for the prompt's logprobs, which need the prompt's logits; the "
+            "engine computes the last position's only, so it is not supported: leave it false"
+        )
     refuse_unsupported(p.unsupported())
     if body.stream is not None and body.stream != streaming:
         route = "/generate_stream" if body.stream else "/generate"
@@ -62,9 +82,20 @@ async def _submit(
         temperature=p.temperature,
         top_k=p.top_k,
         top_p=p.top_p,
+        typical_p=p.typical_p,
         repetition_penalty=p.repetition_penalty,
         seed=p.seed,
+        top_logprobs=p.top_n_tokens or 0,
+        guide=await make_guide(engine, tgi_grammar(p.grammar.model_dump() if p.grammar else None)),
     )
+    best_of = p.best_of or 1
+    if best_of > 1 and not sampling.do_sample:
+        raise InvalidInputError(
+            "best_of > 1 needs sampling (do_sample, or a temperature, top_k, top_p or typical_p): greedy "
+            "candidates would all be the same"
+        )
+    if best_of > 1 and streaming:
+        raise InvalidInputError("best_of > 1 cannot stream: the best sequence is known only at the end")
     request = build_request(
         settings,
         engine,
@@ -74,30 +105,51 @@ async def _submit(
         max_new_tokens=p.max_new_tokens,
         stop=p.stop,
     )
-    return await submit_generate(engine, request)
+    return await submit_choices(engine, request, best_of)
 
 
-def _token_info(event: TokenEvent) -> TokenInfo:
-    return TokenInfo(id=event.token_id, text=event.text, logprob=event.logprob, special=event.special)
-
-
-def _details(finish: FinishEvent, tokens: list[TokenEvent]) -> Details:
+def _details(tok: Tokenization, finish: FinishEvent, tokens: list[TokenEvent], top_n: bool) -> Details:
     return Details(
         finish_reason=finish.finish_reason,
         generated_tokens=finish.generated_tokens,
         seed=finish.seed,
-        tokens=[_token_info(t) for t in tokens],
+        tokens=[tgi_token(t) for t in tokens],
+        top_tokens=[tgi_top_tokens(tok, t) for t in tokens] if top_n else None,
     )
 
 
 @router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Generate a continuation of `inputs` with the adapter `parameters.adapter_id` (null = base model)."""
-    handle = await _submit(body, settings, engine, streaming=False)
-    done = await run_to_completion(request, handle)
+    handles = await _submit(body, settings, engine, streaming=False)
+    results = await run_all_to_completion(request, handles)
+    best = max(results, key=cumulative_logprob) if len(results) > 1 else results[0]
+    assert best.finish is not None
+    details = None
+    p = body.parameters
+    if p.details:
+        top_n = bool(p.top_n_tokens)
+        details = _details(engine.tok, best.finish, best.tokens, top_n)
+        if len(results) > 1:
+            details.best_of_sequences = [
+                _best_of_sequence(engine.tok, body, other, top_n) for other in results if other is not best
+            ]
+    return GenerateResponse(generated_text=_full_text(body, best.finish.generated_text), details=details)
+
+
+def _best_of_sequence(
+    tok: Tokenization, body: GenerateRequest, done: Completed, top_n: bool
+) -> BestOfSequence:
     assert done.finish is not None
-    details = _details(done.finish, done.tokens) if body.parameters.details else None
-    return GenerateResponse(generated_text=_full_text(body, done.finish.generated_text), details=details)
+    details = _details(tok, done.finish, done.tokens, top_n)
+    return BestOfSequence(
+        generated_text=_full_text(body, done.finish.generated_text),
+        finish_reason=details.finish_reason,
+        generated_tokens=details.generated_tokens,
+        seed=details.seed,
+        tokens=details.tokens,
+        top_tokens=details.top_tokens,
+    )
 
 
 @router.post("/generate_stream")
@@ -106,7 +158,12 @@ async def generate_stream(
 ) -> StreamingResponse:
     """Server-Sent Events: one event per token; the last event also carries `generated_text`."""
     # Errors before the stream starts get their own status.
-    handle = await _submit(body, settings, engine, streaming=True)
+    (handle,) = await _submit(body, settings, engine, streaming=True)
+    top_n = bool(body.parameters.top_n_tokens)
+
+    def event_of(index: int, token: TokenEvent) -> StreamEvent:
+        top = tgi_top_tokens(engine.tok, token) if top_n else []
+        return StreamEvent(index=index, token=tgi_token(token), top_tokens=top)
 
     async def events() -> AsyncIterator[bytes]:
         index = 0
@@ -115,16 +172,13 @@ async def generate_stream(
             if isinstance(event, TokenEvent):
                 tokens.append(event)
                 if not event.final:  # the last token waits for its FinishEvent (same engine step)
-                    yield sse(StreamEvent(index=index, token=_token_info(event)).model_dump_json())
+                    yield sse(event_of(index, event).model_dump_json())
                     index += 1
             elif isinstance(event, FinishEvent):
-                details = _details(event, tokens) if body.parameters.details else None
-                last = StreamEvent(
-                    index=index,
-                    token=_token_info(tokens[-1]),
-                    generated_text=_full_text(body, event.generated_text),
-                    details=details,
-                )
+                details = _details(engine.tok, event, tokens, top_n) if body.parameters.details else None
+                last = event_of(index, tokens[-1])
+                last.generated_text = _full_text(body, event.generated_text)
+                last.details = details
                 yield sse(last.model_dump_json(exclude_none=True))
             else:
                 yield sse(_error_json(event.error))

@@ -3,8 +3,11 @@
 
 Sampling follows OpenAI: `temperature` defaults to 1 (sampling) and 0 means greedy. Stop sequences are cut
 from the returned text, streamed or not. `echo` (completions) prepends the prompt; `stream_options.
-include_usage` adds a last chunk with the usage. Documented parameters not implemented yet are a 422
-(`unsupported()` in schemas.py), never silently ignored.
+include_usage` adds a last chunk with the usage. `n` choices (and completions' `best_of` candidates, ranked by
+cumulative logprob) are rows of their own with seeds seed, seed+1, ... (vLLM). `logprobs` are the model's raw
+log-softmax (routes/logprobs.py). `response_format` constrains the output with a grammar (server/guided.py).
+vLLM's `stop_token_ids`, `ignore_eos` and `min_tokens` are honoured. Documented parameters not implemented
+are a 422 (`unsupported()` in schemas.py), never silently ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,16 +23,20 @@ from fastapi.responses import StreamingResponse
 
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
-from ..errors import InvalidInputError, error_payload
+from ..errors import InvalidInputError, UnsupportedParameterError, error_payload
 from ..generation import (
+    Completed,
     StopTrimmer,
     build_request,
-    run_to_completion,
+    cumulative_logprob,
+    make_guide,
+    run_all_to_completion,
     sse,
-    stream_events,
-    submit_generate,
+    stream_all,
+    submit_choices,
     trim_at_stop,
 )
+from ..guided import openai_response_format
 from ..sampling import SamplingParams
 from ..schemas import (
     ChatCompletionRequest,
@@ -39,14 +46,24 @@ from ..schemas import (
     refuse_unsupported,
 )
 from ..settings import Settings
+from .logprobs import chat_logprobs, completion_logprobs
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+# chunk(index, text, finish_reason, the tokens this chunk carries) -> the chunk's payload
+ChunkBuilder = Callable[[int, str, str | None, list[TokenEvent]], dict[str, Any]]
 
 
 async def _submit(
-    body: CompletionRequest | ChatCompletionRequest, input_ids: list[int], settings: Settings, engine: Engine
-) -> tuple[RequestHandle, list[str]]:
+    body: CompletionRequest | ChatCompletionRequest,
+    input_ids: list[int],
+    settings: Settings,
+    engine: Engine,
+    *,
+    rows: int,
+    top_logprobs: int = 0,
+    grammar: tuple[str, str] | None = None,
+) -> tuple[list[RequestHandle], list[str]]:
     refuse_unsupported(body.unsupported())
     adapter = engine.registry.resolve_model(body.model)
     try:
@@ -61,6 +78,11 @@ async def _submit(
         top_p=body.top_p,
         repetition_penalty=body.repetition_penalty,
         seed=body.seed,
+        top_logprobs=top_logprobs,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+        stop_token_ids=frozenset(body.stop_token_ids or ()),
+        guide=await make_guide(engine, grammar),
     )
     request = build_request(
         settings,
@@ -71,70 +93,117 @@ async def _submit(
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stops,
     )
-    return await submit_generate(engine, request), stops
+    return await submit_choices(engine, request, rows), stops
 
 
-def _usage(finish: FinishEvent) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """Prompt tokens once, completion tokens of every returned choice (as vLLM counts `n`)."""
     return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.generated_tokens,
-        "total_tokens": finish.prompt_tokens + finish.generated_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
+def _best(results: list[Completed], n: int) -> list[Completed]:
+    """The n candidates with the highest cumulative logprob (all of them, in order, when there are n)."""
+    if len(results) == n:
+        return results
+    return sorted(results, key=cumulative_logprob, reverse=True)[:n]
+
+
 async def _stream(
-    handle: RequestHandle,
+    handles: list[RequestHandle],
     stops: list[str],
-    chunk: Any,
+    chunk: ChunkBuilder,
     *,
     include_usage: bool = False,
+    with_logprobs: bool = False,
     prefix: str = "",
 ) -> AsyncIterator[bytes]:
-    """OpenAI chunk stream: `chunk(text, finish_reason)` builds each payload; ends with `data: [DONE]`.
+    """OpenAI chunk stream of every choice, interleaved as their tokens come; ends with `data: [DONE]`.
 
-    `prefix` (echo) is the first chunk's text. With `include_usage`, every chunk carries `usage: null` and a
-    last chunk with no choices carries the usage (OpenAI's `stream_options`)."""
+    `prefix` (echo) is each choice's first chunk. With `with_logprobs` every token gets a chunk that carries
+    its logprobs (its text may be held back by the stop trimmer). With `include_usage`, every chunk carries
+    `usage: null` and a last chunk with no choices carries the usage (OpenAI's `stream_options`)."""
     usage: dict[str, Any] = {"usage": None} if include_usage else {}
+    trimmers = [StopTrimmer(stops) for _ in handles]
     if prefix:
-        yield sse(json.dumps({**chunk(prefix, None), **usage}))
-    trimmer = StopTrimmer(stops)
-    async for event in stream_events(handle):
+        for i in range(len(handles)):
+            yield sse(json.dumps({**chunk(i, prefix, None, []), **usage}))
+    prompt_tokens, completion_tokens = 0, 0
+    async for i, event in stream_all(handles):
         if isinstance(event, TokenEvent):
-            text = trimmer.push(event.text)
-            if text:
-                yield sse(json.dumps({**chunk(text, None), **usage}))
+            text = trimmers[i].push(event.text)
+            if text or with_logprobs:
+                yield sse(json.dumps({**chunk(i, text, None, [event]), **usage}))
         elif isinstance(event, FinishEvent):
-            rest = trimmer.finish()
-            yield sse(json.dumps({**chunk(rest, FINISH[event.finish_reason]), **usage}))
-            if include_usage:
-                yield sse(json.dumps({**chunk("", None), "choices": [], "usage": _usage(event)}))
+            rest = trimmers[i].finish()
+            yield sse(json.dumps({**chunk(i, rest, FINISH[event.finish_reason], []), **usage}))
+            prompt_tokens = event.prompt_tokens
+            completion_tokens += event.generated_tokens
         else:
             _, payload = error_payload(event.error)
             yield sse(json.dumps(payload))
+            break  # one failed choice fails the request: the others are cancelled
+    else:
+        if include_usage:
+            last = {
+                **chunk(0, "", None, []),
+                "choices": [],
+                "usage": _usage(prompt_tokens, completion_tokens),
+            }
+            yield sse(json.dumps(last))
     yield b"data: [DONE]\n\n"
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Text completion of `prompt` under adapter `model`."""
-    handle, stops = await _submit(body, engine.tok.encode(body.prompt), settings, engine)
+    if body.echo and body.logprobs is not None:
+        raise UnsupportedParameterError(
+            "`echo` with `logprobs` asks for the prompt's logprobs, which need the prompt's logits; the engine "
+            "computes the last position's only, so it is not supported: drop `echo` or `logprobs`"
+        )
+    best_of = body.best_of or body.n
+    if best_of < body.n:
+        raise InvalidInputError(f"best_of ({best_of}) must be at least n ({body.n})")
+    if best_of > body.n and body.stream:
+        raise InvalidInputError("best_of > n cannot stream: the best candidates are known only at the end")
+    handles, stops = await _submit(
+        body, engine.tok.encode(body.prompt), settings, engine, rows=best_of, top_logprobs=body.logprobs or 0
+    )
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    with_logprobs = body.logprobs is not None
     if body.stream:
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        def chunk(index: int, text: str, finish: str | None, events: list[TokenEvent]) -> dict[str, Any]:
+            logprobs = completion_logprobs(engine.tok, events) if with_logprobs else None
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             return {**meta, "object": "text_completion", "choices": [choice]}
 
         prefix = body.prompt if body.echo else ""
-        stream = _stream(handle, stops, chunk, include_usage=body.include_usage, prefix=prefix)
+        stream = _stream(
+            handles,
+            stops,
+            chunk,
+            include_usage=body.include_usage,
+            with_logprobs=with_logprobs,
+            prefix=prefix,
+        )
         return StreamingResponse(stream, media_type="text/event-stream")
-    done = await run_to_completion(request, handle)
-    assert done.finish is not None
-    text = trim_at_stop(done.finish.generated_text, stops)
-    if body.echo:
-        text = body.prompt + text
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[done.finish.finish_reason]}
-    return {**meta, "object": "text_completion", "choices": [choice], "usage": _usage(done.finish)}
+    results = _best(await run_all_to_completion(request, handles), body.n)
+    choices, finishes = [], []
+    for index, done in enumerate(results):
+        assert done.finish is not None
+        finishes.append(done.finish)
+        text = trim_at_stop(done.finish.generated_text, stops)
+        prefix = body.prompt if body.echo else ""
+        logprobs = completion_logprobs(engine.tok, done.tokens, len(prefix)) if with_logprobs else None
+        finish = FINISH[done.finish.finish_reason]
+        choices.append({"index": index, "text": prefix + text, "logprobs": logprobs, "finish_reason": finish})
+    usage = _usage(finishes[0].prompt_tokens, sum(f.generated_tokens for f in finishes))
+    return {**meta, "object": "text_completion", "choices": choices, "usage": usage}
 
 
 @router.post("/chat/completions")
@@ -142,32 +211,44 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep
 ):
     """Chat completion, the prompt built by the tokenizer's chat template (400 when it has none)."""
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidInputError("top_logprobs needs logprobs: true")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
-    handle, stops = await _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
+    handles, stops = await _submit(
+        body,
+        engine.tok.apply_chat_template(messages),
+        settings,
+        engine,
+        rows=body.n,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+        grammar=openai_response_format(body.response_format),
+    )
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    with_logprobs = bool(body.logprobs)
     if body.stream:
-        first = True
+        started = [False] * body.n
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
-            nonlocal first
+        def chunk(index: int, text: str, finish: str | None, events: list[TokenEvent]) -> dict[str, Any]:
             delta: dict[str, str] = {"content": text}
-            if first:
-                delta["role"], first = "assistant", False
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if not started[index]:
+                delta["role"], started[index] = "assistant", True
+            logprobs = chat_logprobs(engine.tok, events) if with_logprobs else None
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
 
-        stream = _stream(handle, stops, chunk, include_usage=body.include_usage)
+        stream = _stream(handles, stops, chunk, include_usage=body.include_usage, with_logprobs=with_logprobs)
         return StreamingResponse(stream, media_type="text/event-stream")
-    done = await run_to_completion(request, handle)
-    assert done.finish is not None
-    message = {"role": "assistant", "content": trim_at_stop(done.finish.generated_text, stops)}
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": FINISH[done.finish.finish_reason],
-    }
-    return {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(done.finish)}
+    results = await run_all_to_completion(request, handles)
+    choices, finishes = [], []
+    for index, done in enumerate(results):
+        assert done.finish is not None
+        finishes.append(done.finish)
+        message = {"role": "assistant", "content": trim_at_stop(done.finish.generated_text, stops)}
+        logprobs = chat_logprobs(engine.tok, done.tokens) if with_logprobs else None
+        finish = FINISH[done.finish.finish_reason]
+        choices.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
+    usage = _usage(finishes[0].prompt_tokens, sum(f.generated_tokens for f in finishes))
+    return {**meta, "object": "chat.completion", "choices": choices, "usage": usage}
 
 
 @router.get("/models", response_model=ModelList)

@@ -15,6 +15,7 @@ from serve_helpers import prompt
 
 from server.app import create_app
 from server.settings import Settings
+from server.tokenization import IncrementalDecoder
 
 NEW = 12
 
@@ -86,15 +87,14 @@ def test_a_row_whose_detokenization_fails_fails_alone(
     poison = victim_tokens[1]  # the victim's second token: it fails mid-answer, after one token
     assert poison not in other_alone and poison not in victim_tokens[:1], "pick prompts that differ"
 
-    tok = client.app.state.swapyard.engine.tok  # type: ignore[attr-defined]
-    decode = tok.decode
+    push = IncrementalDecoder.push  # a row's detokenization step (DecodeStream: no full decode per token)
 
-    def failing_decode(ids: Any) -> str:
-        if poison in ids:
+    def failing_push(self: IncrementalDecoder, token_id: int) -> str:
+        if token_id == poison:
             raise RuntimeError("injected detokenization failure")
-        return decode(ids)
+        return push(self, token_id)
 
-    monkeypatch.setattr(tok, "decode", failing_decode)
+    monkeypatch.setattr(IncrementalDecoder, "push", failing_push)
     streamed = {**victim, "parameters": {**victim["parameters"], "details": False}}
     failed, survived, failed_stream = _in_one_step(
         client, [("/generate", victim), ("/generate", other), ("/generate_stream", streamed)]
