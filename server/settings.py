@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(default=4, ge=0, description="stop sequences per request at most")
     max_classify_inputs: int = Field(default=64, ge=1, description="inputs per /classify request at most")
     max_adapters: int = Field(default=32, ge=1, description="adapters resident at once (device slots)")
+    max_embedding_inputs: int = Field(
+        default=64, ge=1, description="inputs per /v1/embeddings request at most"
+    )
+    embedding_pooling: Literal["auto", "cls", "mean", "last"] = Field(
+        default="auto",
+        description="how /v1/embeddings pools the last hidden states: 'auto' is CLS for encoders (BERT), the "
+        "last token for causal LMs, the mean of the encoder for T5",
+    )
     # -- adapter store (server/store): tiers, sources, limits ---------------------------------------
     adapter_device_bytes: int = Field(
         default=256 << 20, ge=1, description="device budget for resident adapters, in bytes"

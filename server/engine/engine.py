@@ -175,15 +175,32 @@ class Engine:
         """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
-        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
+        return self._submit_job(ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease))
+
+    def submit_embed(
+        self,
+        input_ids: list[list[int]],
+        adapter: str | None,
+        loop: asyncio.AbstractEventLoop,
+        lease: Lease | None = None,
+        pooling: str | None = None,
+    ) -> asyncio.Future[list[torch.Tensor]]:
+        """As `submit_classify`, for embeddings: the future resolves to one pooled hidden state (d,) per text
+        (`pooling` None: the base kind's default). Batched with the other jobs of its pooling in one forward."""
+        job = ClassifyJob(
+            input_ids, adapter, loop.create_future(), loop, lease=lease, task="embed", pooling=pooling
+        )
+        return self._submit_job(job)
+
+    def _submit_job(self, job: ClassifyJob) -> asyncio.Future[list[torch.Tensor]]:
         self.limits.check_inputs(
-            [len(ids) for ids in input_ids], prompt_positions(self.model, job.model_name)
+            [len(ids) for ids in job.input_ids], prompt_positions(self.model, job.model_name)
         )
         with self._cond:
             self._admit_check()
             self._classify.append(job)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
-            self.metrics.observe_request(adapter)
+            self.metrics.observe_request(job.adapter)
             self._cond.notify_all()
         return job.future
 
@@ -213,8 +230,8 @@ class Engine:
         """One iteration: schedule -> classify -> forward -> sample -> emit."""
         with self.model_lock:
             admitted, jobs = self._schedule()
-            if jobs:
-                self._run_classify(jobs)
+            for task in {(job.task, job.pooling): None for job in jobs}:  # one forward per kind of job
+                self._run_classify([job for job in jobs if (job.task, job.pooling) == task])
             try:
                 logits = self._forward(admitted)
             except Exception as exc:
@@ -336,8 +353,12 @@ class Engine:
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
         ids = [seq for job in jobs for seq in job.input_ids]
         adapters = [job.adapter for job in jobs for _ in job.input_ids]
+        names = [job.model_name for job in jobs for _ in job.input_ids]
         try:
-            logits = self.model.classify(ids, [job.model_name for job in jobs for _ in job.input_ids])
+            if jobs[0].task == "embed":  # the caller groups jobs by (task, pooling)
+                logits = self.model.embed(ids, names, jobs[0].pooling)
+            else:
+                logits = self.model.classify(ids, names)
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)

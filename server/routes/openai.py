@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..chat_templates import chat_input_ids
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
 from ..errors import InvalidInputError, error_payload
@@ -143,7 +144,9 @@ async def chat_completions(
 ):
     """Chat completion, the prompt built by the tokenizer's chat template (400 when it has none)."""
     messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
-    handle, stops = await _submit(body, engine.tok.apply_chat_template(messages), settings, engine)
+    # The adapter's own chat template when its files carry one (chat_templates.py), else the base's.
+    input_ids = await chat_input_ids(engine, engine.registry.resolve_model(body.model), messages)
+    handle, stops = await _submit(body, input_ids, settings, engine)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
         first = True
