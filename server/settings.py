@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     adapter_wait_s: float = Field(
         default=30.0, gt=0, description="how long a request waits for device room for its adapter (-> 503)"
     )
+    rate_limit: str | None = Field(
+        default=None,
+        description="token rate per API key (per client address without keys), e.g. '20000/minute' or "
+        "'20000/minute; 1000000/day': a request costs its prompt tokens + max new tokens; over -> 429 "
+        "with Retry-After (server/ratelimit.py)",
+    )
     # -- auth and shutdown ---------------------------------------------------------------------------
     api_key: str | None = Field(
         default=None, repr=False, description="API key for inference routes (Authorization: Bearer KEY)"
@@ -171,6 +177,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"--adapter-root {value!r} is not an existing directory; create it or fix the path"
             )
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parsable_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .ratelimit import parse_rates
+
+            parse_rates(value)  # ValueError naming the format
         return value
 
     @model_validator(mode="after")

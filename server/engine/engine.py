@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -91,6 +91,8 @@ class Engine:
         # Held for each step: the adapter store changes the model's pools only between steps.
         self.model_lock = registry.model_lock
         self.started_at = int(time.time())
+        # Charged with each request's token cost as it is queued; raises to refuse it (server/ratelimit.py).
+        self.rate_limit: Callable[[int], None] = lambda cost: None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -159,6 +161,7 @@ class Engine:
         )
         with self._cond:
             self._admit_check()
+            self.rate_limit(len(request.input_ids) + request.max_new_tokens)
             self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
@@ -198,6 +201,7 @@ class Engine:
         )
         with self._cond:
             self._admit_check()
+            self.rate_limit(sum(len(ids) for ids in job.input_ids))
             self._classify.append(job)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(job.adapter)
