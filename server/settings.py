@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     hub_adapter_owners: str | None = Field(
         default=None, description="comma-separated Hub owners adapters may come from (default: any)"
     )
+    on_demand_adapters: bool = Field(
+        default=False,
+        description="load an unknown adapter on its first request: a Hub repo 'owner/name' whose owner is in "
+        "--hub-adapter-owners, or a folder NAME under --adapter-root (off: unknown names are a 404)",
+    )
     preload_adapters: int = Field(
         default=64, ge=0, description="adapters validated and loaded at startup (the rest load on first use)"
     )
@@ -197,6 +202,11 @@ class Settings(BaseSettings):
             )
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        if self.on_demand_adapters and self.adapter_root is None and not self.hub_owners():
+            raise ValueError(
+                "--on-demand-adapters needs somewhere to load from: --adapter-root DIR (its folders), and/or "
+                "--hub-adapter-owners owner1,owner2 (Hub repos of those owners only)"
+            )
         return self
 
     def hub_owners(self) -> tuple[str, ...] | None:

@@ -49,6 +49,19 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_hub_name(name: str) -> bool:
+    """True for a Hub repo id `owner/name` (the name of an on-demand Hub adapter, on_demand.py)."""
+    return isinstance(name, str) and bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def check_record_name(name: str, source: AdapterSource) -> str:
+    """A catalog name: the adapter-name alphabet, or a Hub source's own repo id (on-demand Hub adapters are
+    named by it; they never get an uploads folder, the one place a '/' would matter)."""
+    if source.kind == "hub" and name == source.location and is_hub_name(name):
+        return name
+    return check_name(name)
+
+
 @dataclass(frozen=True)
 class AdapterSource:
     """One adapter's origin. `location` is an absolute directory (local, upload) or `owner/name` (hub);
