@@ -85,3 +85,18 @@ class EmbeddingResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+class EmbedRequest(BaseModel):
+    """text-embeddings-inference's `POST /embed` body (what huggingface_hub's `feature_extraction` sends), with
+    Swapyard's `adapter_id` (null = the base model) as in /generate's parameters."""
+
+    model_config = _REQUEST
+
+    inputs: Text | list[Text]
+    adapter_id: Text | None = None
+    normalize: bool = Field(default=True, description="scale each vector to unit length (TEI's default)")
+    truncate: bool = Field(default=False, description="cut inputs to --max-input-tokens instead of a 422")
+    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+    prompt_name: Text | None = Field(default=None, description="not supported: only null")
+    dimensions: int | None = Field(default=None, ge=1, description="only the model's own width")

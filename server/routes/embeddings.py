@@ -12,22 +12,24 @@ import asyncio
 import base64
 
 import numpy as np
+import torch
 from fastapi import APIRouter
 
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine
 from ..engine.types import release_lease
-from ..errors import InvalidInputError
-from ..schemas_utility import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from ..errors import InvalidInputError, UnsupportedParameterError
+from ..schemas_utility import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbedRequest
 from ..settings import Settings
 from .tokenize import check_token_ids
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(tags=["embeddings"])
 
 
-def _rows(body: EmbeddingRequest, engine: Engine, settings: Settings) -> list[list[int]]:
+def _rows(
+    given: str | list[str] | list[int] | list[list[int]], engine: Engine, settings: Settings
+) -> list[list[int]]:
     """Token ids per input (texts get the tokenizer's special tokens, as the model was trained with)."""
-    given = body.input
     if isinstance(given, str):
         rows = [engine.tok.encode(given)]
     elif given and all(isinstance(x, int) for x in given):
@@ -53,16 +55,18 @@ def embedding_width(engine: Engine) -> int:
     return int(getattr(config, "hidden_size", None) or config.d_model)
 
 
-@router.post("/embeddings", response_model=EmbeddingResponse)
-async def embeddings(body: EmbeddingRequest, settings: SettingsDep, engine: EngineDep) -> EmbeddingResponse:
-    """One vector per input, under adapter `model` (the base model's name: no adapter)."""
+def _check_dimensions(engine: Engine, dimensions: int | None) -> None:
     width = embedding_width(engine)
-    if body.dimensions is not None and body.dimensions != width:
+    if dimensions is not None and dimensions != width:
         raise InvalidInputError(
-            f"dimensions {body.dimensions}: this model's embeddings have {width}; leave `dimensions` out"
+            f"dimensions {dimensions}: this model's embeddings have {width}; leave `dimensions` out"
         )
-    adapter = engine.registry.resolve_model(body.model)
-    rows = _rows(body, engine, settings)
+
+
+async def embed(
+    engine: Engine, settings: Settings, adapter: str | None, rows: list[list[int]]
+) -> list[torch.Tensor]:
+    """One pooled vector (d,) per row under `adapter`, through the engine's job batch."""
     # Checked again with the positions the adapter adds once its lease is held (submit_embed).
     engine.limits.check_inputs([len(row) for row in rows])
     lease = await engine.registry.acquire(adapter)  # 404 unknown; the engine releases it after the job
@@ -72,7 +76,15 @@ async def embeddings(body: EmbeddingRequest, settings: SettingsDep, engine: Engi
     except BaseException:
         release_lease(lease)
         raise
-    vectors = await future
+    return await future
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["openai"])
+async def embeddings(body: EmbeddingRequest, settings: SettingsDep, engine: EngineDep) -> EmbeddingResponse:
+    """One vector per input, under adapter `model` (the base model's name: no adapter)."""
+    _check_dimensions(engine, body.dimensions)
+    rows = _rows(body.input, engine, settings)
+    vectors = await embed(engine, settings, engine.registry.resolve_model(body.model), rows)
     data = [
         Embedding(index=i, embedding=_encode(vector.numpy(), body.encoding_format))
         for i, vector in enumerate(vectors)
@@ -81,6 +93,24 @@ async def embeddings(body: EmbeddingRequest, settings: SettingsDep, engine: Engi
     return EmbeddingResponse(
         data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
     )
+
+
+@router.post("/embed", response_model=list[list[float]])
+async def tei_embed(body: EmbedRequest, settings: SettingsDep, engine: EngineDep) -> list[list[float]]:
+    """text-embeddings-inference's route: a vector per input, unit length unless `normalize` is false."""
+    if body.prompt_name is not None:
+        raise UnsupportedParameterError("`prompt_name` is not supported by this server; leave it out")
+    _check_dimensions(engine, body.dimensions)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    rows = [engine.tok.encode(text) for text in texts]
+    if body.truncate:
+        keep = engine.limits.max_input_tokens
+        left = body.truncation_direction.lower() == "left"
+        rows = [row[-keep:] if left else row[:keep] for row in rows]
+    vectors = await embed(engine, settings, body.adapter_id, _rows(rows, engine, settings))
+    if body.normalize:
+        vectors = [torch.nn.functional.normalize(v, dim=0) for v in vectors]
+    return [v.tolist() for v in vectors]
 
 
 def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
