@@ -30,12 +30,14 @@ def _rows(
     given: str | list[str] | list[int] | list[list[int]], engine: Engine, settings: Settings
 ) -> list[list[int]]:
     """Token ids per input (texts get the tokenizer's special tokens, as the model was trained with)."""
+    rows: list[list[int]] = []
     if isinstance(given, str):
         rows = [engine.tok.encode(given)]
     elif given and all(isinstance(x, int) for x in given):
-        rows = [list(given)]  # type: ignore[arg-type]  # one token-id list
+        rows = [[int(x) for x in given]]  # type: ignore[arg-type]  # one token-id list
     else:
-        rows = [engine.tok.encode(x) if isinstance(x, str) else list(x) for x in given]  # type: ignore[union-attr]
+        for x in given:
+            rows.append(engine.tok.encode(x) if isinstance(x, str) else list(x))  # type: ignore[arg-type]
     if not rows:
         raise InvalidInputError("input is empty; give a text, a list of texts, or token ids")
     if len(rows) > settings.max_embedding_inputs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,49 @@ def test_embedding_pooling_flag(serve, llama_dir, causal_adapters) -> None:
         (vec,) = _vectors(client.post("/v1/embeddings", json={"model": "lora4", "input": text}))
     want = _peft_hidden(oracle.eval(), tok(text)["input_ids"]).mean(dim=0)
     assert np.allclose(vec, want.numpy(), atol=1e-4)
+
+
+def test_tei_embed_route(client) -> None:
+    texts = [prompt(12, length=4), prompt(13, length=6)]
+    lora = _vectors(client.post("/v1/embeddings", json={"model": "lora4", "input": texts}))
+    raw = client.post("/embed", json={"inputs": texts, "adapter_id": "lora4", "normalize": False})
+    assert raw.status_code == 200, raw.text
+    assert np.allclose(np.array(raw.json(), dtype=np.float32), lora, atol=1e-6)
+    unit = np.array(client.post("/embed", json={"inputs": texts[0], "adapter_id": "lora4"}).json())
+    assert unit.shape == (1, lora[0].shape[0])
+    assert np.allclose(unit[0], lora[0] / np.linalg.norm(lora[0]), atol=1e-5)  # normalized by default
+    long = " ".join([texts[0]] * 20)  # 80 tokens, over --max-input-tokens 64
+    assert client.post("/embed", json={"inputs": long}).status_code == 422
+    cut = client.post("/embed", json={"inputs": long, "truncate": True, "truncation_direction": "Left"})
+    end = client.post("/embed", json={"inputs": " ".join(long.split()[-64:])})
+    assert cut.status_code == 200 and np.allclose(cut.json(), end.json(), atol=1e-6)  # the last 64 tokens
+    assert client.post("/embed", json={"inputs": "w1", "adapter_id": "nope"}).status_code == 404
+    assert client.post("/embed", json={"inputs": "w1", "prompt_name": "query"}).status_code == 422
+
+
+def test_embedding_requests_share_one_forward(client, monkeypatch) -> None:
+    """Rows of several requests are one batch: the engine is held while two requests queue, then one
+    `embed` forward runs all three rows."""
+    engine = client.app.state.swapyard.engine
+    calls: list[list[str | None]] = []
+    real = engine.model.embed
+
+    def counting(ids, names, pooling=None):
+        calls.append(list(names))
+        return real(ids, names, pooling)
+
+    monkeypatch.setattr(engine.model, "embed", counting)
+    results: list = []
+    bodies = [{"model": "lora4", "input": ["w1 w2", "w3"]}, {"model": "ia3", "input": "w4 w5"}]
+    with engine.hold() as held:
+        threads = [
+            threading.Thread(target=lambda b=b: results.append(client.post("/v1/embeddings", json=b)))
+            for b in bodies
+        ]
+        for thread in threads:
+            thread.start()
+        held.wait_queued(2)
+    for thread in threads:
+        thread.join(60)
+    assert [r.status_code for r in results] == [200, 200]
+    assert len(calls) == 1 and sorted(n.split("@")[0] for n in calls[0]) == ["ia3", "lora4", "lora4"]
