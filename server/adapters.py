@@ -26,6 +26,7 @@ from .errors import ConflictError
 from .settings import Settings
 from .store import (
     AdapterInfo,
+    AdapterRecord,
     AdapterSource,
     AdapterStore,
     Lease,
@@ -33,6 +34,7 @@ from .store import (
     StoreConfig,
     StoreMetrics,
 )
+from .store.on_demand import OnDemand
 
 log = logging.getLogger("swapyard.adapters")
 LABEL_MAP_FILE = "label_map.json"  # written by `swapyard train` for classification adapters
@@ -52,6 +54,14 @@ def store_config(settings: Settings) -> StoreConfig:
         max_adapter_bytes=settings.max_adapter_bytes,
         capacity_timeout_s=settings.adapter_wait_s,
     )
+
+
+def on_demand_policy(settings: Settings) -> OnDemand | None:
+    """`--on-demand-adapters`: which unknown names load on first use (store/on_demand.py); None when off."""
+    if not settings.on_demand_adapters:
+        return None
+    owners = settings.hub_owners() if settings.allow_hub_adapters else None
+    return OnDemand(hub_owners=frozenset(owners or ()), local=settings.adapter_root is not None)
 
 
 def _head_size(loaded: LoadedAdapter) -> int | None:
@@ -84,6 +94,7 @@ class AdapterRegistry:
         resident: str,
         config: StoreConfig | None = None,
         metrics: StoreMetrics | None = None,
+        on_demand: OnDemand | None = None,
     ) -> None:
         self.model = model
         self.base_name = base_name
@@ -92,6 +103,7 @@ class AdapterRegistry:
         self._store = AdapterStore(model, config, metrics=metrics)
         self._operator: list[str] = []  # --adapter names, validated at startup whatever `preload` says
         self._labels: dict[ResidentKey, dict[int, str]] = {}  # version -> id2label
+        self._on_demand = on_demand  # unknown names that load on first use (None: off, unknown is a 404)
 
     @property
     def model_lock(self) -> threading.Lock:
@@ -154,8 +166,34 @@ class AdapterRegistry:
     # -- requests --------------------------------------------------------------------------------------
     async def acquire(self, name: str | None) -> Lease | None:
         """A lease on `name`'s current version (None for the base model: no lease). The one check of a
-        request's adapter: unknown is a 404 (never the base model), invalid a 4xx, no room a 503."""
-        return None if name is None else await self._store.acquire(name)
+        request's adapter: unknown is a 404 (never the base model), invalid a 4xx, no room a 503. With
+        on-demand adapters, an unknown name that matches is registered here and loads on this first use."""
+        if name is None:
+            return None
+        registered = self._register_on_demand(name)
+        try:
+            return await self._store.acquire(name)
+        except Exception:
+            # Its files never parsed: unknown again (a later request tries afresh), not a broken entry.
+            if (
+                registered is not None
+                and registered.content_hash is None
+                and self._store.catalog.find(name) is registered
+            ):
+                self._store.catalog.remove(name)
+            raise
+
+    def _register_on_demand(self, name: str) -> AdapterRecord | None:
+        """Register `name` if it is unknown and on-demand loading matches it. Synchronous on the event loop:
+        concurrent requests for one name find one record and share its one load."""
+        if self._on_demand is None or name in self._store.catalog or name == self.base_name:
+            return None
+        source = self._on_demand.source_for(name, self._store.policy)
+        if source is None:
+            return None
+        log.info("adapter %s loads on demand from %s", name, source.describe())
+        self._store.register(name, source)
+        return self._store.catalog.find(name)
 
     def info(self, name: str) -> AdapterInfo:
         """One adapter's info; an unknown name is a 404."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from .auth import require_admin, require_api_key
 from .deps import AppState
 from .engine import Engine, build_engine
-from .errors import install_error_handlers
+from .errors import RateLimitedError, install_error_handlers
 from .metrics import Metrics
 from .middleware import (
     BodyLimitMiddleware,
@@ -26,7 +26,8 @@ from .middleware import (
     ReceiveTimeoutMiddleware,
     UnhandledErrorMiddleware,
 )
-from .routes import adapters, classify, generate, openai, ops
+from .ratelimit import CallerMiddleware, RateLimiter, parse_rates
+from .routes import adapters, classify, embeddings, generate, openai, ops, tgi_compat, tokenize
 from .routes.docs import OPENAPI_URL, keyed_docs_router
 from .settings import Settings
 
@@ -36,7 +37,8 @@ log = logging.getLogger("swapyard.server")
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app. With `engine`, the lifespan starts that engine instead of loading a model."""
     metrics = engine.metrics if engine is not None else Metrics()
-    state = AppState(settings=settings, metrics=metrics)
+    limiter = RateLimiter(parse_rates(settings.rate_limit)) if settings.rate_limit else None
+    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -46,6 +48,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             built = await asyncio.to_thread(build_engine, settings, metrics)
         # Validate the operator's adapters and preload the first ones on this loop (it serves their leases).
         await built.registry.start(settings.preload_adapters)
+        if limiter is not None:
+            built.rate_limit = _counted(limiter, metrics)
         built.start()
         state.engine = built
         log.info(
@@ -55,6 +59,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             yield
         finally:
             state.engine = None
+            if limiter is not None:  # a test's engine may serve another app next
+                built.rate_limit = lambda cost: None
             built.draining = True
             await asyncio.to_thread(built.stop)
             await built.registry.close()
@@ -83,11 +89,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         overrides={("POST", "/v1/adapters"): upload_limit},
     )
     app.add_middleware(InflightMiddleware, state=state)
+    app.add_middleware(CallerMiddleware, keyed=keyed)  # who pays for the tokens (--rate-limit)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(UnhandledErrorMiddleware)
 
     inference = [Depends(require_api_key)]
-    for module in (generate, classify, openai):
+    for module in (generate, classify, openai, tokenize, embeddings, tgi_compat):
         app.include_router(module.router, dependencies=inference)
     app.include_router(ops.router)
     app.include_router(adapters.router)  # admin key (its own dependency)
@@ -95,3 +102,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         # The API key when there is one (the admin key works too); else only the admin key exists.
         app.include_router(keyed_docs_router(app, require_api_key if settings.api_key else require_admin))
     return app
+
+
+def _counted(limiter: RateLimiter, metrics: Metrics) -> Callable[[int], None]:
+    """The limiter's charge, counting refusals in swapyard_rejected_requests{reason="rate_limited"}."""
+
+    def charge(cost: int) -> None:
+        try:
+            limiter.charge(cost)
+        except RateLimitedError:
+            metrics.rejected.labels("rate_limited").inc()
+            raise
+
+    return charge

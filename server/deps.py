@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from .engine import Engine
 from .errors import NotReadyError
 from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 
@@ -22,6 +23,7 @@ class AppState:
     engine: Engine | None = None
     draining: bool = False  # SIGTERM: /ready and new requests answer 503 while running ones finish
     inflight: int = 0  # HTTP requests being answered now (InflightMiddleware)
+    rate_limiter: RateLimiter | None = None  # --rate-limit (its `clock` is a test's hook)
 
     def begin_drain(self) -> None:
         """Stop taking new requests (InflightMiddleware answers 503, /ready too); those already accepted,

@@ -63,6 +63,14 @@ class QueueFullError(ServerError):
     """`max_queued_requests` are already waiting to start."""
 
 
+class RateLimitedError(ServerError):
+    """The caller's token budget (--rate-limit) has no room for this request now: 429 with its own Retry-After."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class InsufficientStorageError(ServerError):
     """The server cannot store what the request brought (its uploads disk is full): 507."""
 
@@ -91,6 +99,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (ConflictError, 409, "conflict"),
     (PayloadTooLargeError, 413, "payload_too_large"),
     (QueueFullError, 429, "queue_full"),
+    (RateLimitedError, 429, "rate_limited"),
     (NotReadyError, 503, "not_ready"),
     (InsufficientStorageError, 507, "insufficient_storage"),
     (AdapterConfigError, 422, "adapter_config"),
@@ -236,7 +245,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status, error_type = status_of(exc)
         if status >= 500:
             log_server_error(f"engine error in {request.method} {request.url.path}", exc)
-        return error_response(status, error_type, str(exc))
+        return error_response(status, error_type, str(exc), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(AdapterError)
     async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:

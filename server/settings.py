@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(default=4, ge=0, description="stop sequences per request at most")
     max_classify_inputs: int = Field(default=64, ge=1, description="inputs per /classify request at most")
     max_adapters: int = Field(default=32, ge=1, description="adapters resident at once (device slots)")
+    max_embedding_inputs: int = Field(
+        default=64, ge=1, description="inputs per /v1/embeddings request at most"
+    )
+    embedding_pooling: Literal["auto", "cls", "mean", "last"] = Field(
+        default="auto",
+        description="how /v1/embeddings pools the last hidden states: 'auto' is CLS for encoders (BERT), the "
+        "last token for causal LMs, the mean of the encoder for T5",
+    )
     # -- adapter store (server/store): tiers, sources, limits ---------------------------------------
     adapter_device_bytes: int = Field(
         default=256 << 20, ge=1, description="device budget for resident adapters, in bytes"
@@ -125,11 +133,22 @@ class Settings(BaseSettings):
     hub_adapter_owners: str | None = Field(
         default=None, description="comma-separated Hub owners adapters may come from (default: any)"
     )
+    on_demand_adapters: bool = Field(
+        default=False,
+        description="load an unknown adapter on its first request: a Hub repo 'owner/name' whose owner is in "
+        "--hub-adapter-owners, or a folder NAME under --adapter-root (off: unknown names are a 404)",
+    )
     preload_adapters: int = Field(
         default=64, ge=0, description="adapters validated and loaded at startup (the rest load on first use)"
     )
     adapter_wait_s: float = Field(
         default=30.0, gt=0, description="how long a request waits for device room for its adapter (-> 503)"
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="token rate per API key (per client address without keys), e.g. '20000/minute' or "
+        "'20000/minute; 1000000/day': a request costs its prompt tokens + max new tokens; over -> 429 "
+        "with Retry-After (server/ratelimit.py)",
     )
     # -- auth and shutdown ---------------------------------------------------------------------------
     api_key: str | None = Field(
@@ -185,6 +204,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _parsable_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .ratelimit import parse_rates
+
+            parse_rates(value)  # ValueError naming the format
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.max_input_tokens >= self.max_total_tokens:
@@ -194,6 +222,11 @@ class Settings(BaseSettings):
             )
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        if self.on_demand_adapters and self.adapter_root is None and not self.hub_owners():
+            raise ValueError(
+                "--on-demand-adapters needs somewhere to load from: --adapter-root DIR (its folders), and/or "
+                "--hub-adapter-owners owner1,owner2 (Hub repos of those owners only)"
+            )
         return self
 
     def hub_owners(self) -> tuple[str, ...] | None:

@@ -45,6 +45,7 @@ from .layers import (
     weight_rows,
 )
 from .parsed import ParsedAdapter, parse_adapter
+from .pooling import DEFAULT_POOLING, Pooling, embed_rows
 from .prompt_layout import run_forward
 from .prompts import PromptStore
 from .steps import DecodeState, pad_rows, run_generate
@@ -425,3 +426,14 @@ class MultiAdapterModel(nn.Module):
         real = logits != float("-inf")  # (B, C_max)
         widths = (real * torch.arange(1, logits.shape[1] + 1, device=logits.device)).amax(dim=1).tolist()
         return [row[:w] for row, w in zip(logits, widths)]
+
+    def embed(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        adapter_names: Sequence[str | None],
+        pooling: Pooling | None = None,
+    ) -> torch.Tensor:
+        """Sentence embeddings (N, d): each row's last hidden states under its adapter, pooled over its real
+        tokens (multi/pooling.py); `pooling` defaults to the base's kind (cls encoder, last causal, mean T5)."""
+        kind = self._prompts.kind
+        return embed_rows(self, kind, input_ids, adapter_names, pooling or DEFAULT_POOLING[kind])

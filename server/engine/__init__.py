@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..adapters import AdapterRegistry, store_config
+from ..adapters import AdapterRegistry, on_demand_policy, store_config
 from ..metrics import Metrics
 from ..modeling import load_base
 from ..settings import Settings, public_base_name
@@ -64,6 +64,7 @@ def build_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
         resident=str(base.device),
         config=store_config(settings),
         metrics=PrometheusStoreMetrics(metrics.registry),
+        on_demand=on_demand_policy(settings),
     )
     for name, source in settings.adapter_pairs():
         registry.register(name, source)

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -111,6 +111,8 @@ class Engine(PaddedPath):
         # Held for each step: the adapter store changes the model's pools only between steps.
         self.model_lock = registry.model_lock
         self.started_at = int(time.time())
+        # Charged with each request's token cost as it is queued; raises to refuse it (server/ratelimit.py).
+        self.rate_limit: Callable[[int], None] = lambda cost: None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -205,6 +207,7 @@ class Engine(PaddedPath):
         )
         with self._cond:
             self._admit_check()
+            self.rate_limit(len(request.input_ids) + request.max_new_tokens)
             self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
@@ -221,15 +224,33 @@ class Engine(PaddedPath):
         """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
-        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
+        return self._submit_job(ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease))
+
+    def submit_embed(
+        self,
+        input_ids: list[list[int]],
+        adapter: str | None,
+        loop: asyncio.AbstractEventLoop,
+        lease: Lease | None = None,
+        pooling: str | None = None,
+    ) -> asyncio.Future[list[torch.Tensor]]:
+        """As `submit_classify`, for embeddings: the future resolves to one pooled hidden state (d,) per text
+        (`pooling` None: the base kind's default). Batched with the other jobs of its pooling in one forward."""
+        job = ClassifyJob(
+            input_ids, adapter, loop.create_future(), loop, lease=lease, task="embed", pooling=pooling
+        )
+        return self._submit_job(job)
+
+    def _submit_job(self, job: ClassifyJob) -> asyncio.Future[list[torch.Tensor]]:
         self.limits.check_inputs(
-            [len(ids) for ids in input_ids], prompt_positions(self.model, job.model_name)
+            [len(ids) for ids in job.input_ids], prompt_positions(self.model, job.model_name)
         )
         with self._cond:
             self._admit_check()
+            self.rate_limit(sum(len(ids) for ids in job.input_ids))
             self._classify.append(job)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
-            self.metrics.observe_request(adapter)
+            self.metrics.observe_request(job.adapter)
             self._cond.notify_all()
         return job.future
 
@@ -289,8 +310,7 @@ class Engine(PaddedPath):
     # -- the paged path ---------------------------------------------------------------------------------
     def _paged_step(self, batch: PagedBatch) -> None:
         schedule, jobs = self._schedule_paged(batch)
-        if jobs:
-            self._run_classify(jobs)
+        self._run_jobs(jobs)
         rows, logits = self._forward_paged(batch, schedule)
         if rows and logits is not None:
             self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
@@ -392,11 +412,20 @@ class Engine(PaddedPath):
             # Done: it leaves at the next schedule, before any forward, so its adapter may go now.
             release_lease(row.request.lease)
 
+    def _run_jobs(self, jobs: list[ClassifyJob]) -> None:
+        """This step's classify and embed jobs: one forward per kind of job, (task, pooling)."""
+        for kind in {(job.task, job.pooling): None for job in jobs}:
+            self._run_classify([job for job in jobs if (job.task, job.pooling) == kind])
+
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
         ids = [seq for job in jobs for seq in job.input_ids]
         adapters = [job.adapter for job in jobs for _ in job.input_ids]
+        names = [job.model_name for job in jobs for _ in job.input_ids]
         try:
-            logits = self.model.classify(ids, [job.model_name for job in jobs for _ in job.input_ids])
+            if jobs[0].task == "embed":  # the caller groups jobs by (task, pooling)
+                logits = self.model.embed(ids, names, jobs[0].pooling)
+            else:
+                logits = self.model.classify(ids, names)
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)

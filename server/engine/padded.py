@@ -26,8 +26,7 @@ class PaddedPath:
 
     def _padded_step(self: Engine, batch: RunningBatch) -> None:  # type: ignore[misc]
         admitted, jobs = self._schedule(batch)
-        if jobs:
-            self._run_classify(jobs)
+        self._run_jobs(jobs)
         try:
             logits = self._forward(batch, admitted)
         except Exception as exc:

@@ -131,8 +131,9 @@ class RequestHandle:
 
 @dataclass
 class ClassifyJob:
-    """Texts to classify with one adapter (its public name; None = base model) under `lease`, as for a
-    `GenerationRequest`; the result is one logits vector (C,) per text."""
+    """Texts to classify (or embed) with one adapter (its public name; None = base model) under `lease`, as
+    for a `GenerationRequest`; the result is one vector per text: logits (C,) for `task` "classify", the pooled
+    hidden state (d,) for "embed" (`pooling` None: the base kind's default, adapters_core/multi/pooling.py)."""
 
     input_ids: list[list[int]]
     adapter: str | None
@@ -140,6 +141,8 @@ class ClassifyJob:
     loop: asyncio.AbstractEventLoop
     submitted_at: float = field(default_factory=time.perf_counter)
     lease: Lease | None = None
+    task: Literal["classify", "embed"] = "classify"
+    pooling: str | None = None
 
     @property
     def model_name(self) -> str | None:

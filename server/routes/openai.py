@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..chat_templates import chat_input_ids
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
 from ..errors import InvalidInputError, UnsupportedParameterError, error_payload
@@ -214,9 +215,11 @@ async def chat_completions(
     if body.top_logprobs and not body.logprobs:
         raise InvalidInputError("top_logprobs needs logprobs: true")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
+    # The adapter's own chat template when its files carry one (chat_templates.py), else the base's.
+    input_ids = await chat_input_ids(engine, engine.registry.resolve_model(body.model), messages)
     handles, stops = await _submit(
         body,
-        engine.tok.apply_chat_template(messages),
+        input_ids,
         settings,
         engine,
         rows=body.n,

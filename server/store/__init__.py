@@ -6,7 +6,7 @@ the host and device tiers, the load pipeline. `StoreConfig` its knobs; `Lease` w
 server maps to HTTP statuses.
 """
 
-from .catalog import AdapterInfo
+from .catalog import AdapterInfo, AdapterRecord
 from .config import StoreConfig
 from .device import AdapterTooLargeError
 from .errors import (
@@ -31,6 +31,7 @@ __all__ = [
     "AdapterExistsError",
     "AdapterInUseError",
     "AdapterInfo",
+    "AdapterRecord",
     "AdapterSource",
     "AdapterStore",
     "AdapterTooLargeError",

@@ -14,7 +14,7 @@ from .errors import AdapterExistsError, UnknownAdapterError
 from .keys import ResidentKey
 from .metrics import Tier
 from .parsing import HostAdapter
-from .sources import AdapterSource, check_name
+from .sources import AdapterSource, check_record_name
 
 _generations = itertools.count(1)
 
@@ -122,7 +122,7 @@ class AdapterCatalog:
 
     def put(self, name: str, source: AdapterSource, *, replace: bool) -> AdapterRecord:
         """A new record (a new generation) for `name`; `AdapterExistsError` if taken and not `replace`."""
-        check_name(name)
+        check_record_name(name, source)
         if name in self._records and not replace:
             raise AdapterExistsError(f"an adapter named {name!r} is already registered.")
         record = AdapterRecord(name=name, source=source, generation=next(_generations))

@@ -51,6 +51,7 @@ class DeviceEntry:
     leases: int = 0
     stale: bool = False  # the name moved on (re-upload, reload, delete): unload once the last lease ends
     waiting: Callable[[], int] = field(default=lambda: 0)  # acquirers awaiting the load that made this entry
+    chat_template: str | None = None  # the version's own chat template (store/templates.py)
 
     @property
     def name(self) -> str:
@@ -163,7 +164,11 @@ class DeviceTier:
                 continue
             self._metrics.stage_seconds("device", seconds)
             entry = DeviceEntry(
-                key=adapter.key, nbytes=adapter.nbytes, loaded_at=time.time(), waiting=waiting
+                key=adapter.key,
+                nbytes=adapter.nbytes,
+                loaded_at=time.time(),
+                waiting=waiting,
+                chat_template=adapter.chat_template,
             )
             self.entries[entry.key] = entry
             self.used_bytes += entry.nbytes

@@ -45,6 +45,11 @@ class Lease:
         """The name to pass to `MultiAdapterModel.forward/prefill/classify(adapter_names=[...])`."""
         return self._entry.key.model_name
 
+    @property
+    def chat_template(self) -> str | None:
+        """The leased version's own chat template (None: the base's applies)."""
+        return self._entry.chat_template
+
     def release(self) -> None:
         """End the lease (idempotent). Off the loop thread, the bookkeeping is scheduled onto the loop."""
         if not self._released.acquire(blocking=False):

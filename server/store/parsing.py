@@ -43,6 +43,7 @@ class HostAdapter:
     name: str
     parsed: ParsedAdapter
     revision: str | None = None
+    chat_template: str | None = None  # the adapter's own (templates.py), else None: the base's applies
 
     @property
     def key(self) -> ResidentKey:
@@ -121,4 +122,4 @@ def build_host_adapter(name: str, files: FetchedFiles, validate: Validator, *, m
             f"{files.origin}: LoRA rank {parsed.max_rank} is above this server's maximum of {max_rank}; "
             "serve a lower-rank adapter or raise --max-adapter-rank."
         )
-    return HostAdapter(name=name, parsed=parsed, revision=files.revision)
+    return HostAdapter(name=name, parsed=parsed, revision=files.revision, chat_template=files.chat_template)

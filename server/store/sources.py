@@ -28,6 +28,7 @@ from adapters_core.peft_names import CONFIG_NAME, PICKLE_WEIGHTS_NAME, SAFETENSO
 from adapters_core.weights_io import load_pickle_weights_only
 
 from .errors import InvalidAdapterNameError, SourceNotAllowedError, UploadTooLargeError
+from .templates import read_chat_template
 
 SourceKind = Literal["local", "hub", "upload"]
 
@@ -46,6 +47,19 @@ def check_name(name: str) -> str:
             "letter or digit, without '..'."
         )
     return name
+
+
+def is_hub_name(name: str) -> bool:
+    """True for a Hub repo id `owner/name` (the name of an on-demand Hub adapter, on_demand.py)."""
+    return isinstance(name, str) and bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def check_record_name(name: str, source: AdapterSource) -> str:
+    """A catalog name: the adapter-name alphabet, or a Hub source's own repo id (on-demand Hub adapters are
+    named by it; they never get an uploads folder, the one place a '/' would matter)."""
+    if source.kind == "hub" and name == source.location and is_hub_name(name):
+        return name
+    return check_name(name)
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,7 @@ class FetchedFiles:
     weights: bytes
     origin: str
     revision: str | None = None
+    chat_template: str | None = None  # the adapter's own (templates.py); None: the base's applies
 
 
 def _within(path: str, root: str) -> bool:
@@ -229,7 +244,13 @@ def fetch(
             if not (has_bin and allow_bin_weights and source.kind == "local"):
                 _refuse_pickle(source.describe(), has_bin)
             weights = _bin_as_safetensors(bin_path, max_bytes, source.root)
-        return FetchedFiles(config, weights, origin=source.describe())
+
+        def read_local(filename: str) -> bytes | None:
+            path = os.path.join(directory, filename)
+            return _read(path, max_bytes, source.root) if os.path.isfile(path) else None
+
+        template = read_chat_template(read_local, source.describe())
+        return FetchedFiles(config, weights, origin=source.describe(), chat_template=template)
     return _fetch_hub(
         source, max_bytes=max_bytes, cache_dir=cache_dir, token=token, allow_bin_weights=allow_bin_weights
     )
@@ -259,11 +280,18 @@ def _fetch_hub(
         weights = _bin_as_safetensors(weights_path, max_bytes, None)
     # hf_hub_download returns .../snapshots/<commit>/...: record the commit the revision resolved to.
     commit = _SNAPSHOT.search(weights_path.replace(os.sep, "/"))
+    revision = commit.group(1) if commit else source.revision
+
+    def read_hub(filename: str) -> bytes | None:
+        path = resolve_file(source.location, filename, missing_ok=True, **{**hub, "revision": revision})
+        return None if path is None else _read(path, max_bytes, None)
+
     return FetchedFiles(
         _read(config_path, max_bytes, None),
         weights,
         origin=source.describe(),
-        revision=commit.group(1) if commit else source.revision,
+        revision=revision,
+        chat_template=read_chat_template(read_hub, source.describe()),
     )
 
 
