@@ -47,8 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train_main(rest)
     if command == "bench":
-        from bench.serving.cli import main as bench_main
-
+        try:
+            from bench.serving.cli import main as bench_main
+        except ImportError as exc:  # an install without the source checkout's bench/ or its extras
+            print(
+                f"swapyard bench: the benchmark cannot be imported here ({exc}); run it from a source "
+                "checkout after `pip install -e '.[bench]'`",
+                file=sys.stderr,
+            )
+            return 2
         return bench_main(rest)
     parser = build_parser()
     parser.parse_args(argv)  # --version, --help, or an unknown command (argparse's error, exit 2)

@@ -8,6 +8,7 @@ route, and stops it at the end. `scrape_store` reads the adapter store's counter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -179,10 +180,8 @@ class MemoryWatch:
 
     def reset_peak(self) -> None:
         """Start a new peak window (Linux: writing 5 to clear_refs resets VmHWM to the current RSS)."""
-        try:
+        with contextlib.suppress(OSError):
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        except OSError:
-            pass
 
 
 def gpu_memory_bytes(pid: int) -> int | None:
