@@ -2,7 +2,7 @@
 
     swapyard serve ...   server/ (swapyard serve --help)
     swapyard train ...   trainer/ (swapyard train --help)
-    swapyard bench ...   not built yet (issue 19)
+    swapyard bench ...   bench/serving/ (swapyard bench --help): the serving benchmark
 
 Each command parses its own flags (swapyard/flags.py generates them from the settings models), so this module
 only picks the command; the packages below never import each other or this one.
@@ -15,11 +15,6 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-BENCH_MISSING = (
-    "swapyard bench: not built yet (issue 19); meanwhile run the scripts in bench/ directly, "
-    "e.g. python bench/bench_multi_adapter.py --help"
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a base model and its adapters over HTTP (swapyard serve --help)", add_help=False
     )
     commands.add_parser("train", help="train a PEFT-format adapter (swapyard train --help)", add_help=False)
-    commands.add_parser("bench", help="benchmarks (not built yet: issue 19)", add_help=False)
+    commands.add_parser(
+        "bench",
+        help="serving benchmark: many adapters vs base-only, merged and PEFT (swapyard bench --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -48,8 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train_main(rest)
     if command == "bench":
-        print(BENCH_MISSING, file=sys.stderr)
-        return 2
+        try:
+            from bench.serving.cli import main as bench_main
+        except ImportError as exc:  # an install without the source checkout's bench/ or its extras
+            print(
+                f"swapyard bench: the benchmark cannot be imported here ({exc}); run it from a source "
+                "checkout after `pip install -e '.[bench]'`",
+                file=sys.stderr,
+            )
+            return 2
+        return bench_main(rest)
     parser = build_parser()
     parser.parse_args(argv)  # --version, --help, or an unknown command (argparse's error, exit 2)
     parser.print_help()

@@ -30,9 +30,12 @@ def test_python_m_swapyard_is_the_command() -> None:
     assert out.stdout.strip() == importlib.metadata.version("swapyard")
 
 
-def test_bench_says_it_is_not_built_yet(capsys) -> None:
-    assert main(["bench"]) == 2
-    assert "not built yet (issue 19)" in capsys.readouterr().err
+def test_bench_is_the_serving_benchmark(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: swapyard bench" in out and "--preset {cpu-small,micro,s-lora-7b}" in out
 
 
 def test_an_unknown_command_is_an_argparse_error(capsys) -> None:
