@@ -2,13 +2,15 @@
 # THE install steps of Swapyard, shared by scripts/test.sh (and so CI), scripts/serve.sh and the Dockerfile,
 # so that the image is built exactly the way CI installs what it tests.
 #
-#   bash scripts/install.sh [--venv DIR] [--torch cpu|cuda] [--extras LIST]
+#   bash scripts/install.sh [--venv DIR] [--torch cpu|cuda] [--extras LIST] [--deps-only]
 #
 # 1. a virtual environment in DIR (default .venv) unless one is there;
 # 2. torch, unless one is already importable (a CUDA build installed by hand is kept): the CPU build by
 #    default, the CUDA build (PyPI's default wheel) with --torch cuda. SWAPYARD_TORCH_INDEX_URL points the
 #    torch step at another index (the Dockerfile's CPU variant uses PyTorch's CPU index);
-# 3. `pip install -e .[LIST]` (LIST: comma-separated extras such as test,ray; empty = none).
+# 3. `pip install -e .[LIST]` (LIST: comma-separated extras such as test,ray; empty = none); with --deps-only,
+#    only the dependencies pyproject.toml lists for LIST, not Swapyard itself (the Dockerfile's layer under the
+#    code, so that a code change reuses it).
 # Every option also reads from the environment: SWAPYARD_VENV, SWAPYARD_TORCH, SWAPYARD_EXTRAS,
 # SWAPYARD_TORCH_VERSION, PYTHON (the interpreter that makes the venv).
 set -euo pipefail
@@ -17,11 +19,13 @@ VENV="${SWAPYARD_VENV:-.venv}"
 TORCH="${SWAPYARD_TORCH:-cpu}"
 EXTRAS="${SWAPYARD_EXTRAS:-}"
 PY="${PYTHON:-python3}"
+DEPS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) VENV="$2"; shift 2 ;;
     --torch) TORCH="$2"; shift 2 ;;
     --extras) EXTRAS="$2"; shift 2 ;;
+    --deps-only) DEPS_ONLY=1; shift ;;
     *) echo "install.sh: unknown argument $1 (see the header of scripts/install.sh)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +54,34 @@ if (want == "cuda") != (cuda is not None):
     sys.exit(f"install.sh: asked for the {want} build of torch, got torch {torch.__version__} (CUDA {cuda})")
 print(f"install.sh: torch {torch.__version__} ({want} build)")
 PY
+fi
+
+if [ "$DEPS_ONLY" = 1 ]; then
+  REQUIREMENTS="$(mktemp)"
+  trap 'rm -f "$REQUIREMENTS"' EXIT
+  # [project] dependencies plus those of each extra; an extra naming swapyard[...] expands to its extras.
+  "$VENV/bin/python" - "$EXTRAS" >"$REQUIREMENTS" <<'PY'
+import re
+import sys
+import tomllib
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+todo, seen, reqs = [e for e in sys.argv[1].split(",") if e], set(), list(project["dependencies"])
+while todo:
+    extra = todo.pop()
+    if extra in seen:
+        continue
+    seen.add(extra)
+    for req in project["optional-dependencies"][extra]:
+        own = re.fullmatch(r"\s*swapyard\[([^\]]+)\]\s*", req)
+        if own:
+            todo += own[1].split(",")
+        else:
+            reqs.append(req)
+print("\n".join(reqs))
+PY
+  "${PIP[@]}" -r "$REQUIREMENTS"
+  exit 0
 fi
 
 TARGET="."
