@@ -51,10 +51,12 @@ WORKDIR /app
 ARG PIP_FIND_LINKS
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
-# Dependencies first, in a layer of their own: a change to Swapyard's code reuses it (torch and the rest).
-COPY pyproject.toml ./
+# Torch, then the other dependencies, in layers of their own: a change to pyproject.toml reuses torch's, a
+# change to Swapyard's code reuses both.
 COPY scripts/install.sh scripts/install.sh
-RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --extras "" --deps-only
+RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --only torch
+COPY pyproject.toml ./
+RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --extras "" --only deps
 COPY README.md ./
 COPY kernels kernels
 COPY adapters_core adapters_core

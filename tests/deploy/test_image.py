@@ -35,9 +35,13 @@ def calls_install(script: str) -> bool:
 
 def test_image_ci_and_serve_install_through_one_script() -> None:
     runs = [r for r in of("RUN") if "install.sh" in r]
-    assert len(runs) == 1 and runs[0].startswith("bash scripts/install.sh "), runs
-    argv = shlex.split(runs[0])
-    assert argv[argv.index("--torch") + 1] == "${VARIANT}"
+    assert all(r.startswith("bash scripts/install.sh ") for r in runs), runs
+    # Layers a later change reuses: torch, then the other dependencies, then Swapyard itself; all one variant.
+    torch, deps, full = [shlex.split(r) for r in runs]
+    assert torch[-2:] == ["--only", "torch"] and deps[-2:] == ["--only", "deps"] and "--only" not in full
+    for argv in (torch, deps, full):
+        assert argv[argv.index("--torch") + 1] == "${VARIANT}"
+    assert deps[deps.index("--extras") + 1] == full[full.index("--extras") + 1]
     assert any(c.split()[0] == "scripts/install.sh" for c in of("COPY"))
     assert "pip install" not in " ".join(of("RUN")), "the image installs Python packages outside install.sh"
 
