@@ -44,5 +44,13 @@ def test_image_and_compose_stack_smoke(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"deploy/smoke.sh failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     summary = (tmp_path / "summary.txt").read_text()
-    for step in ("image size", "runs as uid", "README requests", "upload", "SIGTERM", "cold start", "compose"):
+    for step in (
+        "image size",
+        "runs as uid",
+        "README requests",
+        "upload",
+        "SIGTERM",
+        "cold start",
+        "compose",
+    ):
         assert step in summary, f"the smoke summary has no {step!r} line:\n{summary}"
