@@ -54,7 +54,12 @@ ARG PIP_EXTRA_INDEX_URL
 # Torch, then the other dependencies, in layers of their own: a change to pyproject.toml reuses torch's, a
 # change to Swapyard's code reuses both.
 COPY scripts/install.sh scripts/install.sh
-RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --only torch
+# torch/test and torch/bin hold torch's own C++ test programs (about 130 MB in the CPU wheel): removed in the
+# layer that installs them, or they would still weigh in the image. torch_shm_manager is not a test: kept.
+RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --only torch \
+    && cd /opt/venv/lib/python3*/site-packages/torch \
+    && rm -rf test \
+    && if [ -d bin ]; then find bin -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +; fi
 COPY pyproject.toml ./
 RUN bash scripts/install.sh --venv /opt/venv --torch "${VARIANT}" --extras "" --only deps
 COPY README.md ./

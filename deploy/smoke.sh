@@ -122,16 +122,17 @@ wait_ready() {
   done
   fail "no /ready from $1 within $2 s"
 }
-wait_healthy() { # wait_healthy CONTAINER DEADLINE_S: Docker's own HEALTHCHECK verdict
+# wait_healthy CONTAINER DEADLINE_S: Docker's own HEALTHCHECK verdict. A first start whose demo build outlasts
+# the start period (a loaded CPU) reads `unhealthy` for a while, then `healthy` once /ready answers.
+wait_healthy() {
   local until=$((SECONDS + $2)) state
   while [ $SECONDS -lt $until ]; do
     state=$(docker inspect -f '{{.State.Health.Status}}' "$1")
     [ "$state" = healthy ] && return 0
-    [ "$state" != unhealthy ] || fail "container $1 is unhealthy"
     [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || fail "container $1 stopped"
     sleep 1
   done
-  fail "container $1 not healthy within $2 s"
+  fail "container $1 not healthy within $2 s (last: $state)"
 }
 run_server() { # a container of the image on the smoke volumes, admin routes and uploads on
   docker run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" \
