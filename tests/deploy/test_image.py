@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 from deploy_helpers import REPO
 
@@ -35,9 +38,13 @@ def calls_install(script: str) -> bool:
 
 def test_image_ci_and_serve_install_through_one_script() -> None:
     runs = [r for r in of("RUN") if "install.sh" in r]
-    assert len(runs) == 1 and runs[0].startswith("bash scripts/install.sh "), runs
-    argv = shlex.split(runs[0])
-    assert argv[argv.index("--torch") + 1] == "${VARIANT}"
+    assert all(r.startswith("bash scripts/install.sh ") for r in runs), runs
+    # Layers a later change reuses: torch, then the other dependencies, then Swapyard itself; all one variant.
+    torch, deps, full = [shlex.split(r.split(" && ")[0]) for r in runs]
+    assert torch[-2:] == ["--only", "torch"] and deps[-2:] == ["--only", "deps"] and "--only" not in full
+    for argv in (torch, deps, full):
+        assert argv[argv.index("--torch") + 1] == "${VARIANT}"
+    assert deps[deps.index("--extras") + 1] == full[full.index("--extras") + 1]
     assert any(c.split()[0] == "scripts/install.sh" for c in of("COPY"))
     assert "pip install" not in " ".join(of("RUN")), "the image installs Python packages outside install.sh"
 
@@ -54,6 +61,48 @@ def test_install_script_is_valid_and_refuses_bad_arguments() -> None:
         ["bash", str(REPO / "scripts/install.sh"), "--torch", "tpu"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "--torch must be cpu or cuda" in bad.stderr
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts/install.sh"), "--only", "all"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--only must be torch or deps" in bad.stderr
+
+
+def test_install_only_steps_ask_pip_for_their_layer_alone(tmp_path: Path) -> None:
+    """The Dockerfile's layers: --only torch installs nothing past torch; --only deps asks pip for exactly the
+    dependencies pyproject.toml lists for the extras (swapyard[...] expanded), never for Swapyard itself."""
+    venv, calls = tmp_path / "venv", tmp_path / "pip-calls"
+    (venv / "bin").mkdir(parents=True)
+    # The real interpreter (torch importable: the torch step is skipped), except that `-m pip` only records
+    # its arguments and the requirement files it is given.
+    (venv / "bin/python").write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1 $2" = "-m pip" ]; then\n'
+        f'  echo "pip: $*" >> {calls}; prev=""\n'
+        f'  for a in "$@"; do [ "$prev" != -r ] || cat "$a" >> {calls}; prev="$a"; done; exit 0\n'
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    (venv / "bin/python").chmod(0o755)
+
+    def install(*args: str) -> list[str]:
+        calls.unlink(missing_ok=True)
+        subprocess.run(["bash", str(REPO / "scripts/install.sh"), "--venv", str(venv), *args], check=True)
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    assert install("--only", "torch") == []
+    lines = install("--extras", "test", "--only", "deps")
+    assert len([line for line in lines if line.startswith("pip: ")]) == 1 and " -e " not in lines[0], lines
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    own = [r for r in extras["test"] if r.startswith("swapyard[")]
+    assert own == ["swapyard[triton]", "swapyard[ray]"], own  # the expansion below assumes these
+    expected = (
+        project["dependencies"]
+        + [r for r in extras["test"] if r not in own]
+        + extras["triton"]
+        + extras["ray"]
+    )
+    assert sorted(lines[1:]) == sorted(expected)
 
 
 def test_dockerfile_variants_user_volumes_healthcheck_and_settings() -> None:
