@@ -26,7 +26,7 @@ from .middleware import (
     ReceiveTimeoutMiddleware,
     UnhandledErrorMiddleware,
 )
-from .routes import adapters, classify, generate, openai, ops
+from .routes import adapters, classify, generate, openai, ops, vision
 from .routes.docs import OPENAPI_URL, keyed_docs_router
 from .settings import Settings
 
@@ -87,7 +87,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrorMiddleware)
 
     inference = [Depends(require_api_key)]
-    for module in (generate, classify, openai):
+    for module in (generate, classify, openai, vision):
         app.include_router(module.router, dependencies=inference)
     app.include_router(ops.router)
     app.include_router(adapters.router)  # admin key (its own dependency)

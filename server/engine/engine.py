@@ -171,14 +171,18 @@ class Engine:
         adapter: str | None,
         loop: asyncio.AbstractEventLoop,
         lease: Lease | None = None,
+        pixel_values: torch.Tensor | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
         """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
-        job = ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease)
-        self.limits.check_inputs(
-            [len(ids) for ids in input_ids], prompt_positions(self.model, job.model_name)
+        job = ClassifyJob(
+            input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values
         )
+        if pixel_values is None:  # images (`pixel_values`, image bases) have no token limits
+            self.limits.check_inputs(
+                [len(ids) for ids in input_ids], prompt_positions(self.model, job.model_name)
+            )
         with self._cond:
             self._admit_check()
             self._classify.append(job)
@@ -245,13 +249,11 @@ class Engine:
                 else:
                     self._leave(row)
             texts = 0
-            while self._classify and (
-                not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
-            ):
+            while self._classify and (not jobs or texts + self._classify[0].rows <= self.max_batch_size):
                 job = self._classify.popleft()
                 if not job.cancelled:
                     jobs.append(job)
-                    texts += len(job.input_ids)
+                    texts += job.rows
                 else:
                     release_lease(job.lease)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
@@ -334,10 +336,14 @@ class Engine:
             release_lease(row.request.lease)
 
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
-        ids = [seq for job in jobs for seq in job.input_ids]
-        adapters = [job.adapter for job in jobs for _ in job.input_ids]
+        adapters = [job.adapter for job in jobs for _ in range(job.rows)]
+        names = [job.model_name for job in jobs for _ in range(job.rows)]
         try:
-            logits = self.model.classify(ids, [job.model_name for job in jobs for _ in job.input_ids])
+            if jobs[0].pixel_values is not None:  # an image base: every job carries images
+                pixels = torch.cat([job.pixel_values for job in jobs if job.pixel_values is not None])
+                logits = self.model.classify_images(pixels, names)
+            else:
+                logits = self.model.classify([seq for job in jobs for seq in job.input_ids], names)
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)
@@ -349,7 +355,7 @@ class Engine:
         self.metrics.observe_step(adapters)
         start = 0
         for job in jobs:
-            n = len(job.input_ids)
+            n = job.rows
             job.resolve([t.detach().float().cpu() for t in logits[start : start + n]])
             release_lease(job.lease)
             start += n

@@ -130,8 +130,8 @@ class RequestHandle:
 
 @dataclass
 class ClassifyJob:
-    """Texts to classify with one adapter (its public name; None = base model) under `lease`, as for a
-    `GenerationRequest`; the result is one logits vector (C,) per text."""
+    """Texts (or images) to classify with one adapter (its public name; None = base model) under `lease`, as
+    for a `GenerationRequest`; the result is one logits tensor per input: (C,), or (C, h, w) for segmentation."""
 
     input_ids: list[list[int]]
     adapter: str | None
@@ -139,10 +139,17 @@ class ClassifyJob:
     loop: asyncio.AbstractEventLoop
     submitted_at: float = field(default_factory=time.perf_counter)
     lease: Lease | None = None
+    # Images instead of texts (image bases): (N, C, H, W), as the base's image processor makes them.
+    pixel_values: torch.Tensor | None = None
 
     @property
     def model_name(self) -> str | None:
         return leased_model_name(self.adapter, self.lease)
+
+    @property
+    def rows(self) -> int:
+        """Inputs in the job: texts, or images."""
+        return len(self.pixel_values) if self.pixel_values is not None else len(self.input_ids)
 
     @property
     def cancelled(self) -> bool:
