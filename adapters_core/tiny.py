@@ -9,6 +9,8 @@ defaults are the tests' shapes (hidden 64, 2 layers, vocab 256, ../shared/refere
     model = tiny_model("llama")                                   # GQA: 4 query heads, 2 key/value heads
     model = tiny_model("llama", seed=1, vocab_size=2048, hidden_size=512, num_hidden_layers=4)
     model = tiny_model("bert", num_labels=2, id2label={0: "negative", 1: "positive"})
+    model = tiny_model("vit", num_labels=4)                       # 32×32 RGB images, 8×8 patches
+    model = tiny_model("segformer")                               # 32×32 images -> (3, 8, 8) label logits
 
 The same kind, seed and numbers always give the same weights (the seed is set right before the model is
 built, and building a config draws no random numbers).
@@ -28,11 +30,16 @@ from transformers import (
     LlamaForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
     T5Config,
     T5ForConditionalGeneration,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
-TinyKind = Literal["llama", "gpt2", "bert", "t5"]
+TinyKind = Literal["llama", "gpt2", "bert", "t5", "vit", "segformer"]
+IMAGE_SIZE = 32  # the image bases' input side (their image processors resize to it)
 VOCAB = 256
 _SPECIAL = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
@@ -101,6 +108,44 @@ _KINDS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str,
             eos_token_id=1,
         ),
     ),
+    # Image bases (multi/vision.py): a ViT classifier and a two-stage SegFormer (PEFT's two vision guides).
+    "vit": (
+        ViTConfig,
+        ViTForImageClassification,
+        dict(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            num_channels=3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=3,
+        ),
+    ),
+    "segformer": (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        dict(
+            num_channels=3,
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[16, 32],
+            patch_sizes=[7, 3],
+            strides=[4, 2],
+            num_attention_heads=[1, 2],
+            mlp_ratios=[2, 2],
+            decoder_hidden_size=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout_prob=0.0,
+            drop_path_rate=0.0,
+            num_labels=3,
+        ),
+    ),
 }
 
 
@@ -119,3 +164,16 @@ def tiny_model(kind: TinyKind, seed: int = 0, **overrides: Any) -> Any:
     model_class = _KINDS[kind][1]
     torch.manual_seed(seed)
     return model_class(config).eval()
+
+
+def tiny_image_processor(kind: Literal["vit", "segformer"]) -> Any:
+    """The image processor saved with a tiny image base: resizes to IMAGE_SIZE², rescales and normalises
+    (transformers' own ViT / SegFormer processors; `AutoImageProcessor.from_pretrained` reads it back)."""
+    from transformers import SegformerImageProcessor, ViTImageProcessor
+
+    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if kind == "vit":
+        return ViTImageProcessor(size=size)
+    if kind == "segformer":
+        return SegformerImageProcessor(size=size)
+    raise ValueError(f"{kind!r} is not an image base; choose vit or segformer")

@@ -69,7 +69,7 @@ def _head_size(loaded: LoadedAdapter) -> int | None:
     for path, params in loaded.parsed.overrides.items():
         if path.split(".")[-1] in HEAD_MODULES or any(f".{h}." in f".{path}." for h in HEAD_MODULES):
             weight = params.get("weight")
-            if weight is not None and weight.dim() == 2:
+            if weight is not None and weight.dim() in (2, 4):  # a Linear, or a segmenter's 1×1 convolution
                 return int(weight.shape[0])
     return None
 

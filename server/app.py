@@ -27,7 +27,7 @@ from .middleware import (
     UnhandledErrorMiddleware,
 )
 from .ratelimit import CallerMiddleware, RateLimiter, parse_rates
-from .routes import adapters, classify, embeddings, generate, openai, ops, tgi_compat, tokenize
+from .routes import adapters, classify, embeddings, generate, openai, ops, tgi_compat, tokenize, vision
 from .routes.docs import OPENAPI_URL, keyed_docs_router
 from .settings import Settings
 
@@ -94,7 +94,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(UnhandledErrorMiddleware)
 
     inference = [Depends(require_api_key)]
-    for module in (generate, classify, openai, tokenize, embeddings, tgi_compat):
+    for module in (generate, classify, openai, tokenize, embeddings, tgi_compat, vision):
         app.include_router(module.router, dependencies=inference)
     app.include_router(ops.router)
     app.include_router(adapters.router)  # admin key (its own dependency)

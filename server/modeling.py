@@ -1,7 +1,9 @@
-"""Load the base model, its tokenizer and the MultiAdapterModel around it, for one of three kinds of task.
+"""Load the base model, its tokenizer (or image processor) and the MultiAdapterModel around it.
 
 The kind follows from the base's config: encoder-decoder -> seq2seq-lm, an architecture named
-`*ForSequenceClassification` -> seq-cls, anything else -> causal-lm. The kind decides which routes serve.
+`*ForSequenceClassification` -> seq-cls, `*ForImageClassification` -> image-cls, `*ForSemanticSegmentation`
+-> semantic-seg, anything else -> causal-lm. The kind decides which routes serve. An image base is read with
+its own image processor (`AutoImageProcessor`, saved next to it) and has no tokenizer (server/vision.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Any, Literal
 import torch
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
 )
@@ -21,12 +26,21 @@ from adapters_core.multi import MultiAdapterModel
 
 from .settings import Settings
 from .tokenization import Tokenization
+from .vision import IMAGE_KINDS, ImageBaseTokenization
 
-BaseKind = Literal["causal-lm", "seq2seq-lm", "seq-cls"]
+BaseKind = Literal["causal-lm", "seq2seq-lm", "seq-cls", "image-cls", "semantic-seg"]
+# Architecture name suffix -> kind (checked in this order; the rest are causal LMs unless encoder-decoder).
+HEAD_SUFFIXES: dict[str, BaseKind] = {
+    "ForSequenceClassification": "seq-cls",
+    "ForImageClassification": "image-cls",
+    "ForSemanticSegmentation": "semantic-seg",
+}
 AUTO_CLASS = {
     "causal-lm": AutoModelForCausalLM,
     "seq2seq-lm": AutoModelForSeq2SeqLM,
     "seq-cls": AutoModelForSequenceClassification,
+    "image-cls": AutoModelForImageClassification,
+    "semantic-seg": AutoModelForSemanticSegmentation,
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -40,6 +54,7 @@ class LoadedBase:
     tokenization: Tokenization
     device: torch.device
     config: Any
+    image_processor: Any = None  # image bases: the base's own (AutoImageProcessor)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -50,10 +65,10 @@ class LoadedBase:
 def base_kind(config: Any) -> BaseKind:
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq-lm"
-    if any(
-        str(a).endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []
-    ):
-        return "seq-cls"
+    architectures = [str(a) for a in getattr(config, "architectures", None) or []]
+    for suffix, kind in HEAD_SUFFIXES.items():
+        if any(a.endswith(suffix) for a in architectures):
+            return kind
     return "causal-lm"
 
 
@@ -68,7 +83,12 @@ def load_base(settings: Settings, base_model: str) -> LoadedBase:
     revision = settings.base_model_revision
     config = AutoConfig.from_pretrained(base_model, revision=revision)
     kind = base_kind(config)
-    tokenization = Tokenization.from_pretrained(base_model, revision=revision)
+    image_processor = None
+    if kind in IMAGE_KINDS:
+        image_processor = AutoImageProcessor.from_pretrained(base_model, revision=revision)
+        tokenization: Tokenization = ImageBaseTokenization(base_model, kind)
+    else:
+        tokenization = Tokenization.from_pretrained(base_model, revision=revision)
     model = AUTO_CLASS[kind].from_pretrained(base_model, revision=revision, dtype=DTYPES[settings.dtype])
     generation_config = getattr(model, "generation_config", None)
     tokenization.add_eos_ids(getattr(generation_config, "eos_token_id", None))
@@ -81,4 +101,11 @@ def load_base(settings: Settings, base_model: str) -> LoadedBase:
         adapter_memory_bytes=settings.adapter_device_bytes,
         rank_capacity=settings.max_adapter_rank,
     )
-    return LoadedBase(model=multi, kind=kind, tokenization=tokenization, device=device, config=config)
+    return LoadedBase(
+        model=multi,
+        kind=kind,
+        tokenization=tokenization,
+        device=device,
+        config=config,
+        image_processor=image_processor,
+    )

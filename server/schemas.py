@@ -455,3 +455,30 @@ class LoadAdapterRequest(BaseModel):
 class DeletedAdapter(BaseModel):
     name: str
     deleted: bool = True
+
+
+# -- images (routes/vision.py; /classify with images takes ClassifyRequest) -------------------------------
+class SegmentParameters(BaseModel):
+    model_config = _REQUEST
+
+    adapter_id: Text | None = Field(
+        default=None, min_length=1, description="segmentation adapter; null = the base head"
+    )
+
+
+class SegmentRequest(BaseModel):
+    model_config = _REQUEST
+
+    inputs: Text | list[Text] = Field(description="one base64 image or a list of them")
+    parameters: SegmentParameters = Field(default_factory=lambda: SegmentParameters())
+
+
+class SegmentResult(BaseModel):
+    """One image's segmentation: pixel (x, y) of the PNG holds the label index of that pixel."""
+
+    label_map: str = Field(
+        description="PNG (8-bit grey, 16-bit past 256 labels), base64; same size as the image"
+    )
+    width: int
+    height: int
+    labels: list[str] = Field(description="label names by index (the adapter's id2label)")

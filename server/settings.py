@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     )
     max_stop_sequences: int = Field(default=4, ge=0, description="stop sequences per request at most")
     max_classify_inputs: int = Field(default=64, ge=1, description="inputs per /classify request at most")
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        ge=1,
+        description="largest image (width × height) /classify and /segment take (-> 413)",
+    )
     max_adapters: int = Field(default=32, ge=1, description="adapters resident at once (device slots)")
     max_embedding_inputs: int = Field(
         default=64, ge=1, description="inputs per /v1/embeddings request at most"

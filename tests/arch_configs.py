@@ -8,7 +8,6 @@ LLaMA-Adapter supports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,40 +368,3 @@ _FAMILIES = [
     ),
 ]
 FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILIES}
-
-
-def tiny_vit(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = tf.ViTConfig(
-        image_size=16,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        num_labels=3,
-    )
-    return tf.ViTForImageClassification(config).eval()
-
-
-def tiny_segformer(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = tf.SegformerConfig(
-        num_channels=3,
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[16, 32],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        num_attention_heads=[1, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=32,
-        num_labels=3,
-    )
-    return tf.SegformerForSemanticSegmentation(config).eval()
-
-
-# Image families: in the matrix as refused rows until MultiAdapterModel takes pixel input (issue 15 item 3).
-IMAGE_FAMILIES: dict[str, Callable[[], torch.nn.Module]] = {"vit": tiny_vit, "segformer": tiny_segformer}

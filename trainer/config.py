@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import TrainConfigError
 
-Task = Literal["causal-lm", "seq2seq-lm", "seq-cls", "token-cls"]
+Task = Literal["causal-lm", "seq2seq-lm", "seq-cls", "token-cls", "image-cls", "semantic-seg"]
 TASKS: tuple[str, ...] = get_args(Task)
 ENV_PREFIX = "SWAPYARD_"
 
@@ -59,8 +59,10 @@ class TrainConfig(BaseModel):
     )
     task: Task = Field(description="what the model learns to do")
     # -- data --------------------------------------------------------------------------------------
-    train_file: str = Field(description="training data, JSONL or CSV")
-    eval_file: str | None = Field(None, description="evaluation data, JSONL or CSV (evaluated every epoch)")
+    train_file: str = Field(description="training data, JSONL or CSV (image-cls: also an image folder)")
+    eval_file: str | None = Field(
+        None, description="evaluation data, JSONL or CSV or image folder (evaluated every epoch)"
+    )
     prompt_column: str = Field("prompt", description="causal-lm: column with the prompt (no loss)")
     completion_column: str = Field("completion", description="causal-lm: column with the completion")
     source_column: str = Field("source", description="seq2seq-lm: column with the encoder input")
@@ -69,9 +71,11 @@ class TrainConfig(BaseModel):
     text_pair_column: str = Field(
         "text_pair", description="seq-cls: column with the second text of a pair (used if present)"
     )
-    label_column: str = Field("label", description="seq-cls: column with the label")
+    label_column: str = Field("label", description="seq-cls, image-cls: column with the label")
     tokens_column: str = Field("tokens", description="token-cls: column with the list of words")
     tags_column: str = Field("tags", description="token-cls: column with one tag per word")
+    image_column: str = Field("image", description="image-cls, semantic-seg: column with the image path")
+    mask_column: str = Field("mask", description="semantic-seg: column with the label-mask PNG path")
     max_length: int = Field(512, gt=1, description="truncate tokenized examples to this many tokens")
     # -- output ------------------------------------------------------------------------------------
     output_dir: str = Field(description="where the adapter, metrics.json and train_config.yaml go")

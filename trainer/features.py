@@ -167,7 +167,7 @@ def count_targets(batch: dict[str, torch.Tensor], task: str) -> int:
     Causal LMs predict token t+1 from t, so the first label of each row never counts.
     """
     labels = batch["labels"]
-    if task == "seq-cls":
+    if task in ("seq-cls", "image-cls"):
         return int(labels.numel())
     if task == "causal-lm":
         labels = labels[:, 1:]

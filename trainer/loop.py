@@ -86,8 +86,11 @@ def forward_loss(model: nn.Module, batch: Batch, task: str) -> tuple[torch.Tenso
     if task == "seq2seq-lm":
         inputs["labels"] = labels  # the model shifts labels right into decoder_input_ids
     logits = model(**inputs).logits
-    if task == "seq-cls":
+    if task in ("seq-cls", "image-cls"):
         targets = labels  # (B,)
+    elif task == "semantic-seg":  # (B, C, h, w) logits at a fraction of the (B, H, W) labels' size
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits, targets = logits.permute(0, 2, 3, 1), labels  # (B, H, W, C): one target per pixel
     else:
         logits = logits if task == "seq2seq-lm" else logits[:, -labels.shape[1] :]  # (B, T, V)
         targets = labels
@@ -98,6 +101,12 @@ def forward_loss(model: nn.Module, batch: Batch, task: str) -> tuple[torch.Tenso
     ce = F.cross_entropy(flat, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     correct = int(((flat.argmax(-1) == flat_targets) & (flat_targets != IGNORE_INDEX)).sum())
     return ce, correct
+
+
+def _tokens(batch: Batch) -> int:
+    """Input tokens of a batch (images count as one each), for the throughput shown."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["labels"].shape[0])
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -183,7 +192,7 @@ def train_loop(
                 t0 = time.perf_counter()
                 batches = [_to(setup.collate([setup.train[i] for i in idx]), ctx.device) for idx in window]
                 local_targets = sum(count_targets(b, setup.task) for b in batches)
-                local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                local_tokens = sum(_tokens(b) for b in batches)
                 global_targets, global_tokens = all_reduce_sum([local_targets, local_tokens], ctx)
                 step_ce = 0.0
                 for j, batch in enumerate(batches):

@@ -31,6 +31,10 @@ TASK_TYPE = {
     "seq2seq-lm": "SEQ_2_SEQ_LM",
     "seq-cls": "SEQ_CLS",
     "token-cls": "TOKEN_CLS",
+    # PEFT has no task type for images: its vision guides give none, and name the head in modules_to_save
+    # (the trainer does: trainer/images.py `head_modules`).
+    "image-cls": None,
+    "semantic-seg": None,
 }
 LLAMA_ADAPTER_MODEL_TYPES = ("llama", "mistral", "gpt2")
 _TASK_MAPPING = {
@@ -38,6 +42,8 @@ _TASK_MAPPING = {
     "seq2seq-lm": modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
     "seq-cls": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     "token-cls": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    "image-cls": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    "semantic-seg": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
 }
 DEFAULT_NUM_VIRTUAL_TOKENS = 8
 
@@ -75,6 +81,12 @@ def check_fit(cfg: TrainConfig, model_config: Any) -> None:
     if cfg.task == "causal-lm" and not is_decoder(model_config):
         raise IncompatibleMethodError(
             f"{where} is an encoder-only model; --task causal-lm needs a decoder (e.g. llama, gpt2)."
+        )
+    if cfg.task in ("image-cls", "semantic-seg") and spec.prompt_learning:
+        raise IncompatibleMethodError(
+            f"--method {cfg.method} does not fit --task {cfg.task}: prompt methods add virtual tokens through word "
+            "embeddings, which an image model does not have (PEFT cannot train them on it either). Use lora, "
+            "dora, adalora or ia3."
         )
     if spec.peft_type == PeftType.ADAPTION_PROMPT:
         if model_type not in LLAMA_ADAPTER_MODEL_TYPES:
@@ -121,7 +133,7 @@ def build_adapter_config(cfg: TrainConfig, model_config: Any, *, total_steps: in
     names = {f.name for f in dataclasses.fields(cls)}
     options = dict(cfg.method_config)
     given_task = options.pop("task_type", None)
-    if given_task is not None and str(given_task) != TASK_TYPE[cfg.task]:
+    if given_task is not None and str(given_task) != str(TASK_TYPE[cfg.task]):
         raise TrainConfigError(
             f"method_config task_type {given_task!r} contradicts --task {cfg.task} "
             f"({TASK_TYPE[cfg.task]}); drop task_type from the method config."

@@ -8,6 +8,8 @@ from typing import Any
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -22,6 +24,8 @@ AUTO_CLASS = {
     "seq2seq-lm": AutoModelForSeq2SeqLM,
     "seq-cls": AutoModelForSequenceClassification,
     "token-cls": AutoModelForTokenClassification,
+    "image-cls": AutoModelForImageClassification,
+    "semantic-seg": AutoModelForSemanticSegmentation,
 }
 
 

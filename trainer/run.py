@@ -38,8 +38,9 @@ from .config import TrainConfig
 from .data import build_label_maps, check_eval_labels, label_set, load_records
 from .distributed import DistContext, barrier, gather_objects, init_distributed, shutdown
 from .errors import CheckpointError, OutputDirExistsError
-from .features import Collator, tokenize_records
+from .features import Collator, TokenizeStats, tokenize_records
 from .hooks import method_hooks
+from .images import IMAGE_TASKS, collate_images, head_modules, prepare_image_data
 from .loop import LoopCallbacks, LoopSetup, steps_per_epoch, train_loop
 from .methods import build_adapter_config, check_fit
 from .modeling import accepts_token_type_ids, load_base_model, load_model_config, load_tokenizer
@@ -85,29 +86,17 @@ def _train(
     resume = ckpt.resolve_resume_path(cfg.resume_from_checkpoint, out) if cfg.resume_from_checkpoint else None
 
     # -- data and fit checks (no weights loaded yet) --------------------------------------------------
-    train_records = load_records(cfg.train_file, cfg)
-    eval_records = load_records(cfg.eval_file, cfg) if cfg.eval_file else None
-    label2id: dict[str, int] | None = None
-    if cfg.task in ("seq-cls", "token-cls"):
-        label2id, _ = build_label_maps(label_set(train_records, cfg.task))
-        if eval_records is not None:
-            check_eval_labels(train_records, eval_records, cfg)
-    model_config = load_model_config(cfg)
-    check_fit(cfg, model_config)
-    tokenizer = load_tokenizer(cfg)
-    train_ex, stats = tokenize_records(
-        train_records, tokenizer, cfg.task, cfg.max_length, label2id, source=cfg.train_file
-    )
-    eval_ex = None
-    if eval_records is not None:
-        eval_ex, _ = tokenize_records(
-            eval_records, tokenizer, cfg.task, cfg.max_length, label2id, source=str(cfg.eval_file)
-        )
+    if cfg.task in IMAGE_TASKS:
+        train_ex, eval_ex, label2id, stats, collate = _image_data(cfg)
+        pad_token_id = None
+    else:
+        train_ex, eval_ex, label2id, stats, tokenizer = _text_data(cfg)
+        pad_token_id = tokenizer.pad_token_id
     per_epoch = steps_per_epoch(
         len(train_ex), cfg.batch_size, cfg.gradient_accumulation_steps, ctx.world_size
     )
     total_steps = per_epoch * cfg.num_epochs
-    adapter_config = build_adapter_config(cfg, model_config, total_steps=total_steps)
+    adapter_config = build_adapter_config(cfg, load_model_config(cfg), total_steps=total_steps)
     if ctx.is_main and (stats.truncated or stats.no_target):
         print(
             f"note: {stats.truncated} training examples truncated to {cfg.max_length} tokens, "
@@ -120,7 +109,9 @@ def _train(
             shutil.rmtree(stale, ignore_errors=True)
     barrier(ctx)
     set_seed(cfg.seed)
-    base = load_base_model(cfg, label2id, tokenizer.pad_token_id)
+    base = load_base_model(cfg, label2id, pad_token_id)
+    if cfg.task in IMAGE_TASKS and not getattr(adapter_config, "modules_to_save", None):
+        adapter_config.modules_to_save = head_modules(base)  # the new head trains whole (PEFT's guides)
     model = get_adapter_model(base, adapter_config)
     model.to(ctx.device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -170,7 +161,9 @@ def _train(
         task=cfg.task,
         train=train_ex,
         eval=eval_ex,
-        collate=Collator(tokenizer.pad_token_id, cfg.task, token_type_ids=accepts_token_type_ids(base)),
+        collate=collate
+        if cfg.task in IMAGE_TASKS
+        else Collator(pad_token_id, cfg.task, token_type_ids=accepts_token_type_ids(base)),
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
         accumulation=cfg.gradient_accumulation_steps,
@@ -197,6 +190,37 @@ def _train(
         _write_outputs(cfg, model, state, metrics, label2id, out)
     barrier(ctx)
     return TrainResult(out, metrics, ctx.is_main)
+
+
+def _text_data(cfg: TrainConfig) -> tuple[list, list | None, dict[str, int] | None, TokenizeStats, Any]:
+    """Read, check and tokenize the text data: (train, eval, label2id, stats, tokenizer)."""
+    train_records = load_records(cfg.train_file, cfg)
+    eval_records = load_records(cfg.eval_file, cfg) if cfg.eval_file else None
+    label2id: dict[str, int] | None = None
+    if cfg.task in ("seq-cls", "token-cls"):
+        label2id, _ = build_label_maps(label_set(train_records, cfg.task))
+        if eval_records is not None:
+            check_eval_labels(train_records, eval_records, cfg)
+    check_fit(cfg, load_model_config(cfg))
+    tokenizer = load_tokenizer(cfg)
+    train_ex, stats = tokenize_records(
+        train_records, tokenizer, cfg.task, cfg.max_length, label2id, source=cfg.train_file
+    )
+    eval_ex = None
+    if eval_records is not None:
+        eval_ex, _ = tokenize_records(
+            eval_records, tokenizer, cfg.task, cfg.max_length, label2id, source=str(cfg.eval_file)
+        )
+    return train_ex, eval_ex, label2id, stats, tokenizer
+
+
+def _image_data(cfg: TrainConfig) -> tuple[list, list | None, dict[str, int], TokenizeStats, Any]:
+    """Check the fit, read and process the image data (trainer/images.py): (train, eval, label2id, stats,
+    collate)."""
+    model_config = load_model_config(cfg)
+    check_fit(cfg, model_config)
+    data = prepare_image_data(cfg, model_config)
+    return data.train, data.eval, data.label2id, TokenizeStats(), collate_images
 
 
 def _restore(

@@ -37,6 +37,14 @@ def weight_rows(module: Any) -> torch.Tensor:
     return module.weight.T if is_conv1d(module) else module.weight
 
 
+def _pad_labels(t: torch.Tensor, dim: int, width: int) -> torch.Tensor:
+    """`t` padded with -inf to `width` along `dim` (< 0, counted from the end: a head's label dim)."""
+    missing = width - t.shape[dim]
+    if not missing:
+        return t
+    return F.pad(t, (0, 0) * (-1 - dim) + (0, missing), value=float("-inf"))
+
+
 class PoolBudget:
     """How many bytes one module's pools may take: the model-wide budget split in proportion to the
     module's `in + out` (an adapter of rank r costs r·(in+out) elements in every module it targets)."""
@@ -83,7 +91,8 @@ class _MultiBase(ForwardingModule):
 
     def _apply_overrides(self, x: torch.Tensor, y: torch.Tensor, ctx: RowContext, *args: Any) -> torch.Tensor:
         """Rows whose adapter carries its own copy of this module run that copy; widths may differ
-        (classification heads with other label counts): narrower rows are padded with -inf."""
+        (classification heads with other label counts): narrower rows are padded with -inf along the label
+        dim (the last; the channels of a convolution's (B, C, h, w): segmentation heads)."""
         tokens = x.shape[1] if x.dim() > 1 else x.shape[0]
         groups = {s: i for s, i in ctx.index_groups(tokens, x.device).items() if s in self.overrides}
         if not groups:
@@ -92,13 +101,12 @@ class _MultiBase(ForwardingModule):
             s: functional_call(self.base_layer, self.overrides[s], (x[rows], *args))
             for s, rows in groups.items()
         }
-        width = max([y.shape[-1], *(o.shape[-1] for o in outs.values())])
-        y = F.pad(y, (0, width - y.shape[-1]), value=float("-inf")) if width != y.shape[-1] else y.clone()
+        # Counted from the end: a packed stream's groups index tokens, so `outs` may have fewer dims than y.
+        dim = -3 if isinstance(self.base_layer, nn.Conv2d) else -1
+        width = max([y.shape[dim], *(o.shape[dim] for o in outs.values())])
+        y = _pad_labels(y, dim, width) if width != y.shape[dim] else y.clone()
         for s, rows in groups.items():
-            o = outs[s]
-            if o.shape[-1] != width:
-                o = F.pad(o, (0, width - o.shape[-1]), value=float("-inf"))
-            y[rows] = o.to(y.dtype)
+            y[rows] = _pad_labels(outs[s], dim, width).to(y.dtype)
         return y
 
     def remove_slot(self, slot: int) -> None:

@@ -51,6 +51,7 @@ from .prompts import PromptStore
 from .steps import DecodeState, pad_rows, run_generate
 from .steps import decode as decode_step
 from .steps import prefill as prefill_step
+from .vision import ImagePromptStore, refuse_prompt_method, split_label_logits, takes_pixels
 
 AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | ParsedAdapter | Any
 
@@ -91,7 +92,8 @@ class MultiAdapterModel(nn.Module):
     """The serving form of adapters: `forward/generate(..., adapter_names=[...])`, one name per row.
 
     Args:
-        base_model: a transformers model (causal LM, seq2seq or sequence classification); frozen here.
+        base_model: a transformers model (causal LM, seq2seq, sequence classification, or an image classifier
+            or semantic segmenter that takes `pixel_values`: multi/vision.py); frozen here.
         max_adapters: slots, i.e. adapters resident at once.
         adapter_memory_bytes: LoRA weight budget for all layers together (split by layer width).
         rank_capacity: the largest LoRA rank one adapter may have.
@@ -111,11 +113,6 @@ class MultiAdapterModel(nn.Module):
         unpooled_memory_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        if getattr(base_model, "main_input_name", "input_ids") == "pixel_values":
-            raise UnsupportedError(
-                f"{type(base_model).__name__} takes pixel_values: MultiAdapterModel has no pixel input yet (issue 15 "
-                "item 3) and serves token models only; load image adapters with AdapterModel for now."
-            )
         base_model.eval()
         base_model.requires_grad_(False)
         self.model = base_model
@@ -147,8 +144,10 @@ class MultiAdapterModel(nn.Module):
         for path, layer in self._layers.items():
             _set_submodule(base_model, path, layer)
         # Prompt-family rows (prompt/P-tuning tables, prefixes, LLaMA-Adapter): per-slot state plus hooks that
-        # are installed once and stay inert for other rows (multi/prompts.py).
-        self._prompts = PromptStore(base_model, self._holder)
+        # are installed once and stay inert for other rows (multi/prompts.py). Image bases take none (vision.py).
+        self.takes_pixels = takes_pixels(base_model)
+        store = ImagePromptStore if self.takes_pixels else PromptStore
+        self._prompts = store(base_model, self._holder)
         self._adapters: dict[str, LoadedAdapter] = {}
         # Bumped by add/remove: a DecodeState made at another epoch re-checks its rows' adapters (decode()).
         self._epoch = 0
@@ -189,6 +188,8 @@ class MultiAdapterModel(nn.Module):
     def parse(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> ParsedAdapter:
         """Check an adapter (PEFT keys) against this base and normalise it, without loading it: exactly the
         validation `add` runs first (a store validates uploads with it before they become visible)."""
+        if self.takes_pixels:
+            refuse_prompt_method(config, self.model)
         parsed = parse_adapter(config, state, self._base_modules)
         if parsed.prompt is not None:
             self._prompts.check(
@@ -302,10 +303,10 @@ class MultiAdapterModel(nn.Module):
     # -- running ------------------------------------------------------------------------------------
     @staticmethod
     def _batch_size(kwargs: dict[str, Any]) -> int:
-        for key in ("input_ids", "inputs_embeds"):
+        for key in ("input_ids", "inputs_embeds", "pixel_values"):
             if kwargs.get(key) is not None:
                 return int(kwargs[key].shape[0])
-        raise ValueError("pass input_ids (or inputs_embeds)")
+        raise ValueError("pass input_ids (or inputs_embeds), or pixel_values to an image model")
 
     def forward(self, *, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         """The base model's forward, row i with adapter `adapter_names[i]` (all None when omitted).
@@ -338,7 +339,7 @@ class MultiAdapterModel(nn.Module):
 
     # -- steps (the serving engine's continuous batching, multi/steps.py) -----------------------------------
     def _device(self) -> torch.device:
-        return self._prompts.embed.weight.device
+        return next(self.model.parameters()).device
 
     @torch.no_grad()
     def prefill(
@@ -350,8 +351,9 @@ class MultiAdapterModel(nn.Module):
         Virtual tokens and prefixes enter here, once. For T5 the encoder runs here and so does the first
         decoder step (from `decoder_start_token_id`): the logits are those of the first decoder token.
         """
-        if self._prompts.kind == "encoder":
-            raise ValueError(f"{type(self.model).__name__} does not generate; use classify().")
+        if self._prompts.kind in ("encoder", "image"):
+            what = "classify_images()" if self.takes_pixels else "classify()"
+            raise ValueError(f"{type(self.model).__name__} does not generate; use {what}.")
         if not input_ids or any(len(r) == 0 for r in input_ids):
             raise ValueError("prefill() needs at least one row, and at least one token in every row.")
         slots = self.row_slots(adapter_names, len(input_ids))
@@ -414,6 +416,8 @@ class MultiAdapterModel(nn.Module):
     ) -> list[torch.Tensor]:
         """Sequence classification: per row its logits (C_i,), C_i the width of that row's adapter head (the
         base head for None) — no padding between rows with heads of different label counts."""
+        if self.takes_pixels:
+            raise ValueError(f"{type(self.model).__name__} takes images, not tokens; use classify_images().")
         if not input_ids or any(len(r) == 0 for r in input_ids):
             raise ValueError("classify() needs at least one row, and at least one token in every row.")
         ids, mask = pad_rows(input_ids, left=self._prompts.kind == "causal", device=self._device())
@@ -437,3 +441,17 @@ class MultiAdapterModel(nn.Module):
         tokens (multi/pooling.py); `pooling` defaults to the base's kind (cls encoder, last causal, mean T5)."""
         kind = self._prompts.kind
         return embed_rows(self, kind, input_ids, adapter_names, pooling or DEFAULT_POOLING[kind])
+
+    @torch.no_grad()
+    def classify_images(
+        self, pixel_values: torch.Tensor, adapter_names: Sequence[str | None]
+    ) -> list[torch.Tensor]:
+        """Image classification or semantic segmentation of `pixel_values` (B, C, H, W), as the base's image
+        processor makes them: per row its logits, (C_i,) or (C_i, h, w) with C_i the labels of that row's
+        adapter head (the base head for None) — no padding between heads of different label counts."""
+        if not self.takes_pixels:
+            raise ValueError(f"{type(self.model).__name__} takes input_ids, not images; use classify().")
+        ref = next(self.model.parameters())
+        pixels = pixel_values.to(device=ref.device, dtype=ref.dtype)
+        logits = self(pixel_values=pixels, adapter_names=adapter_names).logits  # (B, C_max[, h, w])
+        return split_label_logits(logits)

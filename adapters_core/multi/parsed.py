@@ -91,7 +91,7 @@ def content_hash(config: AdapterConfig, state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         t = state[key].detach().to("cpu").contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 

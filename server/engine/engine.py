@@ -220,11 +220,14 @@ class Engine(PaddedPath):
         adapter: str | None,
         loop: asyncio.AbstractEventLoop,
         lease: Lease | None = None,
+        pixel_values: torch.Tensor | None = None,
     ) -> asyncio.Future[list[torch.Tensor]]:
         """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
-        return self._submit_job(ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease))
+        return self._submit_job(
+            ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values)
+        )
 
     def submit_embed(
         self,
@@ -242,9 +245,10 @@ class Engine(PaddedPath):
         return self._submit_job(job)
 
     def _submit_job(self, job: ClassifyJob) -> asyncio.Future[list[torch.Tensor]]:
-        self.limits.check_inputs(
-            [len(ids) for ids in job.input_ids], prompt_positions(self.model, job.model_name)
-        )
+        if job.pixel_values is None:  # images (`pixel_values`, image bases) have no token limits
+            self.limits.check_inputs(
+                [len(ids) for ids in job.input_ids], prompt_positions(self.model, job.model_name)
+            )
         with self._cond:
             self._admit_check()
             self.rate_limit(sum(len(ids) for ids in job.input_ids))
@@ -292,16 +296,14 @@ class Engine(PaddedPath):
             self._waiting = collections.deque(row for row in self._waiting if not row.handle.cancelled)
 
     def _take_classify_jobs(self) -> list[ClassifyJob]:
-        """This step's classification jobs, up to max_batch_size texts (called under the condition)."""
+        """This step's classify and embed jobs, up to max_batch_size inputs (called under the condition)."""
         jobs: list[ClassifyJob] = []
         texts = 0
-        while self._classify and (
-            not jobs or texts + len(self._classify[0].input_ids) <= self.max_batch_size
-        ):
+        while self._classify and (not jobs or texts + self._classify[0].rows <= self.max_batch_size):
             job = self._classify.popleft()
             if not job.cancelled:
                 jobs.append(job)
-                texts += len(job.input_ids)
+                texts += job.rows
             else:
                 release_lease(job.lease)
         self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
@@ -418,14 +420,17 @@ class Engine(PaddedPath):
             self._run_classify([job for job in jobs if (job.task, job.pooling) == kind])
 
     def _run_classify(self, jobs: list[ClassifyJob]) -> None:
-        ids = [seq for job in jobs for seq in job.input_ids]
-        adapters = [job.adapter for job in jobs for _ in job.input_ids]
-        names = [job.model_name for job in jobs for _ in job.input_ids]
+        adapters = [job.adapter for job in jobs for _ in range(job.rows)]
+        names = [job.model_name for job in jobs for _ in range(job.rows)]
         try:
-            if jobs[0].task == "embed":  # the caller groups jobs by (task, pooling)
+            if jobs[0].pixel_values is not None:  # an image base: every job carries images
+                pixels = torch.cat([job.pixel_values for job in jobs if job.pixel_values is not None])
+                logits = self.model.classify_images(pixels, names)
+            elif jobs[0].task == "embed":  # _run_jobs groups jobs by (task, pooling)
+                ids = [seq for job in jobs for seq in job.input_ids]
                 logits = self.model.embed(ids, names, jobs[0].pooling)
             else:
-                logits = self.model.classify(ids, names)
+                logits = self.model.classify([seq for job in jobs for seq in job.input_ids], names)
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].resolve(exc)
@@ -437,7 +442,7 @@ class Engine(PaddedPath):
         self.metrics.observe_step(adapters)
         start = 0
         for job in jobs:
-            n = len(job.input_ids)
+            n = job.rows
             job.resolve([t.detach().float().cpu() for t in logits[start : start + n]])
             release_lease(job.lease)
             start += n

@@ -131,9 +131,10 @@ class RequestHandle:
 
 @dataclass
 class ClassifyJob:
-    """Texts to classify (or embed) with one adapter (its public name; None = base model) under `lease`, as
-    for a `GenerationRequest`; the result is one vector per text: logits (C,) for `task` "classify", the pooled
-    hidden state (d,) for "embed" (`pooling` None: the base kind's default, adapters_core/multi/pooling.py)."""
+    """Texts (or images) to classify, or texts to embed, with one adapter (its public name; None = base model)
+    under `lease`, as for a `GenerationRequest`; the result is one tensor per input: logits (C,) — or (C, h, w)
+    for segmentation — for `task` "classify", the pooled hidden state (d,) for "embed" (`pooling` None: the
+    base kind's default, adapters_core/multi/pooling.py)."""
 
     input_ids: list[list[int]]
     adapter: str | None
@@ -143,10 +144,17 @@ class ClassifyJob:
     lease: Lease | None = None
     task: Literal["classify", "embed"] = "classify"
     pooling: str | None = None
+    # Images instead of texts (image bases): (N, C, H, W), as the base's image processor makes them.
+    pixel_values: torch.Tensor | None = None
 
     @property
     def model_name(self) -> str | None:
         return leased_model_name(self.adapter, self.lease)
+
+    @property
+    def rows(self) -> int:
+        """Inputs in the job: texts, or images."""
+        return len(self.pixel_values) if self.pixel_values is not None else len(self.input_ids)
 
     @property
     def cancelled(self) -> bool:

@@ -1,25 +1,43 @@
-"""`POST /classify`: labels and scores per input, from the adapter's own head and `id2label`."""
+"""`POST /classify`: labels and scores per input, from the adapter's own head and `id2label`.
+
+Texts on a sequence-classification base; on an image-classification base, images — base64 in the same JSON
+body, or files in a multipart upload (routes/vision.py). The body is read here rather than declared as a
+parameter because one route takes both content types; its schema is still the documented one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from ..deps import EngineDep, SettingsDep
 from ..engine.types import release_lease
 from ..errors import InvalidInputError
 from ..generation import check_kind
 from ..schemas import ClassifyRequest, LabelScore
+from ..vision import is_multipart, read_json_body
+from .vision import classify_images, ranked_labels, request_body_docs
 
 router = APIRouter(tags=["classify"])
 
 
-@router.post("/classify", response_model=list[list[LabelScore]])
-async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineDep) -> list[list[LabelScore]]:
+@router.post(
+    "/classify",
+    response_model=list[list[LabelScore]],
+    openapi_extra=request_body_docs(ClassifyRequest, with_top_k=True),
+)
+async def classify(request: Request, settings: SettingsDep, engine: EngineDep) -> list[list[LabelScore]]:
     """Per input, `{label, score}` sorted by score (softmax over the adapter head's labels)."""
-    check_kind(engine, "seq-cls")
+    if engine.base.kind == "image-cls":
+        return await classify_images(request, settings, engine)
+    check_kind(engine, "seq-cls", "image-cls")
+    if is_multipart(request):
+        raise InvalidInputError(
+            "multipart uploads carry images, and the served base model is a text classifier; send "
+            '{"inputs": text or [texts]} as JSON'
+        )
+    body: ClassifyRequest = await read_json_body(request, ClassifyRequest)
     adapter = body.parameters.adapter_id
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     if len(texts) > settings.max_classify_inputs:
@@ -39,12 +57,4 @@ async def classify(body: ClassifyRequest, settings: SettingsDep, engine: EngineD
         release_lease(lease)
         raise
     logits = await future
-    results = []
-    for row_logits in logits:
-        scores = torch.softmax(row_logits, dim=-1).tolist()
-        labels = engine.registry.labels(id2label, len(scores))
-        ranked = sorted(zip(labels, scores), key=lambda pair: -pair[1])
-        if body.parameters.top_k is not None:
-            ranked = ranked[: body.parameters.top_k]
-        results.append([LabelScore(label=label, score=score) for label, score in ranked])
-    return results
+    return ranked_labels(engine, id2label, logits, body.parameters.top_k)

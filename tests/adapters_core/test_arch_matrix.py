@@ -19,7 +19,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from arch_configs import FAMILIES, IMAGE_FAMILIES, VOCAB, Family
+from arch_configs import FAMILIES, VOCAB, Family
 from arch_matrix import (
     HAND_WRITTEN,
     METHODS,
@@ -32,7 +32,7 @@ from arch_matrix import (
 from safetensors.torch import load_file
 
 from adapters_core.config import AdapterConfig
-from adapters_core.errors import AdapterError, UnsupportedError
+from adapters_core.errors import AdapterError
 from adapters_core.multi import DecodeState, MultiAdapterModel
 
 TOL = 1e-4
@@ -244,10 +244,3 @@ def test_rows_joining_mid_decode_equal_peft(served: Served) -> None:
         want = greedy_alone(served, name, row_alone(inputs, r))
         upto = want.index(eos) + 1 if eos in want else NEW
         assert got[r][:upto] == want[:upto], (r, name, got[r], want)
-
-
-@pytest.mark.parametrize("family", list(IMAGE_FAMILIES))
-def test_image_bases_are_refused(family: str) -> None:
-    """No pixel input yet (issue 15 item 3): refused when wrapped, never a confusing error at the first forward."""
-    with pytest.raises(UnsupportedError, match="no pixel input yet"):
-        MultiAdapterModel(IMAGE_FAMILIES[family]())
