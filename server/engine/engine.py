@@ -226,7 +226,9 @@ class Engine(PaddedPath):
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
         adapter adds."""
         return self._submit_job(
-            ClassifyJob(input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values)
+            ClassifyJob(
+                input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values
+            )
         )
 
     def submit_embed(
