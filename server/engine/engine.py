@@ -1,10 +1,10 @@
 """The engine: an actor thread that owns the queue, the running batch and the model state.
 
-Handlers call `submit_generate` / `submit_classify` from the event loop and await events; they never touch
+Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the event loop and await events; they never touch
 the model. The thread repeats one step, a short named pipeline:
 
     schedule  drop finished and cancelled rows (DecodeState.select), admit waiting requests
-    classify  run waiting classification jobs as one dynamic batch
+    classify  run waiting classification and embedding jobs, one dynamic batch per kind
     forward   decode the running rows one token, prefill the admitted ones, concat their states
     sample    pick each row's next token with its own sampler
     emit      send tokens, detect EOS / stop sequences / length, send finish events
