@@ -1,7 +1,7 @@
 """The engine: an actor thread that owns the queue, the running batch and the model state.
 
-Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the event loop and await events; they never touch
-the model. The thread repeats one step, a short named pipeline:
+Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the event loop and await events;
+they never touch the model. The thread repeats one step, a short named pipeline:
 
     schedule  drop finished and cancelled rows (DecodeState.select), admit waiting requests
     classify  run waiting classification and embedding jobs, one dynamic batch per kind
