@@ -1,10 +1,10 @@
 """The engine: an actor thread that owns the queue, the running batch and the model state.
 
-Handlers call `submit_generate` / `submit_classify` from the event loop and await events; they never touch
-the model. The thread repeats one step, a short named pipeline:
+Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the event loop and await events;
+they never touch the model. The thread repeats one step, a short named pipeline:
 
     schedule  drop finished and cancelled rows, pick this step's work (engine/scheduler.py)
-    classify  run waiting classification jobs as one dynamic batch
+    classify  run waiting classification and embedding jobs, one dynamic batch per kind
     forward   one `model.paged_step` over the step's packed tokens (engine/paged.py builds its StepPlan)
     sample    pick the next token of each row whose stream the step completed, with its own sampler
     emit      send tokens, detect EOS / stop sequences / length, send finish events
