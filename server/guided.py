@@ -109,7 +109,10 @@ def fill_bitmasks(matchers: list[Any], vocab: int) -> torch.Tensor:
     bits = torch.full(((len(matchers)), (vocab + 31) // 32), -1, dtype=torch.int32)
     for g, matcher in enumerate(matchers):
         row = bits[g]
-        matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        try:  # raises if the logits' width is not the vocabulary the guide was built for
+            matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        except ValueError:
+            row.zero_()
         if matcher.is_error():  # allows nothing: that row alone fails (sampling.py's "nothing allowed")
             row.zero_()
     return bits
