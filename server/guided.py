@@ -44,13 +44,13 @@ class Guide:
 
 def guide_tokenizer(hf_tokenizer: Any, vocab_size: int) -> llguidance.LLTokenizer:
     """llguidance's view of a fast Hugging Face tokenizer over the model's `vocab_size` logits (~1 s: cache
-    it, as Tokenization.guide_tokenizer does). 422 for a slow tokenizer, which llguidance cannot read."""
+    it, as Tokenization.guide_tokenizer does). 422 for a tokenizer llguidance cannot read."""
     try:
         return llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
-    except ValueError as exc:
+    except ValueError as exc:  # a slow tokenizer, or one whose decoder llguidance cannot map to bytes
         raise InvalidInputError(
-            f"structured output needs a fast (Rust) tokenizer, and this base model's has none ({exc}); "
-            "leave out response_format / grammar"
+            f"structured output cannot read this base model's tokenizer ({exc}): it needs a fast tokenizer "
+            "with a byte-level, byte-fallback or metaspace decoder; leave out response_format / grammar"
         ) from None
 
 
@@ -109,7 +109,10 @@ def fill_bitmasks(matchers: list[Any], vocab: int) -> torch.Tensor:
     bits = torch.full(((len(matchers)), (vocab + 31) // 32), -1, dtype=torch.int32)
     for g, matcher in enumerate(matchers):
         row = bits[g]
-        matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        try:  # raises if the logits' width is not the vocabulary the guide was built for
+            matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        except ValueError:
+            row.zero_()
         if matcher.is_error():  # allows nothing: that row alone fails (sampling.py's "nothing allowed")
             row.zero_()
     return bits

@@ -303,8 +303,9 @@ def _finish_row(sampler: RowSampler, row: list[float], k: int) -> Pick | Excepti
         )
     if status == _NOTHING_ALLOWED:
         return InvalidInputError(
-            "the request's constraints (its grammar or min_tokens) leave no token the model can score; "
-            "loosen the grammar or lower min_tokens"
+            "the request's constraints (its grammar, or min_tokens) allow no token the model can give at this "
+            "point: the tokenizer's vocabulary may not be able to write what the grammar requires; loosen the "
+            "grammar or lower min_tokens"
         )
     n = sampler.params.top_logprobs
     top = tuple((int(row[3 + j]), row[3 + k + j]) for j in range(min(n, k)))

@@ -154,3 +154,13 @@ def test_bad_grammars_are_422_naming_the_problem(client) -> None:
     both = {"model": model, "messages": [{"role": "user", "content": "a"}], "ignore_eos": True}
     r = client.post("/v1/chat/completions", json={**both, "response_format": {"type": "json_object"}})
     assert r.status_code == 422 and "ignore_eos" in r.json()["error"]
+
+
+def test_a_tokenizer_llguidance_cannot_read_is_a_422(serve, llama_dir) -> None:
+    """The served tests' word-level tokenizer ("w0".."w251", no decoder): the request says so, and the
+    server goes on serving."""
+    with serve(base_model=str(llama_dir)) as other:
+        body = {"inputs": "w1", "parameters": {"grammar": {"type": "json", "value": SCHEMA}}}
+        r = other.post("/generate", json=body)
+        assert r.status_code == 422 and "cannot read this base model's tokenizer" in r.json()["error"], r.text
+        assert other.post("/generate", json={"inputs": "w1"}).status_code == 200

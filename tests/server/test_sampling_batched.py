@@ -12,6 +12,7 @@ import torch
 from transformers.generation.logits_process import TypicalLogitsWarper
 
 from adapters_core.sampling import seeded_gumbel, warp, warp_rows
+from server.errors import InvalidInputError
 from server.sampling import Pick, RowSampler, SamplingParams, choose_tokens
 
 V = 40
@@ -198,3 +199,12 @@ def test_cuda_rows_draw_the_cpus_tokens() -> None:
         for a, b in zip(on_cpu, on_cuda):
             assert isinstance(a, Pick) and isinstance(b, Pick)
             assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+
+
+def test_constraints_that_leave_no_token_fail_that_row_alone() -> None:
+    logits = torch.full((2, V), float("-inf"))
+    logits[:, 2] = 1.0  # the model gives EOS only, and min_tokens bans it for the first row
+    banned = RowSampler(SamplingParams(min_tokens=1, eos_token_ids=frozenset({2})), [])
+    picks = choose_tokens([banned, RowSampler(SamplingParams(), [])], logits)
+    assert isinstance(picks[0], InvalidInputError) and "allow no token" in str(picks[0])
+    assert isinstance(picks[1], Pick) and picks[1].token_id == 2
