@@ -86,9 +86,11 @@ def _train(
     resume = ckpt.resolve_resume_path(cfg.resume_from_checkpoint, out) if cfg.resume_from_checkpoint else None
 
     # -- data and fit checks (no weights loaded yet) --------------------------------------------------
+    label2id: dict[str, int] | None
+    image_collate: Callable[[Any], dict[str, torch.Tensor]] | None = None
+    pad_token_id = None
     if cfg.task in IMAGE_TASKS:
-        train_ex, eval_ex, label2id, stats, collate = _image_data(cfg)
-        pad_token_id = None
+        train_ex, eval_ex, label2id, stats, image_collate = _image_data(cfg)
     else:
         train_ex, eval_ex, label2id, stats, tokenizer = _text_data(cfg)
         pad_token_id = tokenizer.pad_token_id
@@ -111,7 +113,8 @@ def _train(
     set_seed(cfg.seed)
     base = load_base_model(cfg, label2id, pad_token_id)
     if cfg.task in IMAGE_TASKS and not getattr(adapter_config, "modules_to_save", None):
-        adapter_config.modules_to_save = head_modules(base)  # the new head trains whole (PEFT's guides)
+        # The new head trains whole (PEFT's guides); LoRA/IA3 configs (prompt methods were refused) have the field.
+        adapter_config.modules_to_save = head_modules(base)  # type: ignore[attr-defined]
     model = get_adapter_model(base, adapter_config)
     model.to(ctx.device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -161,9 +164,8 @@ def _train(
         task=cfg.task,
         train=train_ex,
         eval=eval_ex,
-        collate=collate
-        if cfg.task in IMAGE_TASKS
-        else Collator(pad_token_id, cfg.task, token_type_ids=accepts_token_type_ids(base)),
+        collate=image_collate
+        or Collator(int(pad_token_id or 0), cfg.task, token_type_ids=accepts_token_type_ids(base)),
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
         accumulation=cfg.gradient_accumulation_steps,
@@ -214,7 +216,7 @@ def _text_data(cfg: TrainConfig) -> tuple[list, list | None, dict[str, int] | No
     return train_ex, eval_ex, label2id, stats, tokenizer
 
 
-def _image_data(cfg: TrainConfig) -> tuple[list, list | None, dict[str, int], TokenizeStats, Any]:
+def _image_data(cfg: TrainConfig) -> tuple[list, list | None, dict[str, int] | None, TokenizeStats, Any]:
     """Check the fit, read and process the image data (trainer/images.py): (train, eval, label2id, stats,
     collate)."""
     model_config = load_model_config(cfg)

@@ -339,7 +339,9 @@ class MultiAdapterModel(nn.Module):
 
     # -- steps (the serving engine's continuous batching, multi/steps.py) -----------------------------------
     def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        if self.takes_pixels:  # no token embeddings
+            return next(self.model.parameters()).device
+        return self._prompts.embed.weight.device
 
     @torch.no_grad()
     def prefill(

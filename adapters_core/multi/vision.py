@@ -53,7 +53,7 @@ class ImagePromptStore(PromptStore):
         self.model = model
         self.kind = "image"
         self._holder = holder
-        self.embed = None  # type: ignore[assignment]
+        self.embed = None
         self.takes_positions = False
         self.slots = {}
         self._adaption = {}

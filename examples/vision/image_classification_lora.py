@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import image_base64, post_json, swapyard_serve, swapyard_train  # noqa: E402
-from synthetic import save_base, write_shape_folder  # noqa: E402
+from common import image_base64, post_json, swapyard_serve, swapyard_train
+from synthetic import save_base, write_shape_folder
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

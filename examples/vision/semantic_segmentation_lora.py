@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import image_base64, png_from_base64, post_json, swapyard_serve, swapyard_train  # noqa: E402
-from synthetic import save_base, write_scenes  # noqa: E402
+from common import image_base64, png_from_base64, post_json, swapyard_serve, swapyard_train
+from synthetic import save_base, write_scenes
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

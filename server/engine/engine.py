@@ -224,7 +224,8 @@ class Engine(PaddedPath):
     ) -> asyncio.Future[list[torch.Tensor]]:
         """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
         to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
-        adapter adds."""
+        adapter adds. On an image base `pixel_values` (N, C, H, W) replaces the texts (`input_ids` is empty)
+        and each result is (C,) or, for segmentation, (C, h, w)."""
         return self._submit_job(
             ClassifyJob(
                 input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,34 @@ def test_classify_multipart_upload_equals_json(vit: Any) -> None:
         "/classify", json={"inputs": b64(files[0]), "parameters": {"adapter_id": "dora", "top_k": 2}}
     )
     assert one.json()[0] == out.json()[0]
+
+
+def test_requests_of_different_adapters_share_one_step(vit: Any) -> None:
+    """Three requests (two adapters with 3 and 5 labels, and the base) queued while the engine is held run as one
+    mixed batch; each answer is PEFT's for its own adapter."""
+    client, processor, oracles = vit
+    engine = client.app.state.swapyard.engine
+    files = [png(10), png(11)]
+    adapters = ["dora", None, "lora"]
+    responses: list[Any] = [None] * len(adapters)
+
+    def post(i: int) -> None:
+        body = {"inputs": [b64(f) for f in files], "parameters": {"adapter_id": adapters[i]}}
+        responses[i] = client.post("/classify", json=body)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(adapters))]
+    with engine.hold() as held:
+        for t in threads:
+            t.start()
+        held.wait_queued(len(adapters))
+    for t in threads:
+        t.join(timeout=120)
+    for adapter, response in zip(adapters, responses):
+        assert response is not None and response.status_code == 200, response
+        labels = LABELS[adapter] if adapter else ["LABEL_0", "LABEL_1", "LABEL_2"]
+        _check_ranking(
+            response.json(), _expected_ranking(oracles[adapter or "base"], processor, files, labels)
+        )
 
 
 def _error(response: Any, status: int, *words: str) -> None:

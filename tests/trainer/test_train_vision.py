@@ -169,7 +169,7 @@ def test_image_tasks_refuse_what_cannot_work(data: dict[str, Path], tmp_path: Pa
         )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "missing.png", "label": "red"}\n')
-    with pytest.raises(DataError, match="missing.png does not exist"):
+    with pytest.raises(DataError, match=r"missing\.png does not exist"):
         _train(
             [
                 "--base-model",
