@@ -25,8 +25,9 @@ for anybody else to finish. A client that disconnects sets `cancelled`; its row 
 with a last `ErrorEvent(RequestCancelledError)`, so whoever still awaits its events stops waiting.
 
 A per-row failure (sampling, stop handling, detokenization, pushing its event) fails that row alone: it gets
-an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. Only a
-failure of the batched forward fails the rows it ran.
+an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. A
+failed paged step is run again chunk by chunk, so that only the rows at fault fail (on the padded path a failed
+batched decode fails the rows it ran). A row's KV blocks go back to the pool when it leaves.
 
 `hold()` is an explicit hook for tests and operations: no step starts while it is held, so a test can fill
 the queue or put requests into one step deterministically, without waiting on the clock.
