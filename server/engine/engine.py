@@ -339,13 +339,18 @@ class Engine(PaddedPath):
                 if chunk.last:
                     parts.append(part)
             logits = torch.cat(parts) if parts else None
+        rows = [chunk.row for chunk in done if chunk.last]
+        if logits is not None and logits.shape[0] != len(rows):
+            raise RuntimeError(
+                f"paged_step returned {logits.shape[0]} logits rows for {len(rows)} chunks wanting them"
+            )
         for chunk in done:
             batch.commit(chunk)
         self.metrics.prompt_tokens.inc(
             sum(max(0, min(c.start + c.count, c.row.seq.prompt_len) - c.start) for c in done)
         )
         self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
-        return [chunk.row for chunk in done if chunk.last], logits
+        return rows, logits
 
     def _observe_blocks(self) -> None:
         if isinstance(self._batch, PagedBatch):
