@@ -3,7 +3,8 @@
 
 transformers' per-step time is taken from two `generate_batch` runs of the same prompts that differ only in new
 tokens: (t(n2) - t(n1)) / (n2 - n1), i.e. its decode steps with their scheduling, everything else cancelled.
-Swapyard's steps are timed directly (median of the decode steps). Greedy tokens of the three are compared.
+Swapyard's steps are timed directly. CPU time of this process, minimum over repeats (robust to a shared
+machine). Greedy tokens of the three are compared.
 
     .venv/bin/python bench/bench_paged_cpu.py --rows 32 --context 400
 """
@@ -11,7 +12,6 @@ Swapyard's steps are timed directly (median of the decode steps). Greedy tokens 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -40,27 +40,39 @@ def base(seed: int = 0) -> torch.nn.Module:
     return tf.LlamaForCausalLM(cfg).eval()
 
 
+def clock() -> float:
+    """CPU seconds of this process: robust to other processes sharing the machine (run with --threads 1)."""
+    return time.process_time()
+
+
 @torch.no_grad()
-def theirs(prompts: list[list[int]], n1: int, n2: int, block: int) -> tuple[float, list[list[int]]]:
+def theirs(
+    prompts: list[list[int]], n1: int, n2: int, block: int, repeats: int
+) -> tuple[float, list[list[int]]]:
     model = base()
-    cb = ContinuousBatchingConfig(page_size=block, max_batch_tokens=2048)
-    times, outs = [], []
-    for n in (n1, n2):
+    # a pool just big enough (left alone it sizes itself from free memory: 12 GB on a 23 GB machine)
+    blocks = len(prompts) * -(-(max(map(len, prompts)) + n2 + 2) // block) + 8
+    cb = ContinuousBatchingConfig(page_size=block, num_blocks=blocks, max_batch_tokens=2048)
+    times: dict[int, list[float]] = {n1: [], n2: []}
+    outs: list[list[int]] = []
+    for n in [n1] + [n1, n2] * repeats:  # the first run warms up
         gen = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=-1, pad_token_id=0)
-        t0 = time.perf_counter()
-        out = model.generate_batch(prompts, generation_config=gen, continuous_batching_config=cb)
-        times.append(time.perf_counter() - t0)
+        t0 = clock()
+        out = model.generate_batch(
+            prompts, generation_config=gen, continuous_batching_config=cb, progress_bar=False
+        )
+        times[n].append(clock() - t0)
         outs = [
             list(o.generated_tokens)
             for o in sorted(out.values(), key=lambda o: int(o.request_id.split("_")[-1]))
         ]
-    return (times[1] - times[0]) / (n2 - n1), outs
+    return (min(times[n2]) - min(times[n1])) / (n2 - n1), outs
 
 
 @torch.no_grad()
 def ours(prompts: list[list[int]], steps: int, block: int) -> tuple[float, list[list[int]]]:
     model = MultiAdapterModel(base())
-    per_row = -(-(len(prompts[0]) + steps + 1) // block)
+    per_row = -(-(max(map(len, prompts)) + steps + 1) // block)
     model.init_kv_cache(1 + per_row * len(prompts), block)
     tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(len(prompts))]
     budget = 2048  # prefill in chunks of at most this many tokens, as a scheduler would
@@ -85,12 +97,12 @@ def ours(prompts: list[list[int]], steps: int, block: int) -> tuple[float, list[
         plan = StepPlan(
             [SeqChunk(r, None, [tokens[r][-1]], len(prompts[r]) + s, tables[r]) for r in range(len(prompts))]
         )
-        t0 = time.perf_counter()
+        t0 = clock()
         out = model.paged_step(plan)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
         for r in range(len(prompts)):
             tokens[r].append(int(out[r].argmax()))
-    return statistics.median(times), tokens
+    return min(times), tokens
 
 
 @torch.no_grad()
@@ -100,12 +112,12 @@ def padded(prompts: list[list[int]], steps: int) -> tuple[float, list[list[int]]
     tokens = [[int(t)] for t in logits.argmax(-1)]
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         logits, state = model.decode(state, torch.tensor([t[-1] for t in tokens]))
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
         for r, t in enumerate(logits.argmax(-1)):
             tokens[r].append(int(t))
-    return statistics.median(times), tokens
+    return min(times), tokens
 
 
 def main() -> None:
@@ -114,14 +126,23 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=400)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--block", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mixed", action="store_true", help="prompt lengths uniform in [context/2, context]")
     ap.add_argument("--skip-transformers", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 2048, (args.context,), generator=g).tolist() for _ in range(args.rows)]
+    lengths = [
+        int(torch.randint(args.context // 2, args.context + 1, (1,), generator=g))
+        if args.mixed
+        else args.context
+        for _ in range(args.rows)
+    ]
+    prompts = [torch.randint(3, 2048, (n,), generator=g).tolist() for n in lengths]
     mine, mine_tok = ours(prompts, args.steps, args.block)
     print(
-        f"swapyard paged step:   {mine * 1e3:8.1f} ms / decode step ({args.rows} rows x {args.context} tokens)"
+        f"swapyard paged step:   {mine * 1e3:8.1f} ms CPU / decode step ({args.rows} rows x {args.context} tokens)"
     )
     old, old_tok = padded(prompts, args.steps)
     print(f"padded step API:       {old * 1e3:8.1f} ms / decode step   (x{old / mine:.2f} of paged)")
@@ -129,7 +150,7 @@ def main() -> None:
         f"greedy tokens paged == padded: {[t[: args.steps] for t in mine_tok] == [t[: args.steps] for t in old_tok]}"
     )
     if not args.skip_transformers:
-        hf, hf_tok = theirs(prompts, 1, 1 + args.steps, args.block)
+        hf, hf_tok = theirs(prompts, 1, 1 + args.steps, args.block, args.repeats)
         print(f"transformers CB:       {hf * 1e3:8.1f} ms / decode step   (x{hf / mine:.2f} of paged)")
         same = [t[: args.steps] for t in hf_tok] == [t[: args.steps] for t in mine_tok]
         print(f"greedy tokens paged == transformers CB: {same}")

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         ge=1,
         description="tokens one model step runs at most: running rows' decode tokens first, then prefill chunks "
         "of new rows (a longer prompt is spread over steps); running rows are capped at this many too "
-        "(default: 256 on the CPU, 2048 on a GPU)",
+        "(default: 512 on the CPU, 2048 on a GPU)",
     )
     kv_cache_bytes: int | None = Field(
         default=None,

@@ -34,24 +34,28 @@ def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     scaling: float,
     softcap: float | None,
 ) -> torch.Tensor:
-    """q (B, Hq, n, hd), k/v (B, Hkv, S, hd), mask (B, 1, n, S) bool -> (B, Hq, n, hd)."""
+    """q (B, Hq, n, hd), k/v (B, Hkv, S, hd), mask (B, 1, n, S) bool or None (all seen) -> (B, Hq, n, hd)."""
     if softcap is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = torch.tanh(torch.matmul(q, k.transpose(-1, -2)) * scaling / softcap) * softcap
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(weights, v)
 
 
-def _gather(pool: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """pool (slots, Hkv, hd), read (R, C) -> (R, Hkv, C, hd)."""
-    return pool[read].permute(0, 2, 1, 3)
+def _gather(pool: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """pool (Hkv, slots, hd), blocks (R, nb) -> (R, Hkv, nb · block_size, hd): whole blocks, one copy each."""
+    rows, nb = blocks.shape
+    heads, _, width = pool.shape
+    paged = pool.view(heads, -1, block_size, width)  # (Hkv, num_blocks, bs, hd)
+    return paged.index_select(1, blocks.flatten()).view(heads, rows, nb * block_size, width).transpose(0, 1)
 
 
 def _with_prefix(
@@ -99,12 +103,12 @@ def paged_attention(
     window = int(window) if window else None
     softcap = kwargs.get("softcap")
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    k_pool, v_pool = cache.pool.keys[layer], cache.pool.values[layer]
+    k_pool, v_pool, bs = cache.pool.keys[layer], cache.pool.values[layer], cache.pool.block_size
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, T, Hq, hd)
     dec: Decode | None = batch.decode
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
-        k, v = _gather(k_pool, dec.read), _gather(v_pool, dec.read)
+        k, v = _gather(k_pool, dec.blocks, bs), _gather(v_pool, dec.blocks, bs)
         k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
         o = _attend(q, k, v, dec.mask(window), scale, softcap)  # (B, Hq, 1, hd)
         out[0, dec.tokens] = o[:, :, 0]
@@ -112,7 +116,12 @@ def paged_attention(
     for chunk in batch.prefills:
         span = slice(chunk.tok_start, chunk.tok_start + chunk.n)
         q = query[:, :, span]  # (1, Hq, n, hd)
-        k, v = _gather(k_pool, chunk.read[None]), _gather(v_pool, chunk.read[None])
+        if chunk.start == 0:  # a whole stream in this step: its keys are the step's own, no gather
+            k, v = key[:, :, span], value[:, :, span]
+        else:
+            length = chunk.start + chunk.n
+            k = _gather(k_pool, chunk.blocks[None], bs)[:, :, :length]
+            v = _gather(v_pool, chunk.blocks[None], bs)[:, :, :length]
         if chunk.prefix:
             k, v = _with_prefix(k, v, {chunk.slot: [0]}, [chunk.prefix], layer, cache)
         o = _attend(q, k, v, chunk.mask(window), scale, softcap)  # (1, Hq, n, hd)

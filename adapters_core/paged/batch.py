@@ -24,21 +24,22 @@ from .plan import VIRTUAL, SeqChunk, StepPlan
 
 @dataclass
 class Decode:
-    """The one-token chunks. B rows; `read` (B, C) pool slots of each row's stream (scratch 0 past its length)."""
+    """The one-token chunks. B rows; `blocks` (B, nb) each row's blocks (scratch 0 past its table), C = nb · bs."""
 
     tokens: torch.Tensor  # (B,) indices in the packed stream
-    read: torch.Tensor  # (B, C)
+    blocks: torch.Tensor  # (B, nb)
+    width: int  # C: key columns gathered per row
     lengths: torch.Tensor  # (B,) stream positions cached incl. this token
     prefix: list[int]  # (B,) prefix length m per row
     prefix_slots: dict[int, list[int]]  # adapter slot -> rows with its prefix
-    _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
 
-    def mask(self, window: int | None) -> torch.Tensor:
-        """(B, 1, 1, M + C) bool: row b's query sees key column c."""
+    def mask(self, window: int | None) -> torch.Tensor | None:
+        """(B, 1, 1, M + C) bool: row b's query sees key column c; None when it sees every column."""
         if window not in self._masks:
-            device = self.read.device
+            device = self.blocks.device
             m = torch.tensor(self.prefix, dtype=torch.long, device=device)[:, None]  # (B, 1)
-            cols = torch.arange(self.read.shape[1], device=device)[None]  # (1, C)
+            cols = torch.arange(self.width, device=device)[None]  # (1, C)
             query = m + self.lengths[:, None] - 1  # extended position of the query
             visible = cols < self.lengths[:, None]
             if window is not None:
@@ -50,7 +51,7 @@ class Decode:
                 if window is not None:
                     seen &= query - pcols < window
                 visible = torch.cat([seen, visible], dim=1)
-            self._masks[window] = visible[:, None, None]
+            self._masks[window] = None if bool(visible.all()) else visible[:, None, None]
         return self._masks[window]
 
 
@@ -61,7 +62,7 @@ class Prefill:
     tok_start: int
     n: int
     start: int
-    read: torch.Tensor  # (start + n,) pool slots of the row's stream
+    blocks: torch.Tensor  # (nb,) the row's blocks covering [0, start + n)
     prefix: int
     slot: int
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
@@ -69,7 +70,7 @@ class Prefill:
     def mask(self, window: int | None) -> torch.Tensor:
         """(1, 1, n, m + start + n) bool, causal in extended positions (and within `window`)."""
         if window not in self._masks:
-            device = self.read.device
+            device = self.blocks.device
             query = self.prefix + self.start + torch.arange(self.n, device=device)[:, None]  # (n, 1)
             keys = torch.arange(self.prefix + self.start + self.n, device=device)[None]  # (1, m + L)
             visible = keys <= query
@@ -85,6 +86,7 @@ class PagedBatch:
     input_ids: torch.Tensor  # (1, T), 0 at virtual positions
     position_ids: torch.Tensor  # (1, T)
     write_slots: torch.Tensor  # (T,)
+    fresh_blocks: torch.Tensor  # blocks whose first position this step writes: zeroed before (kv_cache.py)
     virtual: list[tuple[int, int, int, int]]  # (token index, slot, first virtual position, count)
     decode: Decode | None
     prefills: list[Prefill]
@@ -141,6 +143,7 @@ def build(
     ids: list[int] = []
     positions: list[int] = []
     writes: list[int] = []
+    fresh: list[int] = []
     virt: list[tuple[int, int, int, int]] = []
     logit_tokens: list[int] = []
     dec_rows: list[int] = []
@@ -154,6 +157,7 @@ def build(
         positions += range(prefix[i] + chunk.start, prefix[i] + chunk.start + n)
         table = chunk.block_table
         writes += [table[p // bs] * bs + p % bs for p in range(chunk.start, chunk.start + n)]
+        fresh += [table[p // bs] for p in range(-(-chunk.start // bs) * bs, chunk.start + n, bs)]
         if chunk.want_logits:
             logit_tokens.append(at + n - 1)
         if n == 1:
@@ -164,8 +168,8 @@ def build(
     for i, chunk in enumerate(chunks):
         if len(chunk.tokens) > 1:
             length = chunk.start + len(chunk.tokens)
-            read = _read_slots([chunk.block_table], [length], bs, device)[0]
-            prefills.append(Prefill(starts[i], len(chunk.tokens), chunk.start, read, prefix[i], slots[i]))
+            blocks = _blocks([chunk.block_table], [length], bs, device)[0]
+            prefills.append(Prefill(starts[i], len(chunk.tokens), chunk.start, blocks, prefix[i], slots[i]))
     decode = None
     if dec_rows:
         lengths = [chunks[i].start + 1 for i in dec_rows]
@@ -175,7 +179,8 @@ def build(
                 prefix_slots.setdefault(slots[i], []).append(row)
         decode = Decode(
             tokens=torch.tensor([starts[i] for i in dec_rows], dtype=torch.long, device=device),
-            read=_read_slots([chunks[i].block_table for i in dec_rows], lengths, bs, device),
+            blocks=_blocks([chunks[i].block_table for i in dec_rows], lengths, bs, device),
+            width=-(-max(lengths) // bs) * bs,
             lengths=torch.tensor(lengths, dtype=torch.long, device=device),
             prefix=[prefix[i] for i in dec_rows],
             prefix_slots=prefix_slots,
@@ -195,6 +200,7 @@ def build(
         input_ids=torch.tensor([ids], dtype=torch.long, device=device),
         position_ids=torch.tensor([positions], dtype=torch.long, device=device),
         write_slots=torch.tensor(writes, dtype=torch.long, device=device),
+        fresh_blocks=torch.tensor(fresh, dtype=torch.long, device=device),
         virtual=virt,
         decode=decode,
         prefills=prefills,
@@ -203,14 +209,11 @@ def build(
     )
 
 
-def _read_slots(tables: list[list[int]], lengths: list[int], bs: int, device: torch.device) -> torch.Tensor:
-    """(R, max length) pool slots of each row's stream positions; positions past a row's length -> scratch 0."""
-    width = max(lengths)
-    nb = -(-width // bs)
-    table = torch.zeros(len(tables), nb, dtype=torch.long)
+def _blocks(tables: list[list[int]], lengths: list[int], bs: int, device: torch.device) -> torch.Tensor:
+    """(R, nb) each row's blocks covering its `lengths[r]` positions, padded with the scratch block 0."""
+    nb = -(-max(lengths) // bs)
+    out = torch.zeros(len(tables), nb, dtype=torch.long)
     for r, t in enumerate(tables):
         used = t[: -(-lengths[r] // bs)]
-        table[r, : len(used)] = torch.tensor(used, dtype=torch.long)
-    slots = (table[:, :, None] * bs + torch.arange(bs)).view(len(tables), -1)[:, :width]
-    valid = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
-    return torch.where(valid, slots, 0).to(device)
+        out[r, : len(used)] = torch.tensor(used, dtype=torch.long)
+    return out.to(device)

@@ -25,8 +25,9 @@ for anybody else to finish. A client that disconnects sets `cancelled`; its row 
 with a last `ErrorEvent(RequestCancelledError)`, so whoever still awaits its events stops waiting.
 
 A per-row failure (sampling, stop handling, detokenization, pushing its event) fails that row alone: it gets
-an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. Only a
-failure of the batched forward fails the rows it ran.
+an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. A
+failed paged step is run again chunk by chunk, so that only the rows at fault fail (on the padded path a failed
+batched decode fails the rows it ran). A row's KV blocks go back to the pool when it leaves.
 
 `hold()` is an explicit hook for tests and operations: no step starts while it is held, so a test can fill
 the queue or put requests into one step deterministically, without waiting on the clock.
@@ -363,13 +364,18 @@ class Engine(PaddedPath):
                 if chunk.last:
                     parts.append(part)
             logits = torch.cat(parts) if parts else None
+        rows = [chunk.row for chunk in done if chunk.last]
+        if logits is not None and logits.shape[0] != len(rows):
+            raise RuntimeError(
+                f"paged_step returned {logits.shape[0]} logits rows for {len(rows)} chunks wanting them"
+            )
         for chunk in done:
             batch.commit(chunk)
         self.metrics.prompt_tokens.inc(
             sum(max(0, min(c.start + c.count, c.row.seq.prompt_len) - c.start) for c in done)
         )
         self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
-        return [chunk.row for chunk in done if chunk.last], logits
+        return rows, logits
 
     def _observe_blocks(self) -> None:
         if isinstance(self._batch, PagedBatch):

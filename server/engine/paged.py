@@ -31,13 +31,14 @@ GPU_FREE_SHARE = (
     0.5  # of the device memory free at start-up, for the KV pool (when --kv-cache-bytes is unset)
 )
 CPU_KV_CACHE_BYTES = 1 << 30
-CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 256, 2048  # --max-batch-tokens defaults
+CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 512, 2048  # --max-batch-tokens defaults
 
 
 @dataclass(frozen=True)
 class PagingConfig:
     """The paged path's knobs: `--kv-cache-bytes` (None: see the module docstring), `--max-batch-tokens`
-    (None: 256 on the CPU, where a step's cost grows with its tokens, 2,048 on a GPU) and `--kv-block-size`."""
+    (None: 512 on the CPU, 2,048 on a GPU; more tokens per step is more throughput but a longer pause for the
+    running rows while a prompt is prefilled) and `--kv-block-size`."""
 
     kv_cache_bytes: int | None = None
     max_batch_tokens: int | None = None

@@ -194,13 +194,14 @@ def test_prefix_blocks_are_shared_within_an_adapter_version_only(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("model", MODELS)
 def test_a_flooding_adapter_does_not_delay_the_others_admission(
-    llama_dir: Path, causal_adapters: dict[str, Path]
+    model: str, llama_dir: Path, causal_adapters: dict[str, Path]
 ) -> None:
     """10 requests of lora4 then one of ia3 and one of dora, one row at a time: ia3 and dora are admitted
     second and third (first in, first out would put them last)."""
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3", "dora")]
-    with paged_client("double", base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (
+    with paged_client(model, base_model=str(llama_dir), adapters=adapters, max_batch_size=1) as (
         client,
         engine,
         plans,
