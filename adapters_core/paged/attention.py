@@ -108,7 +108,8 @@ def paged_attention(
     dec: Decode | None = batch.decode
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
-        k, v = _gather(k_pool, dec.blocks, bs), _gather(v_pool, dec.blocks, bs)
+        k = _gather(k_pool, dec.blocks, bs)[:, :, : dec.width]  # (B, Hkv, C, hd)
+        v = _gather(v_pool, dec.blocks, bs)[:, :, : dec.width]
         k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
         o = _attend(q, k, v, dec.mask(window), scale, softcap)  # (B, Hq, 1, hd)
         out[0, dec.tokens] = o[:, :, 0]

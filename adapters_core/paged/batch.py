@@ -24,7 +24,8 @@ from .plan import VIRTUAL, SeqChunk, StepPlan
 
 @dataclass
 class Decode:
-    """The one-token chunks. B rows; `blocks` (B, nb) each row's blocks (scratch 0 past its table), C = nb · bs."""
+    """The one-token chunks. B rows; `blocks` (B, nb) each row's blocks (scratch 0 past its table); C = the
+    longest row's length (the gathered blocks are cut there)."""
 
     tokens: torch.Tensor  # (B,) indices in the packed stream
     blocks: torch.Tensor  # (B, nb)
@@ -180,7 +181,7 @@ def build(
         decode = Decode(
             tokens=torch.tensor([starts[i] for i in dec_rows], dtype=torch.long, device=device),
             blocks=_blocks([chunks[i].block_table for i in dec_rows], lengths, bs, device),
-            width=-(-max(lengths) // bs) * bs,
+            width=max(lengths),
             lengths=torch.tensor(lengths, dtype=torch.long, device=device),
             prefix=[prefix[i] for i in dec_rows],
             prefix_slots=prefix_slots,

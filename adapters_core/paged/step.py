@@ -28,8 +28,8 @@ class PagedState:
     def __init__(self) -> None:
         self.pool: KVPool | None = None
         self.cell: list[StepCache | None] = [None]  # shared by every marked attention module
-        self.marked = False
         self.support: str | bool | None = False  # False: not probed yet
+        self.logits_to_keep: bool | None = None  # whether the model's forward takes it (looked up once)
 
 
 def mark_attention_modules(model: torch.nn.Module, cell: list[Any]) -> None:
@@ -93,7 +93,9 @@ def run(
         probe.append(cache)
     keep = batch.logit_tokens or [batch.num_tokens - 1]
     call: dict[str, Any] = {"position_ids": batch.position_ids, "cache": cache, "use_cache": True}
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+    if state.logits_to_keep is None:
+        state.logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+    if state.logits_to_keep:
         call["logits_to_keep"] = torch.tensor(keep, dtype=torch.long, device=device)
     state.cell[0] = cache
     try:

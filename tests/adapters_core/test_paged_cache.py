@@ -151,3 +151,22 @@ def test_block_bytes_and_stream_prefix() -> None:
     assert model.kv_block_bytes(16) == 2 * 16 * 4 * sum(h * d for h, d in heads)  # float32, K and V
     assert model.reserved_blocks == 1
     assert model.stream_prefix_length(None) == 0
+
+
+@torch.no_grad()
+def test_a_row_reuses_another_rows_full_prefix_blocks() -> None:
+    """Prefix caching's model side: a row whose table starts with another row's full blocks (same adapter, same
+    tokens) prefills only the rest (start = cached positions) and gets the logits of its whole prompt alone."""
+    model = _model()
+    model.init_kv_cache(num_blocks=16, block_size=BS)
+    shared = _prompt(8, seed=3)  # two full blocks
+    first, second = shared + _prompt(3, seed=4), shared + _prompt(5, seed=5)
+    model.paged_step(StepPlan([SeqChunk(0, None, first, 0, [6, 2, 9])]))
+    got = model.paged_step(StepPlan([SeqChunk(1, None, second[8:], 8, [6, 2, 4, 11])]))[0]
+    base = FAMILIES["llama"].build()
+    want = base(input_ids=torch.tensor([second])).logits[0, -1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    alone = model.paged_step(StepPlan([SeqChunk(2, None, second[8:], 8, [5, 7, 4, 11])]))[
+        0
+    ]  # blocks 5, 7 empty
+    assert not torch.allclose(alone, want, atol=1e-3)  # so the reused blocks really carried the prefix
