@@ -25,6 +25,9 @@ from .batch import Decode, Prefill
 from .kv_cache import StepCache
 
 NAME = "swapyard_paged"
+# Decode rows whose streams are longer than this attend tile by tile (online softmax), so that a step's transient
+# gather is at most rows × KEY_TILE keys per layer whatever the context length.
+KEY_TILE = 1024
 MARK = (
     "_swapyard_paged"  # attribute of every attention module: a one-element list holding the running StepCache
 )
@@ -79,6 +82,52 @@ def _with_prefix(
     return torch.cat([pk, keys], dim=2), torch.cat([pv, values], dim=2)
 
 
+def _decode_tiled(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    dec: Decode,
+    layer: int,
+    cache: StepCache,
+    window: int | None,
+    scale: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Decode attention over KEY_TILE keys at a time, merged with a running max and sum (online softmax).
+    q (B, Hq, 1, hd) -> (B, Hq, hd)."""
+    rows, hq, _, hd = q.shape
+    bs = cache.pool.block_size
+    hkv = k_pool.shape[0]
+    qg = q.view(rows, hkv, hq // hkv, hd)  # query head h uses key/value head h // group
+    peak = qg.new_full((rows, hkv, hq // hkv, 1), float("-inf"))
+    total = qg.new_zeros(rows, hkv, hq // hkv, 1)
+    acc = qg.new_zeros(rows, hkv, hq // hkv, hd)
+    tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    if max(dec.prefix):
+        empty = qg.new_zeros(rows, hkv, 0, hd)
+        pk, pv = _with_prefix(empty, empty, dec.prefix_slots, dec.prefix, layer, cache)
+        tiles.append((pk, pv, dec.prefix_mask(window)))
+    per_tile = max(1, KEY_TILE // bs)
+    for first in range(0, dec.blocks.shape[1], per_tile):
+        blocks = dec.blocks[:, first : first + per_tile]
+        k, v = _gather(k_pool, blocks, bs), _gather(v_pool, blocks, bs)
+        tiles.append((k, v, dec.stream_mask(window, first * bs, k.shape[2])))
+        for k, v, mask in tiles:
+            scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # (B, Hkv, g, w)
+            if softcap is not None:
+                scores = torch.tanh(scores / softcap) * softcap
+            scores = scores.masked_fill(~mask, float("-inf"))
+            new_peak = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
+            safe = torch.where(torch.isinf(new_peak), 0.0, new_peak)  # a tile no key of the row is in
+            weights = torch.exp(scores - safe)
+            keep = torch.exp(torch.where(torch.isinf(peak), float("-inf"), peak - safe))
+            total = total * keep + weights.sum(dim=-1, keepdim=True)
+            acc = acc * keep + torch.matmul(weights, v)
+            peak = new_peak
+        tiles.clear()
+    return (acc / total).reshape(rows, hq, hd)
+
+
 def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -108,6 +157,10 @@ def paged_attention(
     dec: Decode | None = batch.decode
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
+        if dec.width > KEY_TILE:
+            out[0, dec.tokens] = _decode_tiled(q, k_pool, v_pool, dec, layer, cache, window, scale, softcap)
+            dec = None
+    if dec is not None:
         k = _gather(k_pool, dec.blocks, bs)[:, :, : dec.width]  # (B, Hkv, C, hd)
         v = _gather(v_pool, dec.blocks, bs)[:, :, : dec.width]
         k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)

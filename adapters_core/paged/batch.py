@@ -55,6 +55,28 @@ class Decode:
             self._masks[window] = None if bool(visible.all()) else visible[:, None, None]
         return self._masks[window]
 
+    def _query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.tensor(self.prefix, dtype=torch.long, device=self.blocks.device)[:, None]
+        return m, m + self.lengths[:, None] - 1  # (B, 1) prefix lengths, extended query positions
+
+    def stream_mask(self, window: int | None, first: int, width: int) -> torch.Tensor:
+        """(B, 1, 1, width) bool for stream columns [first, first + width) (tiled decode)."""
+        m, query = self._query()
+        cols = first + torch.arange(width, device=self.blocks.device)[None]
+        visible = cols < self.lengths[:, None]
+        if window is not None:
+            visible &= query - (m + cols) < window
+        return visible[:, None, None]
+
+    def prefix_mask(self, window: int | None) -> torch.Tensor:
+        """(B, 1, 1, M) bool for the prefix columns (tiled decode)."""
+        m, query = self._query()
+        cols = torch.arange(max(self.prefix), device=self.blocks.device)[None]
+        visible = cols < m
+        if window is not None:
+            visible &= query - cols < window
+        return visible[:, None, None]
+
 
 @dataclass
 class Prefill:

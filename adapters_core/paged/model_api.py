@@ -41,6 +41,10 @@ def _dtype(model: Any) -> torch.dtype:
 def support(model: Any) -> str | None:
     state = _state(model)
     if state.support is False:
+        if (
+            model._holder.current is not None
+        ):  # the probe runs a step: never cache a "no" that only means "busy"
+            raise RuntimeError("paged_support() was called during a forward; call it between steps.")
         state.support = _why_not(model, state)
     return state.support  # type: ignore[return-value]
 

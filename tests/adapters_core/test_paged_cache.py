@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adapters_core.errors import AdapterNotFoundError, UnsupportedError
 from adapters_core.multi import MultiAdapterModel
-from adapters_core.paged import VIRTUAL, SeqChunk, StepPlan
+from adapters_core.paged import VIRTUAL, SeqChunk, StepPlan, attention
 
 BS = 4
 
@@ -56,6 +56,7 @@ class _Retained(TorchDispatchMode):
         super().__init__()
         self.alive: list[tuple[weakref.ref, int]] = []
         self.allocated = 0
+        self.peak = 0  # the most bytes of tracked tensors alive at once
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -69,6 +70,7 @@ class _Retained(TorchDispatchMode):
                 nbytes = t.untyped_storage().nbytes()
                 self.allocated += nbytes
                 self.alive.append((weakref.ref(t), nbytes))
+                self.peak = max(self.peak, self.retained())
         return out
 
     def retained(self) -> int:
@@ -100,6 +102,30 @@ def test_decode_step_retains_no_memory_that_grows_with_context() -> None:
     assert paged[0] == paged[1], paged  # nothing per step grows with the context: the pool is preallocated
     padded = [_decode_retains(n, paged=False) for n in (32, 256)]
     assert padded[1] > padded[0]  # the padded path's DynamicCache re-allocates its whole cache every step
+
+
+@torch.no_grad()
+def _decode_peak(context: int) -> int:
+    """Peak bytes a paged decode step of 4 rows at `context` tokens has alive at once."""
+    model = _model()
+    per_row = context // BS + 1
+    model.init_kv_cache(num_blocks=4 * per_row + 1, block_size=BS)
+    tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(4)]
+    model.paged_step(StepPlan([SeqChunk(r, None, _prompt(context, r), 0, tables[r]) for r in range(4)]))
+    with _Retained() as mode:
+        model.paged_step(StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(4)]))
+    return mode.peak
+
+
+def test_decode_step_peak_memory_is_bounded_by_the_key_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long streams attend tile by tile: the transient gather does not grow with the context (one layer's keys
+    and values of 4 rows at 512 tokens would be 4·2·512·8·4·2 = 262 KB; the growth must stay far below)."""
+    one_layer = 4 * 2 * 512 * 8 * 4 * 2
+    monkeypatch.setattr(attention, "KEY_TILE", 32)
+    tiled = _decode_peak(512) - _decode_peak(64)
+    assert tiled < one_layer // 4, tiled
+    monkeypatch.setattr(attention, "KEY_TILE", 1 << 20)  # one gather of the whole stream: the measure sees it
+    assert _decode_peak(512) - _decode_peak(64) > one_layer // 2
 
 
 @pytest.fixture(scope="module")

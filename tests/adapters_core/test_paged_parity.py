@@ -12,6 +12,8 @@ import torch
 from arch_configs import FAMILIES, VOCAB
 from paged_helpers import MiniEngine, Oracles
 
+from adapters_core.paged import attention
+
 TOL = 1e-4
 NEW = 4
 METHODS = ("LoRA", "DoRA", "AdaLoRA", "IA3", "prompt tuning", "P-tuning", "prefix tuning")
@@ -31,6 +33,22 @@ def test_paged_support_says_which_families(oracles: Oracles) -> None:
 
 @torch.no_grad()
 def test_packed_steps_equal_peft_per_row(oracles: Oracles) -> None:
+    _run_and_compare(oracles)
+
+
+@torch.no_grad()
+def test_tiled_decode_attention_equals_peft(oracles: Oracles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode rows longer than KEY_TILE attend tile by tile (online softmax): with tiles of 4 keys every decode
+    step of every row runs that path, prefixes, sliding windows and softcapping included."""
+    if oracles.fam.name not in ("llama", "mistral", "gemma2"):
+        pytest.skip(
+            "the tiled path is checked on a full-attention, a sliding-window and a softcapping family"
+        )
+    monkeypatch.setattr(attention, "KEY_TILE", 4)
+    _run_and_compare(oracles)
+
+
+def _run_and_compare(oracles: Oracles) -> None:
     names: list[str | None] = [*oracles.methods, None, "LoRA", "prefix tuning", None]
     random.Random(1).shuffle(names)
     g = torch.Generator().manual_seed(2)
