@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         command=shlex.join(["swapyard", "bench", *argv]),
     )
+    # SIGTERM (a background job cannot be interrupted with Ctrl-C) unwinds like an error, so the servers stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = run(preset, options)
     except (RuntimeError, ValueError, OSError) as exc:
