@@ -1,7 +1,8 @@
 """`swapyard bench`: the serving benchmark (S-LoRA's workload) against base-only, merged and a PEFT server.
 
     swapyard bench --preset cpu-small [--out DIR] [--seed N] [--alpha A] [--cv CV] [--prompts-file F.jsonl]
-    swapyard bench --preset s-lora-7b --plan-only    # what it would run and need; exit 2 if this machine can't
+    swapyard bench --preset s-lora-7b --plan-only    # what it would run and what it needs, nothing run
+    swapyard bench --preset cpu-small --from-results DIR/results.json   # goals, table, plots again
 
 Writes DIR/results.json (every request's token times), DIR/results.md (the table and the goals) and PNG
 plots; prints the table at the end. Exit status: 0 done, 2 bad flags or a machine that cannot run the
@@ -14,12 +15,15 @@ import argparse
 import dataclasses
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .presets import PRESETS, check_machine, plan_bytes
-from .runner import Options, render_markdown, run
+from .plots import write_plots
+from .presets import PRESETS, Preset, check_machine, plan_bytes
+from .report import evaluate_goals
+from .runner import Options, goals_of, render_markdown, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plan-only", action="store_true", help="print the plan and the machine check, run nothing"
     )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: redo the goals, results.md and the plots of an earlier run (next to the file)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -68,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"swapyard bench: {exc}", file=sys.stderr)
         return 2
+    if args.from_results is not None:
+        return rerender(args.from_results, preset)
     out = args.out or Path("bench_results") / preset.name
     workdir = args.workdir
     problems = check_machine(preset, workdir or Path(_tempdir()))
@@ -94,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         command=shlex.join(["swapyard", "bench", *argv]),
     )
+    # SIGTERM (a background job cannot be interrupted with Ctrl-C) unwinds like an error, so the servers stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = run(preset, options)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -101,6 +115,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(render_markdown(result))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+
+
+def rerender(path: Path, preset: Preset) -> int:
+    """The goals, results.md and plots of a results.json again (e.g. after the report code changed)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"swapyard bench: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if result.get("preset") != preset.name:
+        print(
+            f"swapyard bench: {path} is a {result.get('preset')!r} run; pass --preset {result.get('preset')}",
+            file=sys.stderr,
+        )
+        return 2
+    out = path.parent
+    result["goals"] = evaluate_goals(goals_of(preset), result["cells"])
+    plots = write_plots(result["cells"], out, preset.headline_adapters, preset.headline_factor)
+    result["plots"] = [str(p) for p in plots]
+    path.write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(render_markdown(result))
+    print(render_markdown(result))
     return 0
 
 

@@ -65,7 +65,8 @@ def throughput_vs_adapters(
         else:
             mean = sum(c["summary"]["throughput_rps"] for c in points) / len(points)
             ax.axhline(mean, color=color, linestyle="--", label=f"{system} (no adapter)")
-    ax.axhline(ours[0]["rate"], color="black", linestyle=":", linewidth=1, label="arrival rate")
+    offered = ours[0].get("offered_rps") or ours[0]["rate"]
+    ax.axhline(offered, color="black", linestyle=":", linewidth=1, label="offered load (this trace)")
     ax.set_xscale("log")
     ax.set_xlabel("adapters")
     ax.set_ylabel("throughput (requests/s)")

@@ -118,12 +118,13 @@ PRESETS: dict[str, Preset] = {
         ranks=(8, 16, 32, 64),
         targets=("q_proj", "v_proj"),
         settings=(
+            # most important first: the time budget cuts from the end
             Setting(100, 0.8, _HEADLINE),
             Setting(1000, 0.8, ("swapyard", "base-only")),
+            Setting(100, 1.0, ("peft-baseline", "swapyard"), mode="closed"),
             Setting(10, 0.8, ("swapyard",)),
             Setting(100, 0.4, ("base-only", "swapyard", "peft-baseline")),
             Setting(100, 1.2, ("swapyard", "base-only")),
-            Setting(100, 1.0, ("swapyard", "peft-baseline"), mode="closed"),
         ),
         headline_adapters=100,
         headline_factor=0.8,
@@ -136,18 +137,20 @@ PRESETS: dict[str, Preset] = {
         concurrency=8,
         calibration_requests=24,
         max_batch_size=32,
-        time_budget_s=210.0,  # measurements; files and server start-up come on top (~1 minute, 2 cores)
-        # 1,000 adapters of ~1 MiB: a 128 MiB device budget and 256 MiB of host cache keep most of them on
-        # disk or in host memory, as the 1,000-adapter goal asks.
+        time_budget_s=240.0,  # measurements; files and server start-up come on top (~1 minute, 2 cores)
+        # Adapters average ~0.95 MiB (rank 64: 2 MiB). The first 100 are loaded at start-up and fit the device
+        # budget, as the PEFT baseline holds its 100 in memory: the 100-adapter settings compare warm with
+        # warm. Of 1,000, the other 900 stay on disk or in the 256 MiB host cache until asked for, as the
+        # issue's 1,000-adapter goal asks.
         swapyard_flags=(
             "--max-adapters",
-            "64",
+            "128",
             "--adapter-device-bytes",
             str(128 << 20),
             "--adapter-host-bytes",
             str(256 << 20),
             "--preload-adapters",
-            "0",
+            "100",
         ),
     ),
     "s-lora-7b": Preset(

@@ -94,3 +94,31 @@ def test_every_preset_measures_what_its_goals_compare(name: str) -> None:
         assert set(setting.systems) <= set(SYSTEMS)
         if "peft-baseline" in setting.systems:  # the baseline loads only the first peft_adapters
             assert setting.n_adapters <= preset.peft_adapters
+
+
+def test_from_results_redoes_goals_table_and_plots_without_measuring(tmp_path, capsys) -> None:
+    from test_plots import cell  # the plots' synthetic cells
+
+    cells = []
+    for system, scale in (("swapyard", 0.05), ("base-only", 0.04), ("merged", 0.04), ("peft-baseline", 0.2)):
+        c = cell(system, 3, 0.8, scale)
+        cells.append({**c, "setting": "N=3 0.8x"})
+    path = tmp_path / "results.json"
+    path.write_text(
+        json.dumps(
+            {
+                "preset": "micro",
+                "command": "x",
+                "started_utc": "t",
+                "cells": cells,
+                "machine": {"platform": "p", "cpus": 2, "torch": "t"},
+            }
+        )
+    )
+    assert main(["--preset", "micro", "--from-results", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert [g["met"] is not None for g in result["goals"]] == [True] * 4
+    assert "| N=3 0.8x | peft-baseline | 8/8 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "latency_cdf.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert main(["--preset", "cpu-small", "--from-results", str(path)]) == 2
+    assert "is a 'micro' run; pass --preset micro" in capsys.readouterr().err
