@@ -35,7 +35,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.timeout(3600)  # a first build downloads and installs torch; the demo builds on first start
+@pytest.mark.timeout(5400)  # a first build downloads and installs torch; the demo builds on first start
 def test_image_and_compose_stack_smoke(tmp_path: Path) -> None:
     args = shlex.split(os.environ.get("SWAPYARD_SMOKE_ARGS", ""))
     env = {**os.environ, "SMOKE_OUT": str(tmp_path)}
