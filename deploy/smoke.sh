@@ -91,8 +91,9 @@ WHEELS_PID=""
 cleanup() {
   [ -z "$WHEELS_PID" ] || kill "$WHEELS_PID" 2>/dev/null || true
   if [ "$KEEP" = 0 ]; then
-    docker rm -f "$NAME" >/dev/null 2>&1 || true
-    "${COMPOSE[@]}" down >/dev/null 2>&1 || true
+    docker rm -f -v "$NAME" >/dev/null 2>&1 || true # -v: the image's anonymous /data/adapters volume too
+    "${COMPOSE[@]}" rm -f -s -v >/dev/null 2>&1 || true
+    "${COMPOSE[@]}" down >/dev/null 2>&1 || true # not -v: the cache volume is removed below, or kept
     docker volume rm -f "$UPLOADS_VOLUME" "${PROJECT}_prometheus" "${PROJECT}_grafana" >/dev/null 2>&1 || true
     [ "$REUSE_CACHE" = 1 ] || docker volume rm -f "$CACHE_VOLUME" >/dev/null 2>&1 || true
   fi
@@ -147,7 +148,8 @@ run_server() { # a container of the image on the smoke volumes, admin routes and
 }
 
 # -- 1. build ------------------------------------------------------------------------------------------------
-docker rm -f "$NAME" >/dev/null 2>&1 || true
+docker rm -f -v "$NAME" >/dev/null 2>&1 || true
+"${COMPOSE[@]}" rm -f -s -v >/dev/null 2>&1 || true
 "${COMPOSE[@]}" down >/dev/null 2>&1 || true
 docker volume rm -f "$UPLOADS_VOLUME" >/dev/null 2>&1 || true
 [ "$REUSE_CACHE" = 1 ] || docker volume rm -f "$CACHE_VOLUME" >/dev/null 2>&1 || true
@@ -290,7 +292,7 @@ docker logs "$NAME" 2>&1 | grep -q 'SIGTERM: draining 1 request' || fail "the lo
 note "SIGTERM: /ready 503, the in-flight request answered in full, then exit ($code)"
 
 # -- 5. a new container on the same volumes: cold start with the demo cached ----------------------------------
-docker rm "$NAME" >/dev/null
+docker rm -v "$NAME" >/dev/null
 start_ns=$(date +%s%N)
 run_server
 wait_ready "$NAME" 300
@@ -301,7 +303,7 @@ call 200 GET /v1/adapters/mine -H "Authorization: Bearer $ADMIN_KEY"
 [ "$(generate mine "Hello!")" = "$french" ] || fail "the upload answers differently after the restart"
 note "cold start (container start to /ready, demo cached): $((cold_ms / 1000)).$(printf '%03d' $((cold_ms % 1000))) s"
 note "restart: demo build and upload 'mine' kept by the volumes"
-docker rm -f "$NAME" >/dev/null
+docker rm -f -v "$NAME" >/dev/null
 
 # -- 6. docker compose with Prometheus --------------------------------------------------------------------------
 export SWAPYARD_HOST_PORT=$PORT PROMETHEUS_HOST_PORT=$PROMETHEUS_PORT PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
