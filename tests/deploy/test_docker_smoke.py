@@ -44,6 +44,7 @@ def test_image_and_compose_stack_smoke(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"deploy/smoke.sh failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     summary = (tmp_path / "summary.txt").read_text()
+    print(summary)  # sizes and timings: shown with -rP or -s
     for step in (
         "image size",
         "runs as uid",
