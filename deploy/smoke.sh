@@ -70,11 +70,12 @@ SUMMARY=()
 if docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null; then
-  COMPOSE=(docker-compose)
+  COMPOSE=(docker-compose) # Compose v1 (Debian's docker-compose) runs the file too
 else
   echo "smoke.sh: needs docker compose (the plugin) or docker-compose" >&2
   exit 2
 fi
+COMPOSE_VERSION="${COMPOSE[*]} $("${COMPOSE[@]}" version --short)"
 COMPOSE+=(-f deploy/docker-compose.yml -p "$PROJECT")
 
 say() { printf '[%4ds] %s\n' "$((SECONDS - T0))" "$*"; }
@@ -326,7 +327,7 @@ while [ $SECONDS -lt $until ]; do
   sleep 2
 done
 [ "$series" -gt 0 ] && [ "${requests%.*}" -ge 4 ] || fail "Prometheus holds no swapyard_ series after traffic"
-note "compose: swapyard healthy, Prometheus holds $series swapyard_ metric names, $requests requests counted"
+note "compose ($COMPOSE_VERSION): swapyard healthy, Prometheus holds $series swapyard_ metric names, $requests requests counted"
 
 say "PASS in $((SECONDS - T0)) s"
 printf '%s\n' "${SUMMARY[@]}" | sed 's/^/  /'
