@@ -8,6 +8,7 @@
 # Needs root, mmdebstrap and a Docker engine. Each image is skipped when its tag already exists. The host's own
 # extra CA certificates (/usr/local/share/ca-certificates) go into the Python base, so that pip inside a build
 # trusts what the host trusts (a proxy that re-signs TLS, say).
+# shellcheck disable=SC2016  # the hooks' "$1" is mmdebstrap's (the root being built): single quotes
 set -euo pipefail
 PYTHON_TAG="${1:-local/python:3.11-bookworm}"
 PROMETHEUS_TAG="${2:-local/prometheus:bookworm}"
