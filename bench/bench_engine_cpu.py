@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ def workload(seed: int = 0) -> tuple[list[list[int]], list[str | None]]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(16, 401, (ROWS,), generator=g).tolist()
     prompts = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
-    names: list[str | None] = [([None] + ADAPTERS)[i % (len(ADAPTERS) + 1)] for i in range(ROWS)]
+    names: list[str | None] = [[None, *ADAPTERS][i % (len(ADAPTERS) + 1)] for i in range(ROWS)]
     return prompts, names
 
 
@@ -139,7 +141,7 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
         run = Run()
         record_steps(engine, run)
 
-        async def go() -> tuple[float, float, list[int]]:
+        async def go(engine: Any = engine, run: Run = run) -> tuple[float, float, list[int]]:
             rows = [await submit(engine, p, ADAPTERS[i % 4], 120) for i, p in enumerate(short)]
             ids = [h.id for h, _ in rows]
             while sum(1 for _, hs, *_ in run.steps if ids[0] in hs) < 40:
@@ -156,12 +158,12 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
         steady, admit = [], []
         for hid in ids:
             times = [t for t, hs, *_ in run.steps if hid in hs]
-            for a, b in zip(times[5:], times[6:]):  # the first steps admit the 8 rows themselves
+            for a, b in itertools.pairwise(times[5:]):  # the first steps admit the 8 rows themselves
                 if b <= t_submit:
                     steady.append(b - a)
                 elif a < first:  # the gap overlaps the long prompt's admission (up to its first token)
                     admit.append(b - a)
-        out[label] = (p99(steady), p99(admit), max(admit), len(admit))
+        out[label] = (statistics.median(steady), p99(steady), p99(admit), max(admit), len(admit))
     return out
 
 
@@ -175,6 +177,12 @@ class AllocCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.by_op: dict[str, int] = defaultdict(int)
+        self.created: list[tuple[weakref.ref[torch.Tensor], int]] = []
+        self.alive = 0
+
+    def retained(self) -> int:
+        """Bytes of the tensors created under the mode that are still alive (kept by the model's state)."""
+        return sum(n for ref, n in self.created if ref() is not None)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -187,11 +195,12 @@ class AllocCounter(TorchDispatchMode):
                 if ptr not in seen:
                     seen.add(ptr)
                     self.by_op[func.__name__] += t.untyped_storage().nbytes()
+                    self.created.append((weakref.ref(t), t.untyped_storage().nbytes()))
         return out
 
 
 @torch.no_grad()
-def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> dict[str, dict[str, int]]:
+def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> dict[str, AllocCounter]:
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(4, VOCAB, (context,), generator=g).tolist() for _ in range(rows)]
     model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
@@ -202,12 +211,35 @@ def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> 
     nxt = out.argmax(-1).tolist()
     paged = AllocCounter()
     with paged:
-        model.paged_step(StepPlan([SeqChunk(r, None, [nxt[r]], context, tables[r]) for r in range(rows)]))
+        kept: Any = model.paged_step(
+            StepPlan([SeqChunk(r, None, [nxt[r]], context, tables[r]) for r in range(rows)])
+        )
+    paged.alive = paged.retained()  # while the step's results are held, as the engine holds them
     logits, state = model.prefill(prompts, [None] * rows)
     padded = AllocCounter()
     with padded:
-        model.decode(state, logits.argmax(-1))
-    return {"paged": dict(paged.by_op), "padded": dict(padded.by_op)}
+        kept = model.decode(state, logits.argmax(-1))
+    padded.alive = padded.retained()
+    del kept
+    return {"paged": paged, "padded": padded}
+
+
+def profile(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict) -> None:
+    """Where the paged engine's time goes: the throughput workload once, torch ops of every thread."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    prompts, names = workload()
+    engine = make_engine(base_dir, adapters, max_batch_tokens=512)
+    loop.run_until_complete(start(engine))
+    loop.run_until_complete(serve(engine, prompts, names, NEW))  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        loop.run_until_complete(serve(engine, prompts, names, NEW))
+        wall = time.perf_counter() - t0
+    engine.stop()
+    print(f"\n## profile of one paged serve (mbt 512): {wall:.2f} s wall")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main() -> None:
@@ -219,6 +251,9 @@ def main() -> None:
     )
     ap.add_argument("--itl-mbt", type=int, nargs="+", default=[128, 256, 2048])
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "itl", "alloc"])
+    ap.add_argument(
+        "--profile", action="store_true", help="also: one paged serve (mbt 512) under torch.profiler"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loop = asyncio.new_event_loop()
@@ -255,18 +290,25 @@ def main() -> None:
         if "itl" not in args.skip:
             print("\n## inter-token latency of 8 running rows while a 1,500-token prompt is admitted")
             print(
-                "| system | steady p99 ms | admission p99 ms | admission max ms | gaps | ratio |\n|---|---|---|---|---|---|"
+                "| system | steady median ms | steady p99 ms | admission p99 ms | admission max ms | gaps | p99 ratio |"
             )
-            for k, (s, a, m, n) in itl(loop, base_dir, adapters, args).items():
-                print(f"| {k} | {s * 1e3:.1f} | {a * 1e3:.1f} | {m * 1e3:.1f} | {n} | {a / s:.2f}x |")
+            print("|---|---|---|---|---|---|---|")
+            for k, (m50, s, a, m, n) in itl(loop, base_dir, adapters, args).items():
+                print(
+                    f"| {k} | {m50 * 1e3:.1f} | {s * 1e3:.1f} | {a * 1e3:.1f} | {m * 1e3:.1f} | {n} | {a / s:.2f}x |"
+                )
+        if args.profile:
+            profile(loop, base_dir, adapters)
         if "alloc" not in args.skip:
             print("\n## bytes allocated by one decode step (4 rows)")
-            print("| context | path | total MiB | largest ops |\n|---|---|---|---|")
+            print("| context | path | allocated MiB | still alive after the step MiB | largest ops MiB |")
+            print("|---|---|---|---|---|")
             for ctx in (256, 2048):
-                for path, ops in step_bytes(base_dir, ctx).items():
+                for path, counter in step_bytes(base_dir, ctx).items():
+                    ops = counter.by_op
                     top = sorted(ops.items(), key=lambda kv: -kv[1])[:3]
                     print(
-                        f"| {ctx} | {path} | {sum(ops.values()) / 2**20:.2f} | "
+                        f"| {ctx} | {path} | {sum(ops.values()) / 2**20:.2f} | {counter.alive / 2**20:.2f} | "
                         + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in top)
                         + " |"
                     )
