@@ -225,21 +225,28 @@ def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> 
 
 
 def profile(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict) -> None:
-    """Where the paged engine's time goes: the throughput workload once, torch ops of every thread."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+    """Where the paged engine's time goes: the throughput workload once, cProfile of the engine thread's steps."""
+    import cProfile
+    import io
+    import pstats
 
     prompts, names = workload()
     engine = make_engine(base_dir, adapters, max_batch_tokens=512)
     loop.run_until_complete(start(engine))
     loop.run_until_complete(serve(engine, prompts, names, NEW))  # warm-up
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        loop.run_until_complete(serve(engine, prompts, names, NEW))
-        wall = time.perf_counter() - t0
+    prof = cProfile.Profile()
+    step = engine.step
+    engine.step = lambda: prof.runcall(step)  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    loop.run_until_complete(serve(engine, prompts, names, NEW))
+    wall = time.perf_counter() - t0
     engine.stop()
-    print(f"\n## profile of one paged serve (mbt 512): {wall:.2f} s wall")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(18)
+    stats.sort_stats("tottime").print_stats(12)
+    print(f"\n## profile of one paged serve (mbt 512, engine thread): {wall:.2f} s wall")
+    print(out.getvalue())
 
 
 def main() -> None:
