@@ -1,0 +1,325 @@
+"""Issue 16's engine numbers on this CPU, side by side in one run (interleaved repetitions, medians).
+
+1. throughput: 32 concurrent requests (prompts of 16-400 tokens, rows spread over the base and 4 LoRA
+   adapters), 32 new greedy tokens each (EOS ignored), served in process through `Engine.submit_generate` by
+   the engine on the paged path at several `--max-batch-tokens`, by the same engine forced onto the padded
+   path, and by transformers' static batched `generate` (left padding) through PEFT's mixed batch
+   (`adapter_names`); base-only `generate` for scale. Every system's tokens are checked equal.
+2. inter-token latency of running rows while a 1,500-token prompt is admitted (step times from the engine's
+   emit stage): p99 during its admission vs steady p99.
+3. bytes allocated by one decode step at 256 and 2,048 tokens of context (a TorchDispatchMode counting the
+   storages each op creates), paged step vs padded step.
+4. KV memory of the 32 mixed rows: blocks used x block bytes vs their real tokens' KV, vs N x longest.
+
+    .venv/bin/python bench/bench_engine_cpu.py --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import tempfile
+import time
+import weakref
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as tf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged import SeqChunk, StepPlan
+from bench.engine_setup import (
+    ADAPTERS,
+    VOCAB,
+    Run,
+    make_engine,
+    record_steps,
+    serve,
+    start,
+    submit,
+    write_base_and_adapters,
+)
+
+ROWS, NEW = 32, 32
+
+
+def workload(seed: int = 0) -> tuple[list[list[int]], list[str | None]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(16, 401, (ROWS,), generator=g).tolist()
+    prompts = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    names: list[str | None] = [[None, *ADAPTERS][i % (len(ADAPTERS) + 1)] for i in range(ROWS)]
+    return prompts, names
+
+
+@torch.no_grad()
+def hf_generate(model: Any, prompts: list[list[int]], names: list[str | None] | None) -> tuple[float, list]:
+    """transformers' batched generate, static batch, left padding; `names`: PEFT mixed batch."""
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    extra = {} if names is None else {"adapter_names": [n or "__base__" for n in names]}
+    gen = tf.GenerationConfig(
+        max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    t0 = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)
+    wall = time.perf_counter() - t0
+    return wall, out[:, width:].tolist()
+
+
+def throughput(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: Any) -> dict:
+    import peft
+
+    prompts, names = workload()
+    systems: dict[str, Any] = {
+        f"paged mbt={m}": make_engine(base_dir, adapters, max_batch_tokens=m) for m in args.mbt
+    }
+    systems["padded (today)"] = make_engine(base_dir, adapters, max_batch_tokens=512, padded=True)
+    for label, engine in systems.items():
+        loop.run_until_complete(start(engine))
+        assert engine.paged == label.startswith("paged"), engine.padded_reason
+    peft_model = peft.PeftModel.from_pretrained(
+        tf.AutoModelForCausalLM.from_pretrained(base_dir), str(adapters["a0"]), adapter_name="a0"
+    ).eval()
+    for name in ADAPTERS[1:]:
+        peft_model.load_adapter(str(adapters[name]), adapter_name=name)
+    base_model = tf.AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    walls: dict[str, list[float]] = defaultdict(list)
+    tokens: dict[str, list] = {}
+    runs: dict[str, Run] = {}
+    for rep in range(args.reps + 1):  # the first repetition warms up and is dropped
+        for label, engine in systems.items():
+            run = loop.run_until_complete(serve(engine, prompts, names, NEW))
+            walls[label].append(run.wall)
+            tokens[label], runs[label] = run.tokens, run
+        for label, model, mixed in [
+            ("generate PEFT mixed", peft_model, names),
+            ("generate base only", base_model, None),
+        ]:
+            wall, toks = hf_generate(model, prompts, mixed)
+            walls[label].append(wall)
+            tokens[label] = toks
+        print(f"rep {rep}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in walls.items()), flush=True)
+    for engine in systems.values():
+        engine.stop()
+    # the engine rows on the base model must equal base-only generate; all rows must equal PEFT's mixed batch
+    ref = tokens["generate PEFT mixed"]
+    same = {k: sum(a == b for a, b in zip(v, ref)) for k, v in tokens.items() if k != "generate base only"}
+    base_rows = [r for r, n in enumerate(names) if n is None]
+    same["base rows == generate base only"] = sum(
+        tokens["generate base only"][r] == ref[r] for r in base_rows
+    )
+    med = {k: statistics.median(v[1:]) for k, v in walls.items()}
+    return {
+        "median_wall": med,
+        "same_tokens": same,
+        "base_rows": len(base_rows),
+        "runs": runs,
+        "lengths": list(map(len, prompts)),
+    }
+
+
+def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: Any) -> dict:
+    """8 running rows (prompts of 64 tokens) decode; after 40 steady tokens a 1,500-token prompt arrives."""
+    g = torch.Generator().manual_seed(1)
+    short = [torch.randint(4, VOCAB, (64,), generator=g).tolist() for _ in range(8)]
+    long = torch.randint(4, VOCAB, (1500,), generator=g).tolist()
+    out = {}
+    configs = [(f"paged mbt={m}", m, False) for m in args.itl_mbt] + [("padded (today)", 512, True)]
+    for label, mbt, padded in configs:
+        engine = make_engine(base_dir, adapters, max_batch_tokens=mbt, padded=padded)
+        loop.run_until_complete(start(engine))
+        run = Run()
+        record_steps(engine, run)
+
+        async def go(engine: Any = engine, run: Run = run) -> tuple[float, float, list[int]]:
+            rows = [await submit(engine, p, ADAPTERS[i % 4], 120) for i, p in enumerate(short)]
+            ids = [h.id for h, _ in rows]
+            while sum(1 for _, hs, *_ in run.steps if ids[0] in hs) < 40:
+                await asyncio.sleep(0.01)
+            t_submit = time.perf_counter()
+            h, task = await submit(engine, long, None, 4)
+            await task
+            first = next(t for t, hs, *_ in run.steps if h.id in hs)
+            await asyncio.gather(*(t for _, t in rows))
+            return t_submit, first, ids
+
+        t_submit, first, ids = loop.run_until_complete(go())
+        engine.stop()
+        steady, admit = [], []
+        for hid in ids:
+            times = [t for t, hs, *_ in run.steps if hid in hs]
+            for a, b in itertools.pairwise(times[5:]):  # the first steps admit the 8 rows themselves
+                if b <= t_submit:
+                    steady.append(b - a)
+                elif a < first:  # the gap overlaps the long prompt's admission (up to its first token)
+                    admit.append(b - a)
+        out[label] = (statistics.median(steady), p99(steady), p99(admit), max(admit), len(admit))
+    return out
+
+
+def p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
+
+
+class AllocCounter(TorchDispatchMode):
+    """Bytes of the storages created by each op (outputs not aliasing an input), by op name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: dict[str, int] = defaultdict(int)
+        self.created: list[tuple[weakref.ref[torch.Tensor], int]] = []
+        self.alive = 0
+
+    def retained(self) -> int:
+        """Bytes of the tensors created under the mode that are still alive (kept by the model's state)."""
+        return sum(n for ref, n in self.created if ref() is not None)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        seen = {
+            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in seen:
+                    seen.add(ptr)
+                    self.by_op[func.__name__] += t.untyped_storage().nbytes()
+                    self.created.append((weakref.ref(t), t.untyped_storage().nbytes()))
+        return out
+
+
+@torch.no_grad()
+def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> dict[str, AllocCounter]:
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(4, VOCAB, (context,), generator=g).tolist() for _ in range(rows)]
+    model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
+    per_row = -(-(context + 2) // block)
+    model.init_kv_cache(1 + per_row * rows, block)
+    tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(rows)]
+    out = model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
+    nxt = out.argmax(-1).tolist()
+    paged = AllocCounter()
+    with paged:
+        kept: Any = model.paged_step(
+            StepPlan([SeqChunk(r, None, [nxt[r]], context, tables[r]) for r in range(rows)])
+        )
+    paged.alive = paged.retained()  # while the step's results are held, as the engine holds them
+    logits, state = model.prefill(prompts, [None] * rows)
+    padded = AllocCounter()
+    with padded:
+        kept = model.decode(state, logits.argmax(-1))
+    padded.alive = padded.retained()
+    del kept
+    return {"paged": paged, "padded": padded}
+
+
+def profile(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict) -> None:
+    """Where the paged engine's time goes: the throughput workload once, cProfile of the engine thread's steps."""
+    import cProfile
+    import io
+    import pstats
+
+    prompts, names = workload()
+    engine = make_engine(base_dir, adapters, max_batch_tokens=512)
+    loop.run_until_complete(start(engine))
+    loop.run_until_complete(serve(engine, prompts, names, NEW))  # warm-up
+    prof = cProfile.Profile()
+    step = engine.step
+    engine.step = lambda: prof.runcall(step)  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    loop.run_until_complete(serve(engine, prompts, names, NEW))
+    wall = time.perf_counter() - t0
+    engine.stop()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(18)
+    stats.sort_stats("tottime").print_stats(12)
+    print(f"\n## profile of one paged serve (mbt 512, engine thread): {wall:.2f} s wall")
+    print(out.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--mbt", type=int, nargs="+", default=[256, 512, 2048], help="--max-batch-tokens to serve at"
+    )
+    ap.add_argument("--itl-mbt", type=int, nargs="+", default=[128, 256, 2048])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "itl", "alloc"])
+    ap.add_argument(
+        "--profile", action="store_true", help="also: one paged serve (mbt 512) under torch.profiler"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir, adapters = write_base_and_adapters(Path(tmp))
+        if "throughput" not in args.skip:
+            res = throughput(loop, base_dir, adapters, args)
+            med, toks = res["median_wall"], ROWS * NEW
+            paged = min((v, k) for k, v in med.items() if k.startswith("paged"))
+            print(
+                f"\n## throughput: {ROWS} requests, prompts {min(res['lengths'])}-{max(res['lengths'])} tokens, {NEW} new each"
+            )
+            print("| system | median wall s | tokens/s | best paged / this |\n|---|---|---|---|")
+            for k, v in med.items():
+                print(f"| {k} | {v:.2f} | {toks / v:.0f} | {v / paged[0]:.2f}x |")
+            print(
+                f"identical tokens to PEFT mixed generate (of {ROWS} rows): {res['same_tokens']} (base rows: {res['base_rows']})"
+            )
+            print("\n## KV memory of the 32 mixed rows (peak step of the paged run, mbt=2048)")
+            run = res["runs"][f"paged mbt={max(args.mbt)}"]
+            _, _, used, computed = max(run.steps, key=lambda s: s[2])
+            model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir))
+            block_bytes = model.kv_block_bytes(16)
+            token_bytes = block_bytes // 16
+            longest = max(res["lengths"]) + NEW
+            print(
+                f"blocks used {used} x {block_bytes} B = {used * block_bytes / 2**20:.2f} MiB; real tokens {computed} x {token_bytes} B = "
+                f"{computed * token_bytes / 2**20:.2f} MiB; ratio {used * block_bytes / (computed * token_bytes):.3f}"
+            )
+            print(
+                f"padded (N x longest at the end): {ROWS} x {longest} x {token_bytes} B = {ROWS * longest * token_bytes / 2**20:.2f} MiB; "
+                f"the paged rows' real tokens at the end: {sum(res['lengths']) + ROWS * NEW} -> ratio padded/real {ROWS * longest / (sum(res['lengths']) + ROWS * NEW):.2f}"
+            )
+        if "itl" not in args.skip:
+            print("\n## inter-token latency of 8 running rows while a 1,500-token prompt is admitted")
+            print(
+                "| system | steady median ms | steady p99 ms | admission p99 ms | admission max ms | gaps | p99 ratio |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            for k, (m50, s, a, m, n) in itl(loop, base_dir, adapters, args).items():
+                print(
+                    f"| {k} | {m50 * 1e3:.1f} | {s * 1e3:.1f} | {a * 1e3:.1f} | {m * 1e3:.1f} | {n} | {a / s:.2f}x |"
+                )
+        if args.profile:
+            profile(loop, base_dir, adapters)
+        if "alloc" not in args.skip:
+            print("\n## bytes allocated by one decode step (4 rows)")
+            print("| context | path | allocated MiB | still alive after the step MiB | largest ops MiB |")
+            print("|---|---|---|---|---|")
+            for ctx in (256, 2048):
+                for path, counter in step_bytes(base_dir, ctx).items():
+                    ops = counter.by_op
+                    top = sorted(ops.items(), key=lambda kv: -kv[1])[:3]
+                    print(
+                        f"| {ctx} | {path} | {sum(ops.values()) / 2**20:.2f} | {counter.alive / 2**20:.2f} | "
+                        + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in top)
+                        + " |"
+                    )
+
+
+if __name__ == "__main__":
+    main()
