@@ -50,6 +50,7 @@ def build_request(
     sampling: SamplingParams,
     max_new_tokens: int | None,
     stop: list[str],
+    prompt_logprobs: bool = False,
 ) -> GenerationRequest:
     """Check every limit (422), then build the engine request; the adapter is checked once, when its lease is
     taken (`submit_generate`). The model's EOS ids join `sampling` here (min_tokens masks them).
@@ -85,7 +86,12 @@ def build_request(
         )
     sampling = replace(sampling, eos_token_ids=frozenset(engine.tok.eos_token_ids))
     return GenerationRequest(
-        input_ids=input_ids, adapter=adapter, sampling=sampling, max_new_tokens=new_tokens, stop=stop
+        input_ids=input_ids,
+        adapter=adapter,
+        sampling=sampling,
+        max_new_tokens=new_tokens,
+        stop=stop,
+        prompt_logprobs=prompt_logprobs,
     )
 
 

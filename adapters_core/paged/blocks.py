@@ -194,13 +194,16 @@ class KVBlocks:
             parent = key
         return hits, chain
 
-    def admit(self, seq_id: int, adapter_key: str, stream: Sequence[int], positions: int) -> int | None:
+    def admit(
+        self, seq_id: int, adapter_key: str, stream: Sequence[int], positions: int, reuse: bool = True
+    ) -> int | None:
         """Give a row without blocks a table covering `positions` (>= len(stream)) stream positions, reusing
-        the cached blocks of its prefix. Returns how many leading positions are already computed (a multiple
+        the cached blocks of its prefix (unless not `reuse`: a row that needs its prompt's logits computes
+        every position). Returns how many leading positions are already computed (a multiple
         of block_size, < len(stream)), or None if the free blocks do not suffice (then nothing is taken)."""
         if seq_id in self._tables:
             raise RuntimeError(f"row {seq_id} already holds KV blocks")
-        hits, chain = self._prefix_hits(adapter_key, stream)
+        hits, chain = self._prefix_hits(adapter_key, stream) if reuse else ([], [])
         fresh = self.blocks_for(positions) - len(hits)
         # Idle hits leave the free count when taken: they cannot also be allocated as fresh blocks.
         if fresh > self.pool.num_free - sum(self.pool.is_idle(b) for b in hits):

@@ -47,7 +47,13 @@ from typing import Any
 import torch
 
 from ..adapters import AdapterRegistry
-from ..errors import InvalidInputError, NotReadyError, QueueFullError, status_of
+from ..errors import (
+    InvalidInputError,
+    NotReadyError,
+    QueueFullError,
+    UnsupportedParameterError,
+    status_of,
+)
 from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler, choose_tokens
@@ -195,8 +201,15 @@ class Engine(PaddedPath):
         limit counting the positions its adapter adds (resident: the caller holds its lease)."""
         virtual = prompt_positions(self.model, request.model_name)
         self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
+        if request.prompt_logprobs and not self.paged:
+            raise UnsupportedParameterError(
+                "the prompt's logprobs (echo with logprobs, decoder_input_details) are computed on the paged "
+                f"engine path only, and this base runs on the padded one ({self.padded_reason}); drop them"
+            )
         handle = RequestHandle(loop)
-        seq = new_seq(self.model, handle.id, request.input_ids, request.model_name, self.paged)
+        seq = new_seq(
+            self.model, handle.id, request.input_ids, request.model_name, self.paged, request.prompt_logprobs
+        )
         if isinstance(self._batch, PagedBatch):
             self._batch.check_fits(len(seq.stream), request.max_new_tokens)
         row = Row(
@@ -206,6 +219,8 @@ class Engine(PaddedPath):
             IncrementalDecoder(self.tok),
             seq,
         )
+        if request.prompt_logprobs:
+            row.prompt_logprobs = [None] * len(request.input_ids)
         with self._cond:
             self._admit_check()
             self.rate_limit(len(request.input_ids) + request.max_new_tokens)
@@ -347,7 +362,8 @@ class Engine(PaddedPath):
         if not chunks:
             return [], None
         try:
-            logits = self.model.paged_step(batch.plan(chunks))
+            plan = batch.plan(chunks)
+            logits = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
             done = chunks
         except Exception as exc:
             if len(chunks) == 1:
@@ -356,7 +372,8 @@ class Engine(PaddedPath):
             done, parts = [], []
             for chunk in chunks:
                 try:
-                    part = self.model.paged_step(batch.plan([chunk]))
+                    plan = batch.plan([chunk])
+                    part = self._sampling_logits(plan, [chunk], self.model.paged_step(plan))
                 except Exception as solo_exc:
                     self._fail_alone(chunk.row, solo_exc)
                     continue
@@ -376,6 +393,44 @@ class Engine(PaddedPath):
         )
         self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
         return rows, logits
+
+    def _sampling_logits(self, plan: Any, chunks: list[Any], logits: torch.Tensor) -> torch.Tensor:
+        """The rows of `logits` (paged_step's layout, adapters_core/paged/plan.py) that sample, one per chunk
+        ending its row's stream; the prompt logprobs of the chunks with `all_logits` are recorded on the way."""
+        keep: list[int] = []
+        at = 0
+        for seq_chunk, chunk in zip(plan.chunks, chunks):
+            if seq_chunk.all_logits:
+                self._record_prompt_logprobs(chunk, logits[at : at + chunk.count])
+                at += chunk.count
+            elif seq_chunk.want_logits:
+                at += 1
+            if seq_chunk.want_logits:
+                keep.append(at - 1)
+        if at != logits.shape[0]:
+            raise RuntimeError(f"paged_step returned {logits.shape[0]} logits rows, the plan wants {at}")
+        return logits[keep]
+
+    @staticmethod
+    def _record_prompt_logprobs(chunk: Any, logits: torch.Tensor) -> None:
+        """Row j of `logits` (count, V) follows stream position start + j: it scores the prompt token at the next
+        position, if that is a prompt token after the first (the row's `prompt_logprobs` index = position - v)."""
+        row, seq = chunk.row, chunk.row.seq
+        virtual = seq.prompt_len - len(row.request.input_ids)
+        k = row.sampler.params.top_logprobs
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for j in range(chunk.count):
+            nxt = chunk.start + j + 1
+            if not virtual < nxt < seq.prompt_len:
+                continue
+            token = seq.stream[nxt]
+            top: tuple[tuple[int, float], ...] = ()
+            if k:
+                values, ids = logprobs[j].topk(k)
+                top = tuple(zip(ids.tolist(), values.tolist()))
+            row.prompt_logprobs[nxt - virtual] = (float(logprobs[j, token]), top)
+        if chunk.start + chunk.count >= seq.prompt_len:
+            seq.prompt_logits = False  # all collected: a recompute after preemption may reuse cached blocks
 
     def _observe_blocks(self) -> None:
         if isinstance(self._batch, PagedBatch):
