@@ -363,7 +363,7 @@ class Engine(PaddedPath):
             return [], None
         try:
             plan = batch.plan(chunks)
-            logits = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
+            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
             done = chunks
         except Exception as exc:
             if len(chunks) == 1:

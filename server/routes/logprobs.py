@@ -79,7 +79,10 @@ def echo_logprobs(tok: Tokenization, finish: FinishEvent) -> dict[str, Any]:
     """OpenAI completions' `logprobs` of the echoed prompt (vLLM's shape): the first token's logprob and
     top_logprobs null, the others as `completion_logprobs`'; `text_offset` from the prompt's decoded text."""
     assert finish.prompt_logprobs is not None
-    tokens, token_logprobs, top, offsets = [], [], [], []
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     for i, (token_id, entry) in enumerate(zip(finish.prompt_ids, finish.prompt_logprobs)):
         tokens.append(tok.token_text(token_id))
         offsets.append(len(tok.decode(finish.prompt_ids[:i])))
