@@ -10,6 +10,7 @@ prefix) are known once its lease is held: `Engine.submit_generate` checks them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,6 +31,8 @@ from .errors import BadRequestError, InvalidInputError
 from .guided import Guide
 from .sampling import SamplingParams
 from .settings import Settings
+
+_groups = itertools.count()
 
 
 def check_kind(engine: Engine, *kinds: str) -> None:
@@ -113,13 +116,15 @@ async def make_guide(engine: Engine, spec: tuple[str, str] | None) -> Guide | No
 def choice_requests(request: GenerationRequest, count: int) -> list[GenerationRequest]:
     """`count` rows of one prompt (OpenAI `n` / `best_of`, TGI `best_of`). Sampled rows take seeds seed,
     seed+1, ... (vLLM's derived seeds) when a seed is given, else each its own random seed; greedy rows are
-    identical (vLLM allows that too). They share the prompt's prefill through prefix caching."""
+    identical (vLLM allows that too). They share the prompt's prefill: one `group` (engine/siblings.py)."""
     seed = request.sampling.seed
+    group = next(_groups) if count > 1 else None
     return [
         replace(
             request,
             sampling=replace(request.sampling, seed=None if seed is None else (seed + i) % 2**63),
             stop=list(request.stop),
+            group=group,
         )
         for i in range(count)
     ]

@@ -232,6 +232,24 @@ class KVBlocks:
         table.extend(new)
         return True
 
+    def fork(self, parent: int, child: int, positions: int) -> tuple[int, int] | bool | None:
+        """Give `child` (holding no blocks) the parent's first `positions` computed positions: its full blocks
+        shared (one more reference each), the partial last one, if any, a fresh block the caller fills with a
+        copy. Returns (source, copy) block ids for that copy, None when there is no partial block, or False
+        (nothing taken) when no block is free for it."""
+        if child in self._tables:
+            raise RuntimeError(f"row {child} already holds KV blocks")
+        full, partial = divmod(positions, self.block_size)
+        table = self._tables[parent]
+        new = self.pool.allocate(1 if partial else 0)
+        if new is None:
+            return False
+        for block in table[:full]:
+            self.pool.take(block)
+        self._tables[child] = table[:full] + new
+        self._chains[child] = list(self._chains[parent][:full])
+        return (table[full], new[0]) if partial else None
+
     def commit(self, seq_id: int, adapter_key: str, stream: Sequence[int], computed: int) -> None:
         """The row's first `computed` stream positions now hold keys and values: register its newly full
         blocks in the prefix cache (`stream` must hold at least those positions' tokens)."""

@@ -36,6 +36,9 @@ class Row:
     _stop_tail: str = ""  # the end of the output, as long as the longest stop string less one character
     # Per prompt token (with `request.prompt_logprobs`): None for the first, (logprob, top) once computed.
     prompt_logprobs: list[PromptLogprob | None] = field(default_factory=list)
+    followers: list[Row] = field(
+        default_factory=list
+    )  # rows of its group waiting for its prompt (siblings.py)
 
     @property
     def tenant(self) -> str | None:

@@ -65,6 +65,7 @@ from .limits import TokenLimits, prompt_positions
 from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
 from .scheduler import StepSchedule
+from .siblings import SiblingGroups, with_followers
 from .types import (
     ClassifyJob,
     ErrorEvent,
@@ -106,6 +107,7 @@ class Engine(PaddedPath):
         self._classify: collections.deque[ClassifyJob] = collections.deque()
         self.paging = paging or PagingConfig()
         self.fairness = VirtualTokenCounter()
+        self.siblings = SiblingGroups()  # rows of one `n` waiting for their leader's prompt (siblings.py)
         # The running rows: a PagedBatch on the paged path (decided at start()), else a RunningBatch.
         self._batch: RunningBatch | PagedBatch = RunningBatch()
         self.padded_reason: str | None = "not started"
@@ -157,7 +159,7 @@ class Engine(PaddedPath):
         if self._thread is not None:
             self._thread.join(timeout)
         gone = NotReadyError("the server is shutting down")
-        for row in [*self._waiting, *self._batch.rows]:
+        for row in [*self._waiting, *self.siblings.followers(), *self._batch.rows]:
             row.handle.push(ErrorEvent(gone))
             release_lease(row.request.lease)
         for job in self._classify:
@@ -224,7 +226,8 @@ class Engine(PaddedPath):
         with self._cond:
             self._admit_check()
             self.rate_limit(len(request.input_ids) + request.max_new_tokens)
-            self._waiting.append(row)
+            if not (self.paged and self.siblings.attach(row)):
+                self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
             self._cond.notify_all()
@@ -296,6 +299,10 @@ class Engine(PaddedPath):
             finally:
                 self._step_lock.release()
 
+    def queued(self) -> int:
+        """Requests waiting: generations (sibling rows waiting for their leader's prompt included) and jobs."""
+        return len(self._waiting) + len(self.siblings.followers()) + len(self._classify)
+
     def _has_work(self) -> bool:
         return bool(self._waiting or self._classify or self._batch.rows)
 
@@ -334,6 +341,10 @@ class Engine(PaddedPath):
         self._run_jobs(jobs)
         rows, logits = self._forward_paged(batch, schedule)
         if rows and logits is not None:
+            rows, logits, queue = with_followers(self.siblings, self._cond, batch, self.model, rows, logits)
+            if queue:
+                with self._cond:
+                    self._waiting.extend(queue)
             self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
 
     def _schedule_paged(self, batch: PagedBatch) -> tuple[StepSchedule[Row], list[ClassifyJob]]:
@@ -341,6 +352,7 @@ class Engine(PaddedPath):
             self._leave(row)
         hits = batch.blocks.hit_positions, batch.blocks.queried_positions
         with self._cond:
+            self._waiting.extend(self.siblings.orphans())
             self._drop_cancelled()
             schedule = batch.schedule(self._waiting)
             jobs = self._take_classify_jobs()
@@ -538,6 +550,6 @@ class EngineHold:
         `timeout` seconds — a safety net against a hang, not a timing assumption."""
         engine = self.engine
         with engine._cond:
-            queued = lambda: len(engine._waiting) + len(engine._classify) >= count  # noqa: E731
+            queued = lambda: engine.queued() >= count  # noqa: E731
             if not engine._cond.wait_for(queued, timeout):
                 raise TimeoutError(f"{count} request(s) were never queued")

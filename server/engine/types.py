@@ -39,9 +39,9 @@ class GenerationRequest:
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     lease: Lease | None = None
-    prompt_logprobs: bool = (
-        False  # the prompt tokens' logprobs too (echo / decoder_input_details; paged path)
-    )
+    # The prompt tokens' logprobs too (echo / decoder_input_details; paged path only).
+    prompt_logprobs: bool = False
+    group: int | None = None  # rows of one request's `n` / `best_of`: they share the prompt's prefill
 
     @property
     def model_name(self) -> str | None:
