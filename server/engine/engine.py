@@ -19,6 +19,9 @@ Two paths, chosen at `start()` by `model.paged_support()`:
   the paged core covers those bases (issue 16).
 
 Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
+On the paged path the rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a
+row that asks for its prompt's logprobs gets every prompt position's logits (`SeqChunk.all_logits`) and takes no
+prefix-cache hit.
 
 So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
 for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
