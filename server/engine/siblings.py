@@ -80,6 +80,7 @@ def fork(
             model.copy_kv_block(*copy)
         row.seq.computed = row.seq.charged = computed
         row.prompt_logprobs = list(leader.prompt_logprobs)
+        row.seq.prompt_logits = False  # it has them: a recompute after preemption may reuse cached blocks
         batch.rows.append(row)
         forked.append(row)
     return forked, queue

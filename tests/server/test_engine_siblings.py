@@ -5,6 +5,8 @@ reference double (paged_double.py: a forked table that is wrong reads unwritten 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,9 @@ from transformers import AutoTokenizer
 
 from adapters_core.paged.plan import StepPlan
 from server.app import create_app
-from server.engine import build_engine
+from server.engine import ErrorEvent, GenerationRequest, TokenEvent, build_engine
+from server.generation import choice_requests
+from server.sampling import SamplingParams
 from server.settings import Settings
 
 N, NEW, BLOCK = 4, 6, 4
@@ -84,3 +88,45 @@ def test_n_rows_prefill_the_prompt_once_and_equal_each_seed_alone(
         assert len(set(singles)) > 1  # the seeds really differ
         wait_until_idle(engine)
         assert engine._batch.blocks.pool.num_used == 0  # every shared block went back (refcounts balanced)
+
+
+async def _tokens(handle: Any) -> list[int]:
+    out = []
+    async for event in handle.events():
+        if isinstance(event, ErrorEvent):
+            raise event.error
+        if isinstance(event, TokenEvent):
+            out.append(event.token_id)
+    return out
+
+
+@pytest.mark.timeout(300)  # without the fix the followers wait forever
+def test_followers_of_a_cancelled_leader_compute_the_prompt_themselves(llama_dir: Path) -> None:
+    """The leader leaves before sampling: its followers join the queue as ordinary rows, and still answer
+    exactly as alone (no follower is lost waiting for a leader that is gone)."""
+    settings = Settings(base_model=str(llama_dir), max_batch_size=8, max_batch_tokens=8, kv_block_size=BLOCK)
+    engine = build_engine(settings)
+    engine.start()
+    ids = AutoTokenizer.from_pretrained(llama_dir)(prompt(43, 9))["input_ids"]
+    sampling = SamplingParams(do_sample=True, temperature=1.5, seed=7)
+    rows = choice_requests(GenerationRequest(ids, None, sampling, max_new_tokens=NEW), 3)
+
+    async def run() -> tuple[list[list[int]], list[list[int]]]:
+        loop = asyncio.get_running_loop()
+        with engine.hold() as held:
+            handles = [engine.submit_generate(row, loop) for row in rows]
+            held.wait_queued(3)
+            assert len(engine._waiting) == 1  # one leader queued, two followers beside it
+            handles[0].cancel()
+        followers = [await _tokens(h) for h in handles[1:]]
+        alone = [
+            await _tokens(engine.submit_generate(dataclasses.replace(row, group=None), loop))
+            for row in rows[1:]
+        ]
+        return followers, alone
+
+    try:
+        followers, alone = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert followers == alone and followers[0] != followers[1]
