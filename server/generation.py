@@ -10,6 +10,7 @@ prefix) are known once its lease is held: `Engine.submit_generate` checks them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,8 @@ from .guided import Guide
 from .sampling import SamplingParams
 from .settings import Settings
 
+_groups = itertools.count()
+
 
 def check_kind(engine: Engine, *kinds: str) -> None:
     """400 when the base model cannot serve this route (e.g. /classify on a causal LM)."""
@@ -50,6 +53,7 @@ def build_request(
     sampling: SamplingParams,
     max_new_tokens: int | None,
     stop: list[str],
+    prompt_logprobs: bool = False,
 ) -> GenerationRequest:
     """Check every limit (422), then build the engine request; the adapter is checked once, when its lease is
     taken (`submit_generate`). The model's EOS ids join `sampling` here (min_tokens masks them).
@@ -85,7 +89,12 @@ def build_request(
         )
     sampling = replace(sampling, eos_token_ids=frozenset(engine.tok.eos_token_ids))
     return GenerationRequest(
-        input_ids=input_ids, adapter=adapter, sampling=sampling, max_new_tokens=new_tokens, stop=stop
+        input_ids=input_ids,
+        adapter=adapter,
+        sampling=sampling,
+        max_new_tokens=new_tokens,
+        stop=stop,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -107,13 +116,15 @@ async def make_guide(engine: Engine, spec: tuple[str, str] | None) -> Guide | No
 def choice_requests(request: GenerationRequest, count: int) -> list[GenerationRequest]:
     """`count` rows of one prompt (OpenAI `n` / `best_of`, TGI `best_of`). Sampled rows take seeds seed,
     seed+1, ... (vLLM's derived seeds) when a seed is given, else each its own random seed; greedy rows are
-    identical (vLLM allows that too). They share the prompt's prefill through prefix caching."""
+    identical (vLLM allows that too). They share the prompt's prefill: one `group` (engine/siblings.py)."""
     seed = request.sampling.seed
+    group = next(_groups) if count > 1 else None
     return [
         replace(
             request,
             sampling=replace(request.sampling, seed=None if seed is None else (seed + i) % 2**63),
             stop=list(request.stop),
+            group=group,
         )
         for i in range(count)
     ]

@@ -111,8 +111,8 @@ class GenerateParameters(BaseModel):
     # Documented by TGI, not implemented here: accepted only at their defaults.
     decoder_input_details: bool = Field(
         default=False,
-        description="only false: the prompt's logprobs need the prompt's logits, which the engine does not "
-        "keep (it computes the last position's only)",
+        description="the prompt tokens' logprobs in details.prefill (needs details; not when streaming, as "
+        "TGI; causal bases on the paged engine path only)",
     )
     frequency_penalty: float | None = Field(default=None, description="not supported yet: only 0")
     watermark: bool = Field(default=False, description="not supported yet: only false")
@@ -127,7 +127,6 @@ class GenerateParameters(BaseModel):
     def unsupported(self) -> list[str]:
         """The TGI parameters given a value this server does not implement yet (issue 17)."""
         refused = {
-            "decoder_input_details": self.decoder_input_details,
             "frequency_penalty": self.frequency_penalty not in (None, 0.0),
             "watermark": self.watermark,
         }
@@ -149,7 +148,7 @@ class GenerateRequest(BaseModel):
 class TokenInfo(BaseModel):
     id: int
     text: str
-    logprob: float
+    logprob: float | None  # None only for the first prompt token of details.prefill (nothing predicts it)
     special: bool = False
 
 
@@ -170,7 +169,8 @@ class Details(BaseModel):
     generated_tokens: int
     seed: int | None
     prefill: list[TokenInfo] = Field(
-        default_factory=list, description="empty: decoder_input_details is not supported"
+        default_factory=list,
+        description="with decoder_input_details: the prompt's tokens and logprobs (the first one's null)",
     )
     tokens: list[TokenInfo]
     top_tokens: list[list[TokenInfo]] | None = Field(

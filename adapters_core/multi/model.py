@@ -408,6 +408,11 @@ class MultiAdapterModel(nn.Module):
         return paged.RESERVED_BLOCKS
 
     @torch.no_grad()
+    def copy_kv_block(self, src: int, dst: int) -> None:
+        """KV block `dst` gets block `src`'s keys and values in every layer (a forked row's partial block)."""
+        paged.copy_kv_block(self, src, dst)
+
+    @torch.no_grad()
     def paged_step(self, plan: StepPlan) -> torch.Tensor:
         """Run one step (paged/plan.py): (n, V) float logits, one per chunk with `want_logits`, in plan order."""
         return paged.paged_step(self, plan)

@@ -113,7 +113,7 @@ class PagedBatch:
     virtual: list[tuple[int, int, int, int]]  # (token index, slot, first virtual position, count)
     decode: Decode | None
     prefills: list[Prefill]
-    logit_tokens: list[int]  # packed index of each chunk's last token that wants logits, plan order
+    logit_tokens: list[int]  # packed indices whose logits are returned (plan.py's layout), plan order
     context: TokenContext
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -181,7 +181,9 @@ def build(
         table = chunk.block_table
         writes += [table[p // bs] * bs + p % bs for p in range(chunk.start, chunk.start + n)]
         fresh += [table[p // bs] for p in range(-(-chunk.start // bs) * bs, chunk.start + n, bs)]
-        if chunk.want_logits:
+        if chunk.all_logits:
+            logit_tokens += range(at, at + n)
+        elif chunk.want_logits:
             logit_tokens.append(at + n - 1)
         if n == 1:
             dec_rows.append(i)
@@ -209,11 +211,14 @@ def build(
             prefix_slots=prefix_slots,
         )
     kept = logit_tokens or [len(ids) - 1]  # the LM head runs on one token at least
-    owner = {t: i for i in range(len(chunks)) for t in [starts[i + 1] - 1]}
+    owner = {t: i for i in range(len(chunks)) for t in range(starts[i], starts[i + 1])}
     layouts = {
         len(ids): (list(slots), [len(c.tokens) for c in chunks]),
     }
-    kept_layout = ([slots[owner[t]] for t in kept], [1] * len(kept))
+    per_chunk = [0] * len(chunks)
+    for t in kept:
+        per_chunk[owner[t]] += 1
+    kept_layout = ([slots[i] for i, k in enumerate(per_chunk) if k], [k for k in per_chunk if k])
     if len(kept) in layouts and layouts[len(kept)] != kept_layout:
         raise AssertionError("packed and kept layouts disagree")  # cannot happen: plan order in both
     layouts[len(kept)] = kept_layout

@@ -194,13 +194,16 @@ class KVBlocks:
             parent = key
         return hits, chain
 
-    def admit(self, seq_id: int, adapter_key: str, stream: Sequence[int], positions: int) -> int | None:
+    def admit(
+        self, seq_id: int, adapter_key: str, stream: Sequence[int], positions: int, reuse: bool = True
+    ) -> int | None:
         """Give a row without blocks a table covering `positions` (>= len(stream)) stream positions, reusing
-        the cached blocks of its prefix. Returns how many leading positions are already computed (a multiple
+        the cached blocks of its prefix (unless not `reuse`: a row that needs its prompt's logits computes
+        every position). Returns how many leading positions are already computed (a multiple
         of block_size, < len(stream)), or None if the free blocks do not suffice (then nothing is taken)."""
         if seq_id in self._tables:
             raise RuntimeError(f"row {seq_id} already holds KV blocks")
-        hits, chain = self._prefix_hits(adapter_key, stream)
+        hits, chain = self._prefix_hits(adapter_key, stream) if reuse else ([], [])
         fresh = self.blocks_for(positions) - len(hits)
         # Idle hits leave the free count when taken: they cannot also be allocated as fresh blocks.
         if fresh > self.pool.num_free - sum(self.pool.is_idle(b) for b in hits):
@@ -228,6 +231,24 @@ class KVBlocks:
             return False
         table.extend(new)
         return True
+
+    def fork(self, parent: int, child: int, positions: int) -> tuple[int, int] | bool | None:
+        """Give `child` (holding no blocks) the parent's first `positions` computed positions: its full blocks
+        shared (one more reference each), the partial last one, if any, a fresh block the caller fills with a
+        copy. Returns (source, copy) block ids for that copy, None when there is no partial block, or False
+        (nothing taken) when no block is free for it."""
+        if child in self._tables:
+            raise RuntimeError(f"row {child} already holds KV blocks")
+        full, partial = divmod(positions, self.block_size)
+        table = self._tables[parent]
+        new = self.pool.allocate(1 if partial else 0)
+        if new is None:
+            return False
+        for block in table[:full]:
+            self.pool.take(block)
+        self._tables[child] = table[:full] + new
+        self._chains[child] = list(self._chains[parent][:full])
+        return (table[full], new[0]) if partial else None
 
     def commit(self, seq_id: int, adapter_key: str, stream: Sequence[int], computed: int) -> None:
         """The row's first `computed` stream positions now hold keys and values: register its newly full

@@ -47,6 +47,12 @@ class KVPool:
         self.keys = [torch.zeros(h, slots, d, dtype=dtype, device=device) for h, d in heads]
         self.values = [torch.zeros(h, slots, d, dtype=dtype, device=device) for h, d in heads]
 
+    def copy_block(self, src: int, dst: int) -> None:
+        """Block `dst` gets block `src`'s keys and values, every layer (a forked row's partial last block)."""
+        bs = self.block_size
+        for cache in (*self.keys, *self.values):  # (h, slots, d) each
+            cache[:, dst * bs : (dst + 1) * bs] = cache[:, src * bs : (src + 1) * bs]
+
     @staticmethod
     def block_bytes(heads: list[tuple[int, int]], block_size: int, dtype: torch.dtype) -> int:
         """Bytes of one block over all layers, keys and values."""

@@ -121,6 +121,13 @@ def _chunk_info(model: Any, chunk: SeqChunk) -> tuple[int, int, int]:
     return slot, 0, 0  # LLaMA-Adapter: its hooks add the gated prompt term per token (multi/prompts.py)
 
 
+def copy_kv_block(model: Any, src: int, dst: int) -> None:
+    pool = _state(model).pool
+    if pool is None:
+        raise RuntimeError("copy_kv_block before init_kv_cache: allocate the KV pool first.")
+    pool.copy_block(src, dst)
+
+
 def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:
     state = _state(model)
     if state.pool is None:

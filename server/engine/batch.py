@@ -13,7 +13,7 @@ from typing import Any
 from ..sampling import RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
 from .scheduler import SeqState
-from .types import FinishEvent, FinishReason, GenerationRequest, RequestHandle, TokenEvent
+from .types import FinishEvent, FinishReason, GenerationRequest, PromptLogprob, RequestHandle, TokenEvent
 
 
 @dataclass(eq=False)  # a row is an identity: two rows are never "equal"
@@ -34,6 +34,11 @@ class Row:
     fair_seen: bool = False  # the fair queue noticed its arrival (engine/fairness.py)
     preempted: bool = False  # its KV blocks were taken back: it waits at the queue's front to be recomputed
     _stop_tail: str = ""  # the end of the output, as long as the longest stop string less one character
+    # Per prompt token (with `request.prompt_logprobs`): None for the first, (logprob, top) once computed.
+    prompt_logprobs: list[PromptLogprob | None] = field(default_factory=list)
+    followers: list[Row] = field(
+        default_factory=list
+    )  # rows of its group waiting for its prompt (siblings.py)
 
     @property
     def tenant(self) -> str | None:
@@ -102,6 +107,8 @@ class Row:
             generated_tokens=len(self.generated),
             prompt_tokens=len(self.request.input_ids),
             seed=self.sampler.seed,
+            prompt_logprobs=list(self.prompt_logprobs) if self.request.prompt_logprobs else None,
+            prompt_ids=list(self.request.input_ids) if self.request.prompt_logprobs else [],
         )
 
 

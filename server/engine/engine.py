@@ -19,6 +19,9 @@ Two paths, chosen at `start()` by `model.paged_support()`:
   the paged core covers those bases (issue 16).
 
 Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
+On the paged path the rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a
+row that asks for its prompt's logprobs gets every prompt position's logits (`SeqChunk.all_logits`) and takes no
+prefix-cache hit.
 
 So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
 for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
@@ -47,7 +50,13 @@ from typing import Any
 import torch
 
 from ..adapters import AdapterRegistry
-from ..errors import InvalidInputError, NotReadyError, QueueFullError, status_of
+from ..errors import (
+    InvalidInputError,
+    NotReadyError,
+    QueueFullError,
+    UnsupportedParameterError,
+    status_of,
+)
 from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler, choose_tokens
@@ -59,6 +68,7 @@ from .limits import TokenLimits, prompt_positions
 from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
 from .scheduler import StepSchedule
+from .siblings import SiblingGroups, with_followers
 from .types import (
     ClassifyJob,
     ErrorEvent,
@@ -100,6 +110,7 @@ class Engine(PaddedPath):
         self._classify: collections.deque[ClassifyJob] = collections.deque()
         self.paging = paging or PagingConfig()
         self.fairness = VirtualTokenCounter()
+        self.siblings = SiblingGroups()  # rows of one `n` waiting for their leader's prompt (siblings.py)
         # The running rows: a PagedBatch on the paged path (decided at start()), else a RunningBatch.
         self._batch: RunningBatch | PagedBatch = RunningBatch()
         self.padded_reason: str | None = "not started"
@@ -151,7 +162,7 @@ class Engine(PaddedPath):
         if self._thread is not None:
             self._thread.join(timeout)
         gone = NotReadyError("the server is shutting down")
-        for row in [*self._waiting, *self._batch.rows]:
+        for row in [*self._waiting, *self.siblings.followers(), *self._batch.rows]:
             row.handle.push(ErrorEvent(gone))
             release_lease(row.request.lease)
         for job in self._classify:
@@ -195,8 +206,15 @@ class Engine(PaddedPath):
         limit counting the positions its adapter adds (resident: the caller holds its lease)."""
         virtual = prompt_positions(self.model, request.model_name)
         self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
+        if request.prompt_logprobs and not self.paged:
+            raise UnsupportedParameterError(
+                "the prompt's logprobs (echo with logprobs, decoder_input_details) are computed on the paged "
+                f"engine path only, and this base runs on the padded one ({self.padded_reason}); drop them"
+            )
         handle = RequestHandle(loop)
-        seq = new_seq(self.model, handle.id, request.input_ids, request.model_name, self.paged)
+        seq = new_seq(
+            self.model, handle.id, request.input_ids, request.model_name, self.paged, request.prompt_logprobs
+        )
         if isinstance(self._batch, PagedBatch):
             self._batch.check_fits(len(seq.stream), request.max_new_tokens)
         row = Row(
@@ -206,10 +224,13 @@ class Engine(PaddedPath):
             IncrementalDecoder(self.tok),
             seq,
         )
+        if request.prompt_logprobs:
+            row.prompt_logprobs = [None] * len(request.input_ids)
         with self._cond:
             self._admit_check()
             self.rate_limit(len(request.input_ids) + request.max_new_tokens)
-            self._waiting.append(row)
+            if not (self.paged and self.siblings.attach(row)):
+                self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
             self._cond.notify_all()
@@ -281,6 +302,10 @@ class Engine(PaddedPath):
             finally:
                 self._step_lock.release()
 
+    def queued(self) -> int:
+        """Requests waiting: generations (sibling rows waiting for their leader's prompt included) and jobs."""
+        return len(self._waiting) + len(self.siblings.followers()) + len(self._classify)
+
     def _has_work(self) -> bool:
         return bool(self._waiting or self._classify or self._batch.rows)
 
@@ -319,6 +344,10 @@ class Engine(PaddedPath):
         self._run_jobs(jobs)
         rows, logits = self._forward_paged(batch, schedule)
         if rows and logits is not None:
+            rows, logits, queue = with_followers(self.siblings, self._cond, batch, self.model, rows, logits)
+            if queue:
+                with self._cond:
+                    self._waiting.extend(queue)
             self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
 
     def _schedule_paged(self, batch: PagedBatch) -> tuple[StepSchedule[Row], list[ClassifyJob]]:
@@ -326,6 +355,7 @@ class Engine(PaddedPath):
             self._leave(row)
         hits = batch.blocks.hit_positions, batch.blocks.queried_positions
         with self._cond:
+            self._waiting.extend(self.siblings.orphans())
             self._drop_cancelled()
             schedule = batch.schedule(self._waiting)
             jobs = self._take_classify_jobs()
@@ -347,7 +377,8 @@ class Engine(PaddedPath):
         if not chunks:
             return [], None
         try:
-            logits = self.model.paged_step(batch.plan(chunks))
+            plan = batch.plan(chunks)
+            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
             done = chunks
         except Exception as exc:
             if len(chunks) == 1:
@@ -356,7 +387,8 @@ class Engine(PaddedPath):
             done, parts = [], []
             for chunk in chunks:
                 try:
-                    part = self.model.paged_step(batch.plan([chunk]))
+                    plan = batch.plan([chunk])
+                    part = self._sampling_logits(plan, [chunk], self.model.paged_step(plan))
                 except Exception as solo_exc:
                     self._fail_alone(chunk.row, solo_exc)
                     continue
@@ -376,6 +408,44 @@ class Engine(PaddedPath):
         )
         self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
         return rows, logits
+
+    def _sampling_logits(self, plan: Any, chunks: list[Any], logits: torch.Tensor) -> torch.Tensor:
+        """The rows of `logits` (paged_step's layout, adapters_core/paged/plan.py) that sample, one per chunk
+        ending its row's stream; the prompt logprobs of the chunks with `all_logits` are recorded on the way."""
+        keep: list[int] = []
+        at = 0
+        for seq_chunk, chunk in zip(plan.chunks, chunks):
+            if seq_chunk.all_logits:
+                self._record_prompt_logprobs(chunk, logits[at : at + chunk.count])
+                at += chunk.count
+            elif seq_chunk.want_logits:
+                at += 1
+            if seq_chunk.want_logits:
+                keep.append(at - 1)
+        if at != logits.shape[0]:
+            raise RuntimeError(f"paged_step returned {logits.shape[0]} logits rows, the plan wants {at}")
+        return logits[keep]
+
+    @staticmethod
+    def _record_prompt_logprobs(chunk: Any, logits: torch.Tensor) -> None:
+        """Row j of `logits` (count, V) follows stream position start + j: it scores the prompt token at the next
+        position, if that is a prompt token after the first (the row's `prompt_logprobs` index = position - v)."""
+        row, seq = chunk.row, chunk.row.seq
+        virtual = seq.prompt_len - len(row.request.input_ids)
+        k = row.sampler.params.top_logprobs
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for j in range(chunk.count):
+            nxt = chunk.start + j + 1
+            if not virtual < nxt < seq.prompt_len:
+                continue
+            token = seq.stream[nxt]
+            top: tuple[tuple[int, float], ...] = ()
+            if k:
+                values, ids = logprobs[j].topk(k)
+                top = tuple(zip(ids.tolist(), values.tolist()))
+            row.prompt_logprobs[nxt - virtual] = (float(logprobs[j, token]), top)
+        if chunk.start + chunk.count >= seq.prompt_len:
+            seq.prompt_logits = False  # all collected: a recompute after preemption may reuse cached blocks
 
     def _observe_blocks(self) -> None:
         if isinstance(self._batch, PagedBatch):
@@ -483,6 +553,6 @@ class EngineHold:
         `timeout` seconds — a safety net against a hang, not a timing assumption."""
         engine = self.engine
         with engine._cond:
-            queued = lambda: len(engine._waiting) + len(engine._classify) >= count  # noqa: E731
+            queued = lambda: engine.queued() >= count  # noqa: E731
             if not engine._cond.wait_for(queued, timeout):
                 raise TimeoutError(f"{count} request(s) were never queued")

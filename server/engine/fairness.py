@@ -43,6 +43,7 @@ class VirtualTokenCounter:
 
     def __init__(self) -> None:
         self.counters: dict[str | None, float] = collections.defaultdict(float)
+        self.fifo = False  # bench/bench_fairness.py only: admit in arrival order (the baseline VTC is measured against)
 
     def notice(self, waiting: Iterable[T], running: Iterable[str | None]) -> None:
         """Lift the counter of each tenant that became active since the last call (arrival order).
@@ -63,7 +64,7 @@ class VirtualTokenCounter:
         tenant with the smallest counter (ties: the oldest row)."""
         best, best_key = 0, None
         for i, item in enumerate(waiting):
-            if item.preempted:
+            if item.preempted or self.fifo:
                 return i
             key = self.counters[item.tenant]
             if best_key is None or key < best_key:

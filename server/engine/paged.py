@@ -76,12 +76,19 @@ class PagingConfig:
         return num
 
 
-def new_seq(model: Any, seq_id: int, input_ids: list[int], model_name: str | None, paged: bool) -> SeqState:
+def new_seq(
+    model: Any,
+    seq_id: int,
+    input_ids: list[int],
+    model_name: str | None,
+    paged: bool,
+    prompt_logits: bool = False,
+) -> SeqState:
     """A row's stream: its adapter's virtual positions, then its prompt (the padded path: the prompt only)."""
     virtual = model.stream_prefix_length(model_name) if paged else 0
     key = model.adapters[model_name].content_hash if paged and model_name is not None else ""
     stream = [VIRTUAL] * virtual + list(input_ids)
-    return SeqState(seq_id, model_name, key, stream, prompt_len=len(stream))
+    return SeqState(seq_id, model_name, key, stream, prompt_len=len(stream), prompt_logits=prompt_logits)
 
 
 class PagedBatch:
@@ -153,7 +160,8 @@ class PagedBatch:
             end = chunk.start + chunk.count
             table = self.blocks.table(seq.seq_id)[: -(-end // bs)]
             tokens = seq.stream[chunk.start : end]
-            out.append(SeqChunk(seq.seq_id, seq.adapter, tokens, chunk.start, table, want_logits=chunk.last))
+            every = seq.prompt_logits and chunk.start < seq.prompt_len
+            out.append(SeqChunk(seq.seq_id, seq.adapter, tokens, chunk.start, table, chunk.last, every))
         return StepPlan(out)
 
     def commit(self, chunk: Chunk[Row]) -> None:

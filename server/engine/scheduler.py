@@ -2,7 +2,8 @@
 blocks there are. It speaks in tokens and blocks, not rows (vLLM v1's scheduler is the model).
 
 A generating row's *stream* is `[v virtual positions][prompt][generated]` (adapters_core/paged/plan.py);
-`computed` of its positions hold keys and values in the cache. A row with one pending position decodes; a row
+`computed` of its positions hold keys and values in the cache. A row that asks for its prompt's logprobs
+(`SeqState.prompt_logits`) takes no prefix-cache hits and its prompt chunks return every position's logits. A row with one pending position decodes; a row
 with more is (re)prefilling. Each step, with `max_batch_tokens` tokens to spend:
 
 1. decodes first: every running row with one pending position gets its token, growing its block table by a
@@ -54,6 +55,7 @@ class SeqState:
     computed: int = 0
     charged: int = 0
     preemptions: int = 0
+    prompt_logits: bool = False  # the prompt's logits are still wanted: no prefix-cache hits, every logit
 
     @property
     def pending(self) -> int:
@@ -136,7 +138,9 @@ class Scheduler(Generic[R]):
             i = self.fairness.next_index(waiting)
             row = waiting[i]
             seq = row.seq
-            cached = self.blocks.admit(seq.seq_id, seq.adapter_key, seq.stream, len(seq.stream))
+            cached = self.blocks.admit(
+                seq.seq_id, seq.adapter_key, seq.stream, len(seq.stream), reuse=not seq.prompt_logits
+            )
             if cached is None:
                 if not running:  # even an empty pool cannot hold it: it would wait forever
                     del waiting[i]

@@ -39,6 +39,9 @@ class GenerationRequest:
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     lease: Lease | None = None
+    # The prompt tokens' logprobs too (echo / decoder_input_details; paged path only).
+    prompt_logprobs: bool = False
+    group: int | None = None  # rows of one request's `n` / `best_of`: they share the prompt's prefill
 
     @property
     def model_name(self) -> str | None:
@@ -73,6 +76,9 @@ class TokenEvent:
     top: tuple[tuple[int, float], ...] = ()  # the request's `top_logprobs` best (id, logprob), best first
 
 
+PromptLogprob = tuple[float, tuple[tuple[int, float], ...]]
+
+
 @dataclass
 class FinishEvent:
     """The request ended: the whole text and why it stopped."""
@@ -82,6 +88,10 @@ class FinishEvent:
     generated_tokens: int
     prompt_tokens: int
     seed: int | None
+    # With `prompt_logprobs`: per prompt token, None for the first (nothing predicts it), else its
+    # (logprob, top) as a TokenEvent's (top: the request's `top_logprobs` best (id, logprob), best first).
+    prompt_logprobs: list[PromptLogprob | None] | None = None
+    prompt_ids: list[int] = field(default_factory=list)  # the prompt's ids, with `prompt_logprobs`
 
 
 @dataclass

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
-from ..errors import InvalidInputError, UnsupportedParameterError, error_payload
+from ..errors import InvalidInputError, error_payload
 from ..generation import (
     Completed,
     build_request,
@@ -41,7 +41,7 @@ from ..schemas import (
 )
 from ..settings import Settings
 from ..tokenization import Tokenization
-from .logprobs import tgi_token, tgi_top_tokens
+from .logprobs import tgi_prefill, tgi_token, tgi_top_tokens
 
 router = APIRouter(tags=["generate"])
 
@@ -68,11 +68,8 @@ async def _submit(
     body: GenerateRequest, settings: Settings, engine: Engine, *, streaming: bool
 ) -> list[RequestHandle]:
     p = body.parameters
-    if p.decoder_input_details:
-        raise UnsupportedParameterError(
-            "`decoder_input_details` asks for the prompt's logprobs, which need the prompt's logits; the "
-            "engine computes the last position's only, so it is not supported: leave it false"
-        )
+    if p.decoder_input_details and streaming:
+        raise InvalidInputError("decoder_input_details is not supported when streaming tokens (as TGI)")
     refuse_unsupported(p.unsupported())
     if body.stream is not None and body.stream != streaming:
         route = "/generate_stream" if body.stream else "/generate"
@@ -104,12 +101,14 @@ async def _submit(
         sampling=sampling,
         max_new_tokens=p.max_new_tokens,
         stop=p.stop,
+        prompt_logprobs=p.decoder_input_details,
     )
     return await submit_choices(engine, request, best_of)
 
 
 def _details(tok: Tokenization, finish: FinishEvent, tokens: list[TokenEvent], top_n: bool) -> Details:
     return Details(
+        prefill=tgi_prefill(tok, finish),
         finish_reason=finish.finish_reason,
         generated_tokens=finish.generated_tokens,
         seed=finish.seed,

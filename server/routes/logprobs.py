@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine import TokenEvent
+from ..engine import FinishEvent, TokenEvent
 from ..schemas import TokenInfo
 from ..tokenization import Tokenization
 
@@ -58,3 +58,41 @@ def tgi_top_tokens(tok: Tokenization, event: TokenEvent) -> list[TokenInfo]:
         TokenInfo(id=token_id, text=tok.token_text(token_id), logprob=lp, special=token_id in tok.special_ids)
         for token_id, lp in event.top
     ]
+
+
+def tgi_prefill(tok: Tokenization, finish: FinishEvent) -> list[TokenInfo]:
+    """TGI's `details.prefill` (decoder_input_details): each prompt token, its logprob null for the first."""
+    if finish.prompt_logprobs is None:
+        return []
+    return [
+        TokenInfo(
+            id=token_id,
+            text=tok.token_text(token_id),
+            logprob=None if entry is None else entry[0],
+            special=token_id in tok.special_ids,
+        )
+        for token_id, entry in zip(finish.prompt_ids, finish.prompt_logprobs)
+    ]
+
+
+def echo_logprobs(tok: Tokenization, finish: FinishEvent) -> dict[str, Any]:
+    """OpenAI completions' `logprobs` of the echoed prompt (vLLM's shape): the first token's logprob and
+    top_logprobs null, the others as `completion_logprobs`'; `text_offset` from the prompt's decoded text."""
+    assert finish.prompt_logprobs is not None
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    for i, (token_id, entry) in enumerate(zip(finish.prompt_ids, finish.prompt_logprobs)):
+        tokens.append(tok.token_text(token_id))
+        offsets.append(len(tok.decode(finish.prompt_ids[:i])))
+        if entry is None:
+            token_logprobs.append(None)
+            top.append(None)
+            continue
+        logprob, best = entry
+        token_logprobs.append(logprob)
+        alternatives = {tok.token_text(t): lp for t, lp in best}
+        alternatives.setdefault(tokens[-1], logprob)
+        top.append(alternatives)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from ..chat_templates import chat_input_ids
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
-from ..errors import InvalidInputError, UnsupportedParameterError, error_payload
+from ..errors import InvalidInputError, error_payload
 from ..generation import (
     Completed,
     StopTrimmer,
@@ -47,7 +47,7 @@ from ..schemas import (
     refuse_unsupported,
 )
 from ..settings import Settings
-from .logprobs import chat_logprobs, completion_logprobs
+from .logprobs import chat_logprobs, completion_logprobs, echo_logprobs
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
@@ -64,6 +64,7 @@ async def _submit(
     rows: int,
     top_logprobs: int = 0,
     grammar: tuple[str, str] | None = None,
+    prompt_logprobs: bool = False,
 ) -> tuple[list[RequestHandle], list[str]]:
     refuse_unsupported(body.unsupported())
     adapter = engine.registry.resolve_model(body.model)
@@ -93,6 +94,7 @@ async def _submit(
         sampling=sampling,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stops,
+        prompt_logprobs=prompt_logprobs,
     )
     return await submit_choices(engine, request, rows), stops
 
@@ -161,10 +163,10 @@ async def _stream(
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Text completion of `prompt` under adapter `model`."""
-    if body.echo and body.logprobs is not None:
-        raise UnsupportedParameterError(
-            "`echo` with `logprobs` asks for the prompt's logprobs, which need the prompt's logits; the engine "
-            "computes the last position's only, so it is not supported: drop `echo` or `logprobs`"
+    prompt_logprobs = body.echo and body.logprobs is not None
+    if prompt_logprobs and body.stream:
+        raise InvalidInputError(
+            "`echo` with `logprobs` (the prompt's logprobs) is not supported when streaming: drop `stream`"
         )
     best_of = body.best_of or body.n
     if best_of < body.n:
@@ -172,7 +174,13 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     if best_of > body.n and body.stream:
         raise InvalidInputError("best_of > n cannot stream: the best candidates are known only at the end")
     handles, stops = await _submit(
-        body, engine.tok.encode(body.prompt), settings, engine, rows=best_of, top_logprobs=body.logprobs or 0
+        body,
+        engine.tok.encode(body.prompt),
+        settings,
+        engine,
+        rows=best_of,
+        top_logprobs=body.logprobs or 0,
+        prompt_logprobs=prompt_logprobs,
     )
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     with_logprobs = body.logprobs is not None
@@ -201,6 +209,9 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
         text = trim_at_stop(done.finish.generated_text, stops)
         prefix = body.prompt if body.echo else ""
         logprobs = completion_logprobs(engine.tok, done.tokens, len(prefix)) if with_logprobs else None
+        if logprobs is not None and prompt_logprobs:
+            echoed = echo_logprobs(engine.tok, done.finish)
+            logprobs = {key: echoed[key] + logprobs[key] for key in logprobs}
         finish = FINISH[done.finish.finish_reason]
         choices.append({"index": index, "text": prefix + text, "logprobs": logprobs, "finish_reason": finish})
     usage = _usage(finishes[0].prompt_tokens, sum(f.generated_tokens for f in finishes))

@@ -52,6 +52,10 @@ class ReferencePagedModel:
     def init_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.slots = torch.full((num_blocks, block_size), UNWRITTEN, dtype=torch.long)
 
+    def copy_kv_block(self, src: int, dst: int) -> None:
+        assert self.slots is not None, "copy_kv_block before init_kv_cache"
+        self.slots[dst] = self.slots[src]
+
     def paged_step(self, plan: StepPlan) -> torch.Tensor:
         assert self.slots is not None, "paged_step before init_kv_cache"
         self.plans.append(plan)

@@ -172,7 +172,6 @@ def test_tgi_truncate_keeps_the_last_tokens(client) -> None:
 
 TGI_UNSUPPORTED = {  # typical_p, top_n_tokens, best_of, grammar: honoured (test_api_tgi_sampling.py)
     "watermark": True,
-    "decoder_input_details": True,
     "frequency_penalty": 0.5,
 }
 TGI_DEFAULTS = {

@@ -138,16 +138,8 @@ def test_completions_logprobs_k_are_the_models(client, oracle) -> None:
     assert [p.strip() for p in pieces] == logprobs["tokens"][:-1]
 
 
-def test_prompt_logprobs_are_refused_with_the_reason(client) -> None:
-    """The engine keeps the last position's logits only: echo + logprobs and decoder_input_details say so."""
-    echo = client.post(
-        "/v1/completions", json={"model": "lora4", "prompt": "w1", "echo": True, "logprobs": 1}
-    )
-    assert echo.status_code == 422 and echo.json()["error_type"] == "unsupported"
-    assert "`echo` with `logprobs`" in echo.json()["error"] and "prompt's logits" in echo.json()["error"]
-    tgi = client.post("/generate", json={"inputs": "w1", "parameters": {"decoder_input_details": True}})
-    assert tgi.status_code == 422 and "`decoder_input_details`" in tgi.json()["error"]
-    assert "prompt's logits" in tgi.json()["error"]
+def test_top_logprobs_without_logprobs_is_refused_with_the_reason(client) -> None:
+    """(Prompt logprobs, `echo` + `logprobs` and `decoder_input_details`: test_api_prompt_logprobs.py.)"""
     bare = client.post(
         "/v1/chat/completions",
         json={"model": "lora4", "messages": [{"role": "user", "content": "w1"}], "top_logprobs": 2},
