@@ -51,7 +51,6 @@ import torch
 
 from ..adapters import AdapterRegistry
 from ..errors import (
-    InvalidInputError,
     NotReadyError,
     QueueFullError,
     UnsupportedParameterError,
@@ -59,7 +58,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..modeling import LoadedBase
-from ..sampling import Pick, RowSampler, choose_tokens
+from ..sampling import Pick, RowSampler
 from ..store import Lease
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
@@ -67,8 +66,8 @@ from .fairness import VirtualTokenCounter
 from .limits import TokenLimits, prompt_positions
 from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
-from .scheduler import StepSchedule
-from .siblings import SiblingGroups, with_followers
+from .paged_path import PagedPath
+from .siblings import SiblingGroups
 from .types import (
     ClassifyJob,
     ErrorEvent,
@@ -82,7 +81,7 @@ log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
 
 
-class Engine(PaddedPath):
+class Engine(PagedPath, PaddedPath):
     """Continuous batching over a MultiAdapterModel: `paged_step` (or `prefill`/`decode`) and `classify`."""
 
     def __init__(
@@ -337,121 +336,6 @@ class Engine(PaddedPath):
                 release_lease(job.lease)
         self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
         return jobs
-
-    # -- the paged path ---------------------------------------------------------------------------------
-    def _paged_step(self, batch: PagedBatch) -> None:
-        schedule, jobs = self._schedule_paged(batch)
-        self._run_jobs(jobs)
-        rows, logits = self._forward_paged(batch, schedule)
-        if rows and logits is not None:
-            rows, logits, queue = with_followers(self.siblings, self._cond, batch, self.model, rows, logits)
-            if queue:
-                with self._cond:
-                    self._waiting.extend(queue)
-            self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
-
-    def _schedule_paged(self, batch: PagedBatch) -> tuple[StepSchedule[Row], list[ClassifyJob]]:
-        for row in batch.keep_running():  # they leave now: their adapter may be unloaded from here on
-            self._leave(row)
-        hits = batch.blocks.hit_positions, batch.blocks.queried_positions
-        with self._cond:
-            self._waiting.extend(self.siblings.orphans())
-            self._drop_cancelled()
-            schedule = batch.schedule(self._waiting)
-            jobs = self._take_classify_jobs()
-        for row in schedule.unfit:  # check_fits refuses these at submit: a bug if it happens
-            self._fail_alone(row, InvalidInputError("the request does not fit in the KV cache"))
-        self.metrics.preemptions.inc(len(schedule.preempted))
-        self.metrics.prefix_cache_hits.inc(batch.blocks.hit_positions - hits[0])
-        self.metrics.prefix_cache_queries.inc(batch.blocks.queried_positions - hits[1])
-        self.metrics.running_rows.set(len(batch))
-        self._observe_blocks()
-        return schedule, jobs
-
-    def _forward_paged(
-        self, batch: PagedBatch, schedule: StepSchedule[Row]
-    ) -> tuple[list[Row], torch.Tensor | None]:
-        """Run the schedule's chunks; return the rows whose stream they completed and those rows' logits
-        (n, V). If the step fails, each chunk runs alone so that only the rows at fault fail."""
-        chunks = schedule.chunks
-        if not chunks:
-            return [], None
-        try:
-            plan = batch.plan(chunks)
-            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
-            done = chunks
-        except Exception as exc:
-            if len(chunks) == 1:
-                self._fail_alone(chunks[0].row, exc)
-                return [], None
-            done, parts = [], []
-            for chunk in chunks:
-                try:
-                    plan = batch.plan([chunk])
-                    part = self._sampling_logits(plan, [chunk], self.model.paged_step(plan))
-                except Exception as solo_exc:
-                    self._fail_alone(chunk.row, solo_exc)
-                    continue
-                done.append(chunk)
-                if chunk.last:
-                    parts.append(part)
-            logits = torch.cat(parts) if parts else None
-        rows = [chunk.row for chunk in done if chunk.last]
-        if logits is not None and logits.shape[0] != len(rows):
-            raise RuntimeError(
-                f"paged_step returned {logits.shape[0]} logits rows for {len(rows)} chunks wanting them"
-            )
-        for chunk in done:
-            batch.commit(chunk)
-        self.metrics.prompt_tokens.inc(
-            sum(max(0, min(c.start + c.count, c.row.seq.prompt_len) - c.start) for c in done)
-        )
-        self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
-        return rows, logits
-
-    def _sampling_logits(self, plan: Any, chunks: list[Any], logits: torch.Tensor) -> torch.Tensor:
-        """The rows of `logits` (paged_step's layout, adapters_core/paged/plan.py) that sample, one per chunk
-        ending its row's stream; the prompt logprobs of the chunks with `all_logits` are recorded on the way."""
-        keep: list[int] = []
-        at = 0
-        for seq_chunk, chunk in zip(plan.chunks, chunks):
-            if seq_chunk.all_logits:
-                self._record_prompt_logprobs(chunk, logits[at : at + chunk.count])
-                at += chunk.count
-            elif seq_chunk.want_logits:
-                at += 1
-            if seq_chunk.want_logits:
-                keep.append(at - 1)
-        if at != logits.shape[0]:
-            raise RuntimeError(f"paged_step returned {logits.shape[0]} logits rows, the plan wants {at}")
-        return logits[keep]
-
-    @staticmethod
-    def _record_prompt_logprobs(chunk: Any, logits: torch.Tensor) -> None:
-        """Row j of `logits` (count, V) follows stream position start + j: it scores the prompt token at the next
-        position, if that is a prompt token after the first (the row's `prompt_logprobs` index = position - v)."""
-        row, seq = chunk.row, chunk.row.seq
-        virtual = seq.prompt_len - len(row.request.input_ids)
-        k = row.sampler.params.top_logprobs
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for j in range(chunk.count):
-            nxt = chunk.start + j + 1
-            if not virtual < nxt < seq.prompt_len:
-                continue
-            token = seq.stream[nxt]
-            top: tuple[tuple[int, float], ...] = ()
-            if k:
-                values, ids = logprobs[j].topk(k)
-                top = tuple(zip(ids.tolist(), values.tolist()))
-            row.prompt_logprobs[nxt - virtual] = (float(logprobs[j, token]), top)
-        if chunk.start + chunk.count >= seq.prompt_len:
-            seq.prompt_logits = False  # all collected: a recompute after preemption may reuse cached blocks
-
-    def _observe_blocks(self) -> None:
-        if isinstance(self._batch, PagedBatch):
-            pool = self._batch.blocks.pool
-            self.metrics.kv_blocks_used.set(pool.num_used)
-            self.metrics.kv_blocks_free.set(pool.num_free)
 
     def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()

@@ -1,0 +1,150 @@
+"""The paged path of the engine (a mixin of `Engine`), for every base `model.paged_support()` accepts:
+
+schedule  rows that finished leave (their blocks go back), the scheduler picks this step's chunks under the
+          token budget (decodes first, then prefill chunks; admission by free blocks, VTC order,
+          preemption when blocks run out: engine/scheduler.py, engine/paged.py)
+forward   one `model.paged_step` over the packed chunks (adapters_core/paged); if it fails, each chunk runs
+          alone so that only the rows at fault fail
+sample    the rows whose stream the step completed (n > 1 siblings fork the first row's blocks here:
+          engine/siblings.py), with their own samplers; prompt logprobs are recorded on the way
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InvalidInputError
+from ..sampling import choose_tokens
+from .batch import Row
+from .paged import PagedBatch
+from .scheduler import StepSchedule
+from .siblings import with_followers
+from .types import ClassifyJob
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+class PagedPath:
+    """The paged step. Its methods run on the Engine (`self: Engine`; mypy's misc note on that self type is
+    silenced: the mixin is only ever a base of Engine)."""
+
+    def _paged_step(self: Engine, batch: PagedBatch) -> None:  # type: ignore[misc]
+        schedule, jobs = self._schedule_paged(batch)
+        self._run_jobs(jobs)
+        rows, logits = self._forward_paged(batch, schedule)
+        if rows and logits is not None:
+            rows, logits, queue = with_followers(self.siblings, self._cond, batch, self.model, rows, logits)
+            if queue:
+                with self._cond:
+                    self._waiting.extend(queue)
+            self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
+
+    def _schedule_paged(  # type: ignore[misc]
+        self: Engine, batch: PagedBatch
+    ) -> tuple[StepSchedule[Row], list[ClassifyJob]]:
+        for row in batch.keep_running():  # they leave now: their adapter may be unloaded from here on
+            self._leave(row)
+        hits = batch.blocks.hit_positions, batch.blocks.queried_positions
+        with self._cond:
+            self._waiting.extend(self.siblings.orphans())
+            self._drop_cancelled()
+            schedule = batch.schedule(self._waiting)
+            jobs = self._take_classify_jobs()
+        for row in schedule.unfit:  # check_fits refuses these at submit: a bug if it happens
+            self._fail_alone(row, InvalidInputError("the request does not fit in the KV cache"))
+        self.metrics.preemptions.inc(len(schedule.preempted))
+        self.metrics.prefix_cache_hits.inc(batch.blocks.hit_positions - hits[0])
+        self.metrics.prefix_cache_queries.inc(batch.blocks.queried_positions - hits[1])
+        self.metrics.running_rows.set(len(batch))
+        self._observe_blocks()
+        return schedule, jobs
+
+    def _forward_paged(  # type: ignore[misc]
+        self: Engine, batch: PagedBatch, schedule: StepSchedule[Row]
+    ) -> tuple[list[Row], torch.Tensor | None]:
+        """Run the schedule's chunks; return the rows whose stream they completed and those rows' logits
+        (n, V). If the step fails, each chunk runs alone so that only the rows at fault fail."""
+        chunks = schedule.chunks
+        if not chunks:
+            return [], None
+        try:
+            plan = batch.plan(chunks)
+            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
+            done = chunks
+        except Exception as exc:
+            if len(chunks) == 1:
+                self._fail_alone(chunks[0].row, exc)
+                return [], None
+            done, parts = [], []
+            for chunk in chunks:
+                try:
+                    plan = batch.plan([chunk])
+                    part = self._sampling_logits(plan, [chunk], self.model.paged_step(plan))
+                except Exception as solo_exc:
+                    self._fail_alone(chunk.row, solo_exc)
+                    continue
+                done.append(chunk)
+                if chunk.last:
+                    parts.append(part)
+            logits = torch.cat(parts) if parts else None
+        rows = [chunk.row for chunk in done if chunk.last]
+        if logits is not None and logits.shape[0] != len(rows):
+            raise RuntimeError(
+                f"paged_step returned {logits.shape[0]} logits rows for {len(rows)} chunks wanting them"
+            )
+        for chunk in done:
+            batch.commit(chunk)
+        self.metrics.prompt_tokens.inc(
+            sum(max(0, min(c.start + c.count, c.row.seq.prompt_len) - c.start) for c in done)
+        )
+        self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
+        return rows, logits
+
+    def _sampling_logits(  # type: ignore[misc]
+        self: Engine, plan: Any, chunks: list[Any], logits: torch.Tensor
+    ) -> torch.Tensor:
+        """The rows of `logits` (paged_step's layout, adapters_core/paged/plan.py) that sample, one per chunk
+        ending its row's stream; the prompt logprobs of the chunks with `all_logits` are recorded on the way."""
+        keep: list[int] = []
+        at = 0
+        for seq_chunk, chunk in zip(plan.chunks, chunks):
+            if seq_chunk.all_logits:
+                self._record_prompt_logprobs(chunk, logits[at : at + chunk.count])
+                at += chunk.count
+            elif seq_chunk.want_logits:
+                at += 1
+            if seq_chunk.want_logits:
+                keep.append(at - 1)
+        if at != logits.shape[0]:
+            raise RuntimeError(f"paged_step returned {logits.shape[0]} logits rows, the plan wants {at}")
+        return logits[keep]
+
+    @staticmethod
+    def _record_prompt_logprobs(chunk: Any, logits: torch.Tensor) -> None:
+        """Row j of `logits` (count, V) follows stream position start + j: it scores the prompt token at the next
+        position, if that is a prompt token after the first (the row's `prompt_logprobs` index = position - v)."""
+        row, seq = chunk.row, chunk.row.seq
+        virtual = seq.prompt_len - len(row.request.input_ids)
+        k = row.sampler.params.top_logprobs
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for j in range(chunk.count):
+            nxt = chunk.start + j + 1
+            if not virtual < nxt < seq.prompt_len:
+                continue
+            token = seq.stream[nxt]
+            top: tuple[tuple[int, float], ...] = ()
+            if k:
+                values, ids = logprobs[j].topk(k)
+                top = tuple(zip(ids.tolist(), values.tolist()))
+            row.prompt_logprobs[nxt - virtual] = (float(logprobs[j, token]), top)
+        if chunk.start + chunk.count >= seq.prompt_len:
+            seq.prompt_logits = False  # all collected: a recompute after preemption may reuse cached blocks
+
+    def _observe_blocks(self: Engine) -> None:  # type: ignore[misc]
+        if isinstance(self._batch, PagedBatch):
+            pool = self._batch.blocks.pool
+            self.metrics.kv_blocks_used.set(pool.num_used)
+            self.metrics.kv_blocks_free.set(pool.num_free)
