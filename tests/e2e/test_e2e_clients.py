@@ -15,6 +15,7 @@ import huggingface_hub.constants
 import numpy as np
 import openai
 import pytest
+import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import UnknownError, ValidationError
 from serve_helpers import make_causal_adapters, prompt, reference_tokens, save_base
@@ -186,3 +187,27 @@ def test_inference_client_chat_and_feature_extraction(setup, online) -> None:
     want = multi.embed([tok(prompt(80))["input_ids"]], [None])[0]
     assert features.shape == (1, want.shape[0])
     assert np.allclose(features[0], (want / want.norm()).numpy(), atol=1e-5)  # TEI normalizes by default
+
+
+def test_prompt_logprobs_through_both_clients(setup, online) -> None:
+    """OpenAI `echo` + `logprobs` and TGI `decoder_input_details` through the real clients: every prompt token
+    after the first scored by the model's own log-softmax under the adapter (the first has none)."""
+    url, multi, tok = setup
+    text = prompt(80)
+    ids = tok(text)["input_ids"]
+    with torch.no_grad():
+        logits = multi(input_ids=torch.tensor([ids]), adapter_names=["lora4"]).logits[0]  # (L, V)
+    want = torch.log_softmax(logits.float(), -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    done = _client(url).completions.create(
+        model="lora4", prompt=text, max_tokens=NEW, temperature=0, echo=True, logprobs=1
+    )
+    scored = done.choices[0].logprobs
+    assert scored is not None and scored.token_logprobs is not None
+    assert done.choices[0].text.startswith(text) and scored.token_logprobs[0] is None
+    assert np.allclose(scored.token_logprobs[1 : len(ids)], want.numpy(), atol=1e-4)
+    details = InferenceClient(model=url, api_key=USER).text_generation(
+        text, adapter_id="lora4", max_new_tokens=NEW, details=True, decoder_input_details=True
+    )
+    prefill = details.details.prefill
+    assert [t.id for t in prefill] == ids and prefill[0].logprob is None
+    assert np.allclose([t.logprob for t in prefill[1:]], want.numpy(), atol=1e-4)
