@@ -187,6 +187,14 @@ class Engine(PagedPath, PaddedPath):
                 self._holds -= 1
                 self._cond.notify_all()
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until nothing is queued or running (every finished row has left and given its blocks back);
+        TimeoutError after `timeout` seconds — a safety net against a hang, not a timing assumption. A hook for
+        tests: never call it under `hold()`, where no step runs."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._has_work(), timeout):
+                raise TimeoutError("the engine never went idle")
+
     # -- submitting (event loop side) --------------------------------------------------------------------
     def _admit_check(self) -> None:
         # Draining refuses new requests at the HTTP layer (InflightMiddleware); one accepted before it began
@@ -287,6 +295,8 @@ class Engine(PagedPath, PaddedPath):
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
+                if not self._has_work():
+                    self._cond.notify_all()  # for wait_idle(): nothing is queued or running
                 while not self._stopping and (self._holds or not self._has_work()):
                     self._cond.wait(IDLE_WAIT_S)
                 if self._stopping:

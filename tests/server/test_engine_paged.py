@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,13 +226,8 @@ def test_a_request_larger_than_the_whole_kv_cache_is_refused_with_the_flag_to_ra
 
 
 def wait_until_idle(engine: Any) -> None:
-    """Hold the engine until it has no running row (a bound against a hang, not a timing assumption)."""
-    for _ in range(6000):
-        with engine.hold():
-            if not engine._batch.rows and not engine._waiting:
-                return
-        time.sleep(0.01)
-    raise AssertionError("the engine never went idle")
+    """Until every row has left the engine (Engine.wait_idle: the engine thread signals it)."""
+    engine.wait_idle()
 
 
 @pytest.mark.timeout(300)
