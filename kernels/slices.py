@@ -53,7 +53,9 @@ def reference_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMet
     return out
 
 
-def reference_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta) -> None:
+def reference_expand_slices(
+    ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta
+) -> None:
     """The torch specification: `reference.lora_expand` on every slice, in place on ys[s]."""
     for s, w in enumerate(ws):
         reference.lora_expand(ys[s], u[s], w, meta)

@@ -25,6 +25,7 @@ from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_a
 
 from ..attr_forwarding import ForwardingModule
 from .context import ContextHolder, RowContext
+from .fused import SiblingGroup
 from .parsed import LoraTensors
 
 
@@ -127,6 +128,7 @@ class MultiLinear(_MultiBase):
         self.ia3_out: IA3Pool | None = None
         self.ia3_in: IA3Pool | None = None
         self.bias_delta: dict[int, torch.Tensor] = {}
+        self.group: SiblingGroup | None = None  # siblings reading the same input share a shrink (fused.py)
 
     def _vector_pool(self, features: int) -> IA3Pool:
         w = self.base_layer.weight
@@ -216,7 +218,7 @@ class MultiLinear(_MultiBase):
         if self.ia3_in is not None:
             x2 = ia3_scale_input(x2, self.ia3_in, meta)
         y = F.linear(x2, weight_rows(self.base_layer))  # (T, out)
-        if self.lora is not None:
+        if self.lora is not None and (self.group is None or not self.group.apply(self, y, x2, meta)):
             lora_apply(y, x2, self.lora, meta)
         if self.dora is not None:
             ia3_scale_output(y, self.dora, meta)

@@ -35,6 +35,7 @@ from ..paged import model_api as paged
 from ..paged.plan import StepPlan
 from ..weights_io import load_adapter_weights
 from .context import ContextHolder, RowContext
+from .fused import install_groups
 from .layers import (
     MultiEmbedding,
     MultiLinear,
@@ -143,6 +144,7 @@ class MultiAdapterModel(nn.Module):
                 self._layers[path] = MultiEmbedding(module, path, self._holder)
         for path, layer in self._layers.items():
             _set_submodule(base_model, path, layer)
+        self._sibling_groups = install_groups(self._layers.items())  # q/k/v, gate/up: one shrink (fused.py)
         # Prompt-family rows (prompt/P-tuning tables, prefixes, LLaMA-Adapter): per-slot state plus hooks that
         # are installed once and stay inert for other rows (multi/prompts.py). Image bases take none (vision.py).
         self.takes_pixels = takes_pixels(base_model)
