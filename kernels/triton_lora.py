@@ -349,11 +349,15 @@ def bgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
 def lora_shrink(
     x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor, *, split_k: int | None = None
 ) -> Tensor:
-    """`bgmv_shrink` for decode metadata, `sgmv_shrink` otherwise."""
-    kernel = bgmv_shrink if meta.decode else sgmv_shrink
+    """Decode metadata: `triton_shared_decode.decode_shrink` (grouped dot or BGMV); `sgmv_shrink` otherwise."""
+    from kernels.triton_shared_decode import decode_shrink
+
+    kernel = decode_shrink if meta.decode else sgmv_shrink
     return kernel(x, w, meta, out, split_k=split_k)
 
 
 def lora_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
-    """`bgmv_expand` for decode metadata, `sgmv_expand` otherwise."""
-    return (bgmv_expand if meta.decode else sgmv_expand)(y, u, w, meta)
+    """Decode metadata: `triton_shared_decode.decode_expand` (grouped dot or BGMV); `sgmv_expand` otherwise."""
+    from kernels.triton_shared_decode import decode_expand
+
+    return (decode_expand if meta.decode else sgmv_expand)(y, u, w, meta)
