@@ -26,6 +26,7 @@ from torch import Tensor
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
 from kernels.triton_lora import BLOCK_R, _dot_precision, _pow2_clamp, _split_k, _upcast_dot
+from kernels.triton_shared_decode import shared_block_r, use_shared_decode
 
 MAX_SLICES = 3  # q/k/v: the widest group a model has
 T = TypeVar("T")
@@ -280,8 +281,8 @@ def _pad(items: Sequence[T]) -> list[T]:
 
 def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, out: Tensor) -> Tensor:
     """out[s, t, :r_s] = x[t] @ A_s[slot].T for every slice s, one launch. x: (T, H_in); out: (n, T, R)
-    float32, zeroed. Per-token (BGMV) programs for decode metadata, segment (SGMV) ones otherwise; the
-    block sizes and split of the single-module launch of the same shapes."""
+    float32, zeroed. The programs of the single-module launch of the same batch: per-token (BGMV) for
+    decode, segment tiles (SGMV) for prefill and for decode rows that share adapters (`use_shared_decode`)."""
     max_rank = max(w.max_rank for w in ws)
     if meta.num_segments == 0 or max_rank == 0:
         return out
@@ -291,7 +292,7 @@ def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, ou
     pt = _pad([w.page_table for w in ws])
     rk = _pad([w.ranks for w in ws])
     common = (out.stride(0), out.stride(1), out.stride(2))
-    if meta.decode:
+    if meta.decode and not use_shared_decode(meta):
         block_k = _pow2_clamp(w0.in_features, 16, 256)
         splits, k_per_split = _split_k(
             meta.token_order.shape[0] * r_blocks, w0.in_features, block_k, x.device, None
@@ -302,6 +303,10 @@ def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, ou
             BLOCK_R=BLOCK_R, BLOCK_K=block_k, SPLIT_K=splits,
         )  # fmt: skip
         return out
+    # Prefill, or decode rows sharing adapters (kernels/triton_shared_decode.py): dot tiles of a segment's
+    # rows; in decode one rank block as wide as the largest rank (<= 64), so x is read once.
+    block_r = shared_block_r(max_rank) if meta.decode else BLOCK_R
+    r_blocks = triton.cdiv(max_rank, block_r)
     block_m = _pow2_clamp(meta.max_seg_len, 16, 64)
     block_k = _pow2_clamp(w0.in_features, 16, 128)
     m_blocks = triton.cdiv(meta.max_seg_len, block_m)
@@ -311,7 +316,7 @@ def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, ou
         x, *a, *pt, *rk, out, meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         w0.in_features, m_blocks, r_blocks, k_per_split,
         x.stride(0), x.stride(1), w0.a_pages.stride(0), w0.page_table.stride(0), *common,
-        BLOCK_M=block_m, BLOCK_R=BLOCK_R, BLOCK_K=block_k, SPLIT_K=splits, DOT_PRECISION=_dot_precision(w0),
+        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_K=block_k, SPLIT_K=splits, DOT_PRECISION=_dot_precision(w0),
         UPCAST_DOT=_upcast_dot(w0),
     )  # fmt: skip
     return out
@@ -320,7 +325,8 @@ def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, ou
 def lora_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta) -> None:
     """ys[s][t] += scale_s[slot] * u[s, t, :r_s] @ B_s[slot].T for every slice s, in place, one launch.
     ys[s]: (T, H_out_s), any strides; u: (n, T, R) float32."""
-    if meta.num_segments == 0 or max(w.max_rank for w in ws) == 0:
+    max_rank = max(w.max_rank for w in ws)
+    if meta.num_segments == 0 or max_rank == 0:
         return
     w0 = ws[0]
     widest = max(w.out_features for w in ws)
@@ -335,7 +341,7 @@ def lora_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights
         *_pad([y.stride(1) for y in ys]),
         *_pad([w.bt_pages.stride(0) for w in ws]),
     )
-    if meta.decode:
+    if meta.decode and not use_shared_decode(meta):
         block_n = _pow2_clamp(widest, 16, 256)
         n_blocks = triton.cdiv(widest, block_n)
         _bgmv_expand_slices_kernel[(meta.num_tokens * n_blocks, len(ws))](
@@ -350,6 +356,7 @@ def lora_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights
     _sgmv_expand_slices_kernel[(meta.num_segments * m_blocks * n_blocks, len(ws))](
         u, *per_slice, meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         m_blocks, n_blocks, u.stride(0), u.stride(1), u.stride(2), w0.page_table.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=BLOCK_R, DOT_PRECISION=_dot_precision(w0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=shared_block_r(max_rank) if meta.decode else BLOCK_R,
+        DOT_PRECISION=_dot_precision(w0),
         UPCAST_DOT=_upcast_dot(w0),
     )  # fmt: skip

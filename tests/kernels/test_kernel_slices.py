@@ -16,6 +16,7 @@ from kernels import LoraPool, build_decode_meta, build_prefill_meta, lora_expand
 from kernels import triton_lora as tk
 from kernels.errors import ShapeError
 from kernels.slices import lora_expand_slices, lora_shrink_slices
+from kernels.triton_shared_decode import use_shared_decode
 
 H_IN, OUTS, CAP = 48, (40, 24, 24), 32
 # Rank of every slot in every slice: slot 1 is empty in slice 2; slot 3 has rank 32 in slice 0 only.
@@ -60,7 +61,9 @@ def fused(x, ys, pools, meta, backend: str) -> tuple[torch.Tensor, list[torch.Te
     return u, outs
 
 
-def meta_of(decode: bool):
+def meta_of(decode: bool | str):
+    if decode == "shared":  # 24 adapted rows over 4 adapters: the shared-adapter decode programs
+        return build_decode_meta(ROW_SLOTS * 3)
     if decode:
         return build_decode_meta(ROW_SLOTS)
     return build_prefill_meta(ROW_SLOTS, ROW_LENGTHS)
@@ -80,9 +83,12 @@ def test_reference_slices_equal_the_single_module_reference(decode: bool) -> Non
 
 @pytest.mark.skipif(not tk.INTERPRETED, reason="CPU Triton tests need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("decode", [False, True], ids=["sgmv", "bgmv"])
-def test_triton_slices_equal_reference_and_single_module_launches(decode: bool, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("decode", [False, True, "shared"], ids=["sgmv", "bgmv", "shared"])
+def test_triton_slices_equal_reference_and_single_module_launches(
+    decode: bool | str, dtype: torch.dtype
+) -> None:
     pools, meta = make_group(dtype), meta_of(decode)
+    assert use_shared_decode(meta) == (decode == "shared")
     x, ys = inputs(meta, dtype)
     u_ref, y_ref = per_module(x, ys, pools, meta, "torch")
     u_one, y_one = per_module(x, ys, pools, meta, "triton")
