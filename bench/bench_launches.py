@@ -7,6 +7,9 @@ too). Runs the Triton backend: on CUDA when there is one, else under TRITON_INTE
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_launches.py            # 32 layers, batch 8, 4 adapters
     PYTHONPATH=$PWD .venv/bin/python bench/bench_launches.py --layers 2 --batch 4
+
+Measured (interpreter, defaults): 672 launches unfused (224 memsets, 224 shrinks, 224 expands: 7 modules x
+32 layers x 3) -> 480 fused (q/k/v and gate/up share one memset and one multi-slice shrink per block).
 """
 
 from __future__ import annotations
