@@ -8,7 +8,8 @@ the pool (`StepCache.update`). One-token chunks (decode) attend as one batch: th
 stream with a causal mask offset by `start`. A prefix-tuning row's read-only prefix keys come first. Sliding
 windows, GQA, the module's scaling and Gemma 2's logit softcapping are honoured; windows count each row's own
 (extended) positions (batch.py), as the row alone would. ALiBi families (families.py) pass `alibi`: a callable
-from extended key positions (R, S) to an additive per-head bias (R, Hq, 1, S) on the scaled scores.
+(extended key positions (R, S), a bound on them, dtype) -> an additive per-head bias (R, Hq, 1, S) on the
+scaled scores.
 
 The mask interface is left without a "swapyard_paged" entry on purpose: transformers then builds no (T, T)
 mask at all (masking_utils exits early for attention implementations it has no mask function for).
@@ -124,7 +125,8 @@ def _decode_tiled(
             if softcap is not None:
                 scores = torch.tanh(scores / softcap) * softcap
             if alibi is not None:  # (B, Hq, 1, w) -> grouped like qg
-                scores = scores + alibi(positions, q.dtype).view(rows, hkv, hq // hkv, -1)
+                bias = alibi(positions, max(dec.prefix) + dec.blocks.shape[1] * bs, q.dtype)  # whole blocks
+                scores = scores + bias.view(rows, hkv, hq // hkv, -1)
             scores = scores.masked_fill(~mask, float("-inf"))
             new_peak = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
             safe = torch.where(torch.isinf(new_peak), 0.0, new_peak)  # a tile no key of the row is in
@@ -192,7 +194,7 @@ def paged_attention(
             positions = _stream_positions(dec, 0, dec.width)
             if max(dec.prefix):
                 positions = torch.cat([_prefix_positions(dec), positions], dim=1)
-            bias = alibi(positions, q.dtype)  # (B, Hq, 1, M + C)
+            bias = alibi(positions, max(dec.prefix) + dec.width, q.dtype)  # (B, Hq, 1, M + C)
         o = _attend(q, k, v, dec.mask(window), scale, softcap, bias)  # (B, Hq, 1, hd)
         out[0, dec.tokens] = o[:, :, 0]
     chunk: Prefill
@@ -212,7 +214,7 @@ def paged_attention(
             alibi is not None
         ):  # the row's keys [prefix m][stream 0 .. start + n - 1] are positions 0.. in order
             positions = torch.arange(k.shape[2], device=k.device)[None]
-            bias = alibi(positions, q.dtype)  # (1, Hq, 1, m + start + n)
+            bias = alibi(positions, k.shape[2], q.dtype)  # (1, Hq, 1, m + start + n)
         o = _attend(q, k, v, chunk.mask(window), scale, softcap, bias)  # (1, Hq, n, hd)
         out[0, span] = o[0].transpose(0, 1)
     return out, None

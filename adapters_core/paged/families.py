@@ -31,17 +31,22 @@ from . import attention
 
 class Alibi:
     """Bias of key positions per head from the family's `build(mask, heads, dtype) -> (heads, 1, P)`, divided by
-    `divisor`. Called with extended key positions (R, S) long, returns (R, heads, 1, S) in `dtype`."""
+    `divisor`. Called with extended key positions (R, S) long, all below `length` (a host int: no device sync),
+    returns (R, heads, 1, S) in `dtype`. One per model, shared by its layers."""
 
     def __init__(self, build: Callable[..., torch.Tensor], heads: int, divisor: float) -> None:
         self.build, self.heads, self.divisor = build, heads, divisor
         self.table: torch.Tensor | None = None  # (heads, P): bias of positions 0..P-1, grown on demand
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        need = int(positions.max()) + 1
+    def __call__(self, positions: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
         table = self.table
-        if table is None or table.shape[1] < need or table.dtype != dtype or table.device != positions.device:
-            size = max(need, 2 * table.shape[1] if table is not None else 256)
+        if (
+            table is None
+            or table.shape[1] < length
+            or table.dtype != dtype
+            or table.device != positions.device
+        ):
+            size = max(length, 2 * table.shape[1] if table is not None else 0)
             ones = torch.ones(1, size, dtype=torch.long, device=positions.device)
             table = self.build(ones, self.heads, dtype)[:, 0]  # (heads, size)
             self.table = table = table / self.divisor if self.divisor != 1.0 else table
@@ -110,7 +115,7 @@ def _falcon_forward(
 
 
 _ALIBI_ATTR = "_swapyard_alibi"
-# attention class name -> (paged forward, ALiBi builder or None)
+# attention class name -> (its paged forward, the family's ALiBi builder)
 _ADAPTERS: dict[str, tuple[Callable[..., Any], Callable[..., torch.Tensor]]] = {
     "BloomAttention": (_bloom_forward, modeling_bloom.build_alibi_tensor),
     "FalconAttention": (_falcon_forward, modeling_falcon.build_alibi_tensor),
@@ -125,15 +130,18 @@ def adapted_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 @contextmanager
 def adapted(modules: list[torch.nn.Module]) -> Iterator[None]:
     """Each module's `forward` is its family's paged adapter for the duration (the class's forward after)."""
+    shared: dict[tuple[str, int, float], Alibi] = {}
     for module in modules:
-        forward, build = _ADAPTERS[type(module).__name__]
+        name = type(module).__name__
+        forward, build = _ADAPTERS[name]
         if not hasattr(module, _ALIBI_ATTR):
             # BLOOM adds the bias to the scaled scores (its beta is 1); Falcon to the unscaled ones, so its
             # bias is divided by √hd as FalconModel divides it into the mask.
-            falcon = type(module).__name__ == "FalconAttention"
-            divisor = math.sqrt(int(module.head_dim)) if falcon else 1.0  # type: ignore[arg-type]
-            setattr(module, _ALIBI_ATTR, Alibi(build, int(module.num_heads), divisor))  # type: ignore[arg-type]
-        module.forward = MethodType(forward, module)  # type: ignore[method-assign]
+            heads = int(module.num_heads)  # type: ignore[arg-type]
+            divisor = math.sqrt(int(module.head_dim)) if name == "FalconAttention" else 1.0  # type: ignore[arg-type]
+            key = (name, heads, divisor)
+            setattr(module, _ALIBI_ATTR, shared.setdefault(key, Alibi(build, heads, divisor)))
+        module.forward = MethodType(forward, module)
     try:
         yield
     finally:
