@@ -7,7 +7,9 @@ the pool (`StepCache.update`). One-token chunks (decode) attend as one batch: th
 (B, Hkv, M + C, hd) with a key mask, one SDPA. Longer chunks (prefill) attend one by one over their gathered
 stream with a causal mask offset by `start`. A prefix-tuning row's read-only prefix keys come first. Sliding
 windows, GQA, the module's scaling and Gemma 2's logit softcapping are honoured; windows count each row's own
-(extended) positions (batch.py), as the row alone would.
+(extended) positions (batch.py), as the row alone would. ALiBi families (families.py) pass `alibi`: a callable
+(extended key positions (R, S), a bound on them, dtype) -> an additive per-head bias (R, Hq, 1, S) on the
+scaled scores.
 
 The mask interface is left without a "swapyard_paged" entry on purpose: transformers then builds no (T, T)
 mask at all (masking_utils exits early for attention implementations it has no mask function for).
@@ -40,15 +42,19 @@ def _attend(
     mask: torch.Tensor | None,
     scaling: float,
     softcap: float | None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q (B, Hq, n, hd), k/v (B, Hkv, S, hd), mask (B, 1, n, S) bool or None (all seen) -> (B, Hq, n, hd)."""
+    """q (B, Hq, n, hd), k/v (B, Hkv, S, hd), mask (B, 1, n, S) bool or None (all seen), bias (B, Hq, 1, S)
+    added to the scaled scores or None -> (B, Hq, n, hd)."""
+    if bias is not None:  # a float mask: the bias where seen, -inf elsewhere
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     if softcap is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = torch.tanh(torch.matmul(q, k.transpose(-1, -2)) * scaling / softcap) * softcap
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(weights, v)
 
@@ -92,6 +98,7 @@ def _decode_tiled(
     window: int | None,
     scale: float,
     softcap: float | None,
+    alibi: Any = None,
 ) -> torch.Tensor:
     """Decode attention over KEY_TILE keys at a time, merged with a running max and sum (online softmax).
     q (B, Hq, 1, hd) -> (B, Hq, hd)."""
@@ -102,20 +109,24 @@ def _decode_tiled(
     peak = qg.new_full((rows, hkv, hq // hkv, 1), float("-inf"))
     total = qg.new_zeros(rows, hkv, hq // hkv, 1)
     acc = qg.new_zeros(rows, hkv, hq // hkv, hd)
-    tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # k, v, mask, positions
     if max(dec.prefix):
         empty = qg.new_zeros(rows, hkv, 0, hd)
         pk, pv = _with_prefix(empty, empty, dec.prefix_slots, dec.prefix, layer, cache)
-        tiles.append((pk, pv, dec.prefix_mask(window)))
+        tiles.append((pk, pv, dec.prefix_mask(window), _prefix_positions(dec)))
     per_tile = max(1, KEY_TILE // bs)
     for first in range(0, dec.blocks.shape[1], per_tile):
         blocks = dec.blocks[:, first : first + per_tile]
         k, v = _gather(k_pool, blocks, bs), _gather(v_pool, blocks, bs)
-        tiles.append((k, v, dec.stream_mask(window, first * bs, k.shape[2])))
-        for k, v, mask in tiles:
+        at, width = first * bs, k.shape[2]
+        tiles.append((k, v, dec.stream_mask(window, at, width), _stream_positions(dec, at, width)))
+        for k, v, mask, positions in tiles:
             scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # (B, Hkv, g, w)
             if softcap is not None:
                 scores = torch.tanh(scores / softcap) * softcap
+            if alibi is not None:  # (B, Hq, 1, w) -> grouped like qg
+                bias = alibi(positions, max(dec.prefix) + dec.blocks.shape[1] * bs, q.dtype)  # whole blocks
+                scores = scores + bias.view(rows, hkv, hq // hkv, -1)
             scores = scores.masked_fill(~mask, float("-inf"))
             new_peak = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
             safe = torch.where(torch.isinf(new_peak), 0.0, new_peak)  # a tile no key of the row is in
@@ -126,6 +137,17 @@ def _decode_tiled(
             peak = new_peak
         tiles.clear()
     return (acc / total).reshape(rows, hq, hd)
+
+
+def _stream_positions(dec: Decode, first: int, width: int) -> torch.Tensor:
+    """(B, width) extended positions of stream columns [first, first + width): the row's prefix m, then p."""
+    m = torch.tensor(dec.prefix, dtype=torch.long, device=dec.blocks.device)[:, None]
+    return m + first + torch.arange(width, device=dec.blocks.device)[None]
+
+
+def _prefix_positions(dec: Decode) -> torch.Tensor:
+    """(B, M) extended positions of the prefix columns (left-aligned: column c is position c)."""
+    return torch.arange(max(dec.prefix), device=dec.blocks.device).expand(len(dec.prefix), -1)
 
 
 def paged_attention(
@@ -151,6 +173,7 @@ def paged_attention(
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     window = int(window) if window else None
     softcap = kwargs.get("softcap")
+    alibi = kwargs.get("alibi")  # families.Alibi or None
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     k_pool, v_pool, bs = cache.pool.keys[layer], cache.pool.values[layer], cache.pool.block_size
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, T, Hq, hd)
@@ -158,13 +181,21 @@ def paged_attention(
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
         if dec.width > KEY_TILE:
-            out[0, dec.tokens] = _decode_tiled(q, k_pool, v_pool, dec, layer, cache, window, scale, softcap)
+            out[0, dec.tokens] = _decode_tiled(
+                q, k_pool, v_pool, dec, layer, cache, window, scale, softcap, alibi
+            )
             dec = None
     if dec is not None:
         k = _gather(k_pool, dec.blocks, bs)[:, :, : dec.width]  # (B, Hkv, C, hd)
         v = _gather(v_pool, dec.blocks, bs)[:, :, : dec.width]
         k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
-        o = _attend(q, k, v, dec.mask(window), scale, softcap)  # (B, Hq, 1, hd)
+        bias = None
+        if alibi is not None:
+            positions = _stream_positions(dec, 0, dec.width)
+            if max(dec.prefix):
+                positions = torch.cat([_prefix_positions(dec), positions], dim=1)
+            bias = alibi(positions, max(dec.prefix) + dec.width, q.dtype)  # (B, Hq, 1, M + C)
+        o = _attend(q, k, v, dec.mask(window), scale, softcap, bias)  # (B, Hq, 1, hd)
         out[0, dec.tokens] = o[:, :, 0]
     chunk: Prefill
     for chunk in batch.prefills:
@@ -178,7 +209,13 @@ def paged_attention(
             v = _gather(v_pool, chunk.blocks[None], bs)[:, :, :length]
         if chunk.prefix:
             k, v = _with_prefix(k, v, {chunk.slot: [0]}, [chunk.prefix], layer, cache)
-        o = _attend(q, k, v, chunk.mask(window), scale, softcap)  # (1, Hq, n, hd)
+        bias = None
+        if (
+            alibi is not None
+        ):  # the row's keys [prefix m][stream 0 .. start + n - 1] are positions 0.. in order
+            positions = torch.arange(k.shape[2], device=k.device)[None]
+            bias = alibi(positions, k.shape[2], q.dtype)  # (1, Hq, 1, m + start + n)
+        o = _attend(q, k, v, chunk.mask(window), scale, softcap, bias)  # (1, Hq, n, hd)
         out[0, span] = o[0].transpose(0, 1)
     return out, None
 

@@ -93,3 +93,7 @@ class StepCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        """(key length, offset) as a cache without past reports it (BLOOM sizes its unused ALiBi tensor so)."""
+        return query_length, 0

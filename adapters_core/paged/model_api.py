@@ -1,9 +1,10 @@
 """The MultiAdapterModel methods of the paged contract (paged/plan.py), as functions of the model.
 
 `support` decides which bases run on the paged path: causal LMs whose attention calls `cache.update` and then
-transformers' attention interface (checked by a probe step over a private two-block pool), without ALiBi
-(its biases come from the attention mask, which the paged path does not build). The rest keep the padded step
-API (multi/steps.py) for now.
+transformers' attention interface (checked by a probe step over a private two-block pool), or whose attention
+families.py adapts (BLOOM, Falcon: ALiBi or rotary). Other ALiBi families (MPT, Baichuan) are refused: their
+biases come from the attention mask, which the paged path does not build. The rest keep the padded step API
+(multi/steps.py) for now.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import Any
 import torch
 
 from ..errors import UnsupportedError
+from . import families
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
 from .plan import SeqChunk, StepPlan
 from .step import PagedState, mark_attention_modules, run
 
 __all__ = ["RESERVED_BLOCKS"]
 
-_ALIBI = ("bloom", "mpt", "baichuan")
+_ALIBI = ("mpt", "baichuan")
 
 
 def _state(model: Any) -> PagedState:
@@ -57,8 +59,11 @@ def _why_not(model: Any, state: PagedState) -> str | None:
         what = "an encoder-decoder" if kind == "seq2seq" else "a sequence classifier (encoder)"
         return f"{name} is {what}: the paged path serves decoder-only causal LMs (its rows use the padded step API)."
     cfg = base.config
-    if cfg.model_type in _ALIBI or getattr(cfg, "alibi", False):
-        return f"{name} uses ALiBi position biases, which the paged attention does not apply yet."
+    adapted = families.adapted_modules(base)
+    if (cfg.model_type in _ALIBI or getattr(cfg, "alibi", False)) and not adapted:
+        return (
+            f"{name} uses ALiBi position biases, which the paged attention applies for BLOOM and Falcon only."
+        )
     if not _heads(model):
         return f"{name} fills no KV cache layers: nothing to page."
     # Probe: one two-token step over a private pool; every layer must write its keys and attend through us.

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import attention
+from . import attention, families
 from .batch import PagedBatch, build
 from .kv_cache import KVPool, StepCache
 from .plan import StepPlan
@@ -30,6 +30,8 @@ class PagedState:
         self.cell: list[StepCache | None] = [None]  # shared by every marked attention module
         self.support: str | bool | None = False  # False: not probed yet
         self.logits_to_keep: bool | None = None  # whether the model's forward takes it (looked up once)
+        # The attention modules families.py runs (looked up once).
+        self.adapted: list[torch.nn.Module] | None = None
 
 
 def mark_attention_modules(model: torch.nn.Module, cell: list[Any]) -> None:
@@ -97,9 +99,11 @@ def run(
         state.logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
     if state.logits_to_keep:
         call["logits_to_keep"] = torch.tensor(keep, dtype=torch.long, device=device)
+    if state.adapted is None:
+        state.adapted = families.adapted_modules(base)
     state.cell[0] = cache
     try:
-        with paged_attention_on(base.config), model.rows(batch.context):
+        with paged_attention_on(base.config), families.adapted(state.adapted), model.rows(batch.context):
             out = base(**_inputs(store, batch), **call)
     finally:
         state.cell[0] = None

@@ -14,9 +14,9 @@ Two paths, chosen at `start()` by `model.paged_support()`:
 * paged (causal LMs): a token budget per step (`--max-batch-tokens`), decodes first, then prefill chunks;
   rows hold blocks of a paged KV cache (`--kv-cache-bytes`, `--kv-block-size`), shared by prompt prefixes of
   the same adapter version; when blocks run out a row is preempted and recomputed later;
-* padded (the bases `paged_support` names a reason for: encoder-decoders, ALiBi): the running rows decode one
-  token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated. It goes when
-  the paged core covers those bases (issue 16).
+* padded (the bases `paged_support` names a reason for: encoder-decoders, MPT's ALiBi): the running rows
+  decode one token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated.
+  It goes when the paged core covers those bases (issue 16).
 
 Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
 On the paged path the rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a

@@ -1,5 +1,5 @@
 """The padded path of the engine (a mixin of `Engine`): for the bases `model.paged_support()` names a reason
-for (encoder-decoders, ALiBi). The running rows decode one token in a (B, 1) step over the model's
+for (encoder-decoders; MPT's ALiBi). The running rows decode one token in a (B, 1) step over the model's
 `DecodeState`; admitted rows are prefilled whole, together, and concatenated into it. This file goes when the
 paged core covers those bases (issue 16: one engine core).
 """

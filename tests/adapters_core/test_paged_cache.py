@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import transformers as tf
 from arch_configs import FAMILIES, VOCAB
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -164,11 +165,23 @@ def test_unknown_adapter_and_duplicate_rows_are_refused(ready: MultiAdapterModel
 def test_paged_step_needs_the_pool_and_a_supported_base() -> None:
     with pytest.raises(RuntimeError, match="init_kv_cache"):
         _model().paged_step(StepPlan([SeqChunk(0, None, [5], 0, [1])]))
-    bloom, t5 = _model("bloom"), _model("t5")
-    assert "ALiBi" in (bloom.paged_support() or "")
+    t5 = _model("t5")
     assert "encoder-decoder" in (t5.paged_support() or "")
+    with pytest.raises(UnsupportedError, match="encoder-decoder"):
+        t5.init_kv_cache(8, BS)
+
+
+def test_alibi_bases_page_through_their_family_adapter_others_say_why() -> None:
+    """BLOOM and Falcon run on the paged path (paged/families.py; parity in test_paged_parity.py); MPT's ALiBi
+    comes from an attention mask the paged path does not build, so it is refused by name."""
+    assert _model("bloom").paged_support() is None
+    assert _model("falcon").paged_support() is None
+    torch.manual_seed(0)
+    mpt_config = tf.MptConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=VOCAB, expansion_ratio=2)
+    mpt = MultiAdapterModel(tf.MptForCausalLM(mpt_config).eval())
+    assert "ALiBi" in (mpt.paged_support() or "")
     with pytest.raises(UnsupportedError, match="ALiBi"):
-        bloom.init_kv_cache(8, BS)
+        mpt.init_kv_cache(8, BS)
 
 
 def test_block_bytes_and_stream_prefix() -> None:
