@@ -25,6 +25,7 @@ from fastapi.responses import StreamingResponse
 from ..chat_templates import chat_input_ids
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
+from ..engine.types import release_lease
 from ..errors import InvalidInputError, error_payload
 from ..generation import (
     Completed,
@@ -48,6 +49,7 @@ from ..schemas import (
     refuse_unsupported,
 )
 from ..settings import Settings
+from ..store import Lease
 from .logprobs import chat_logprobs, completion_logprobs, echo_logprobs
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -66,7 +68,10 @@ async def _submit(
     top_logprobs: int = 0,
     grammar: tuple[str, str] | None = None,
     prompt_logprobs: bool = False,
+    held: Lease | None = None,
 ) -> tuple[list[RequestHandle], list[str]]:
+    """Queue the body's `rows` choices of `input_ids`; `held`: the caller's lease on the adapter, which the
+    rows share (`submit_choices`), else they acquire it once."""
     refuse_unsupported(body.unsupported())
     adapter = engine.registry.resolve_model(body.model)
     try:
@@ -97,7 +102,7 @@ async def _submit(
         stop=stops,
         prompt_logprobs=prompt_logprobs,
     )
-    return await submit_choices(engine, request, rows), stops
+    return await submit_choices(engine, request, rows, held=held), stops
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -241,17 +246,22 @@ async def chat_completions(
     if body.top_logprobs and not body.logprobs:
         raise InvalidInputError("top_logprobs needs logprobs: true")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
-    # The adapter's own chat template when its files carry one (chat_templates.py), else the base's.
-    input_ids = await chat_input_ids(engine, engine.registry.resolve_model(body.model), messages)
-    handles, stops = await _submit(
-        body,
-        input_ids,
-        settings,
-        engine,
-        rows=body.n,
-        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
-        grammar=openai_response_format(body.response_format),
-    )
+    # One lease for the adapter's own chat template (chat_templates.py; else the base's) and the generation:
+    # the prompt and the weights are of one version.
+    lease = await engine.registry.acquire(engine.registry.resolve_model(body.model))
+    try:
+        handles, stops = await _submit(
+            body,
+            chat_input_ids(engine, lease, messages),
+            settings,
+            engine,
+            rows=body.n,
+            top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+            grammar=openai_response_format(body.response_format),
+            held=lease,
+        )
+    finally:
+        release_lease(lease)  # every queued row holds its own share
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     with_logprobs = bool(body.logprobs)
     if body.stream:
