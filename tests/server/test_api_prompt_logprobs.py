@@ -14,15 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from app_hooks import paged_client
 from fastapi.testclient import TestClient
 from serve_helpers import prompt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
-from adapters_core.paged.plan import StepPlan
-from server.app import create_app
-from server.engine import build_engine
-from server.settings import Settings
 
 ATOL = 1e-4  # the engine's chunked, paged forward against one uncached forward: float32 rounding only
 BATCH_TOKENS = 8
@@ -31,21 +28,11 @@ BATCH_TOKENS = 8
 @pytest.fixture(scope="module")
 def served(llama_dir: Path, causal_adapters: dict[str, Path]) -> Iterator[tuple[TestClient, Any, list]]:
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "prompt")]
-    config = Settings(
+    settings = dict(
         base_model=str(llama_dir), adapters=adapters, max_batch_size=8, max_batch_tokens=BATCH_TOKENS
     )
-    engine = build_engine(config)
-    plans: list[StepPlan] = []
-    step = engine.model.paged_step
-
-    def recording(plan: StepPlan) -> Any:
-        plans.append(plan)
-        return step(plan)
-
-    engine.model.paged_step = recording
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
-        assert engine.paged, engine.padded_reason
-        yield client, engine, plans
+    with paged_client(**settings) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
