@@ -42,6 +42,8 @@ TinyKind = Literal["llama", "gpt2", "bert", "t5", "vit", "segformer"]
 IMAGE_SIZE = 32  # the image bases' input side (their image processors resize to it)
 VOCAB = 256
 _SPECIAL = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+# What the image bases share: RGB inputs, no dropout, three labels.
+_IMAGE = {"num_channels": 3, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "num_labels": 3}
 
 # kind -> (config class, model class, the tests' config numbers); callers override any of them.
 _KINDS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str, Any]]] = {
@@ -115,21 +117,17 @@ _KINDS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str,
         dict(
             image_size=IMAGE_SIZE,
             patch_size=8,
-            num_channels=3,
             hidden_size=32,
             num_hidden_layers=2,
             num_attention_heads=4,
             intermediate_size=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            num_labels=3,
+            **_IMAGE,
         ),
     ),
     "segformer": (
         SegformerConfig,
         SegformerForSemanticSegmentation,
         dict(
-            num_channels=3,
             num_encoder_blocks=2,
             depths=[1, 1],
             sr_ratios=[2, 1],
@@ -139,11 +137,9 @@ _KINDS: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], dict[str,
             num_attention_heads=[1, 2],
             mlp_ratios=[2, 2],
             decoder_hidden_size=32,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
             classifier_dropout_prob=0.0,
             drop_path_rate=0.0,
-            num_labels=3,
+            **_IMAGE,
         ),
     ),
 }
@@ -171,9 +167,7 @@ def tiny_image_processor(kind: Literal["vit", "segformer"]) -> Any:
     (transformers' own ViT / SegFormer processors; `AutoImageProcessor.from_pretrained` reads it back)."""
     from transformers import SegformerImageProcessor, ViTImageProcessor
 
-    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    if kind == "vit":
-        return ViTImageProcessor(size=size)
-    if kind == "segformer":
-        return SegformerImageProcessor(size=size)
-    raise ValueError(f"{kind!r} is not an image base; choose vit or segformer")
+    processors = {"vit": ViTImageProcessor, "segformer": SegformerImageProcessor}
+    if kind not in processors:
+        raise ValueError(f"{kind!r} is not an image base; choose vit or segformer")
+    return processors[kind](size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})

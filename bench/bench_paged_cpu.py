@@ -22,11 +22,14 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.paged import SeqChunk, StepPlan
 
+VOCAB = 2048
 
-def base(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = tf.LlamaConfig(
-        vocab_size=2048,
+
+def llama_config() -> tf.LlamaConfig:
+    """The benchmarks' Llama (here and bench/engine_setup.py): hidden 256, 4 layers, GQA 8/4, vocab 2,048,
+    4,096 positions."""
+    return tf.LlamaConfig(
+        vocab_size=VOCAB,
         hidden_size=256,
         intermediate_size=688,
         num_hidden_layers=4,
@@ -37,7 +40,11 @@ def base(seed: int = 0) -> torch.nn.Module:
         bos_token_id=1,
         eos_token_id=2,
     )
-    return tf.LlamaForCausalLM(cfg).eval()
+
+
+def base(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return tf.LlamaForCausalLM(llama_config()).eval()
 
 
 def clock() -> float:

@@ -18,29 +18,13 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
+from bench.bench_paged_cpu import VOCAB, llama_config
 from server.engine import Engine, FinishEvent, GenerationRequest, TokenEvent, build_engine
 from server.sampling import SamplingParams
 from server.settings import Settings
 
-VOCAB = 2048
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ADAPTERS = ["a0", "a1", "a2", "a3"]  # LoRA rank 16 on every linear layer, each distinct
-
-
-def llama_config() -> tf.LlamaConfig:
-    """bench_paged_cpu.py's geometry (hidden 256, 4 layers, GQA 8/4, vocab 2,048), 4,096 positions."""
-    return tf.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
 
 
 def write_base_and_adapters(root: Path) -> tuple[Path, dict[str, Path]]:

@@ -1,10 +1,11 @@
 """Chat prompts under an adapter's own chat template (store/templates.py), else the base tokenizer's.
 
-    ids = await chat_input_ids(engine, "fr", messages)     # "fr"'s template if its files carry one
+    lease = await engine.registry.acquire("fr")             # 404 unknown; loads it if needed
+    ids = chat_input_ids(engine, lease, messages)           # "fr"'s template if its files carry one
 
-The template is the one of the adapter version a short lease finds current (loading the adapter if needed:
-an unknown adapter is a 404 here, before anything else). `/v1/chat/completions` and `/tokenize` with
-`messages` both build their prompt here, so that what /tokenize counts is what the chat route runs.
+The template is the leased version's: `/v1/chat/completions` takes one lease for the template and hands it on
+to its rows (`submit_choices(held=...)`), so the prompt and the weights come from the same version, acquired
+once. `/tokenize` with `messages` builds its prompt here too, so that what it counts is what the chat route runs.
 """
 
 from __future__ import annotations
@@ -14,33 +15,22 @@ from typing import Any
 import jinja2
 
 from .engine import Engine
-from .engine.types import release_lease
 from .errors import BadRequestError, InvalidInputError
+from .store import Lease
 
 
-async def adapter_chat_template(engine: Engine, adapter: str | None) -> str | None:
-    """`adapter`'s own chat template, or None when it has none (or for the base model)."""
-    if adapter is None:
-        return None
-    lease = await engine.registry.acquire(adapter)  # 404 unknown; loads it if needed
-    try:
-        return lease.chat_template if lease is not None else None
-    finally:
-        release_lease(lease)
-
-
-async def chat_input_ids(
+def chat_input_ids(
     engine: Engine,
-    adapter: str | None,
+    lease: Lease | None,
     messages: list[dict[str, Any]],
     *,
     add_generation_prompt: bool = True,
     add_special_tokens: bool = False,
 ) -> list[int]:
-    """Token ids of a chat under `adapter`'s template (else the base's), ending with the assistant's turn
-    prompt when `add_generation_prompt`. The template writes BOS itself when it wants one, so special
-    tokens are not added again unless asked."""
-    template = await adapter_chat_template(engine, adapter)
+    """Token ids of a chat under the leased adapter's template (else the base's; `lease` None: the base
+    model), ending with the assistant's turn prompt when `add_generation_prompt`. The template writes BOS
+    itself when it wants one, so special tokens are not added again unless asked."""
+    template = lease.chat_template if lease is not None else None
     tokenizer = engine.tok.tokenizer
     if template is None and not getattr(tokenizer, "chat_template", None):
         raise BadRequestError(

@@ -31,6 +31,7 @@ from .errors import BadRequestError, InvalidInputError
 from .guided import Guide
 from .sampling import SamplingParams
 from .settings import Settings
+from .store import Lease
 
 _groups = itertools.count()
 
@@ -56,7 +57,7 @@ def build_request(
     prompt_logprobs: bool = False,
 ) -> GenerationRequest:
     """Check every limit (422), then build the engine request; the adapter is checked once, when its lease is
-    taken (`submit_generate`). The model's EOS ids join `sampling` here (min_tokens masks them).
+    taken (`submit_choices`). The model's EOS ids join `sampling` here (min_tokens masks them).
 
     The token limits are checked here without the adapter's virtual tokens (so that an over-long prompt never
     waits for an adapter to load), and again with them when the request is queued.
@@ -130,28 +131,36 @@ def choice_requests(request: GenerationRequest, count: int) -> list[GenerationRe
     ]
 
 
-async def submit_choices(engine: Engine, request: GenerationRequest, count: int) -> list[RequestHandle]:
-    """Queue `count` rows of `request` (each with its own lease); if one cannot be queued, the others are
-    cancelled and its error is the answer."""
+async def submit_choices(
+    engine: Engine, request: GenerationRequest, count: int, *, held: Lease | None = None
+) -> list[RequestHandle]:
+    """Queue `count` rows of `request` under one acquire of its adapter (404 unknown, 4xx invalid; waiting
+    for its load if it is not resident): each row runs under its own share of that lease, so every row runs
+    the same version. `held`: a lease on the adapter that the caller holds already (the chat route took it
+    for the adapter's template) and still releases itself; the rows share it instead of acquiring again.
+    If one row cannot be queued, the others are cancelled and its error is the answer."""
+    lease = held if held is not None else await engine.registry.acquire(request.adapter)
     handles: list[RequestHandle] = []
     try:
         for row in choice_requests(request, count):
-            handles.append(await submit_generate(engine, row))
+            handles.append(_queue(engine, row, lease.share() if lease is not None else None))
     except BaseException:
         for handle in handles:
             handle.cancel()
         raise
+    finally:
+        if held is None:
+            release_lease(lease)  # each queued row holds its own share
     return handles
 
 
-async def submit_generate(engine: Engine, request: GenerationRequest) -> RequestHandle:
-    """Take a lease on the request's adapter (404 unknown, 4xx invalid; waiting for its load if it is not
-    resident), then queue it (422 if the positions the adapter adds take it over a token limit).
+def _queue(engine: Engine, request: GenerationRequest, lease: Lease | None) -> RequestHandle:
+    """Queue one row under `lease` (422 if the positions the adapter adds take it over a token limit).
 
-    From here the engine owns the lease and releases it when the row leaves the batch; the request runs on
-    the adapter version that was current now, even if the adapter is re-uploaded meanwhile.
+    From here the engine owns the lease and releases it when the row leaves the batch; the row runs on the
+    adapter version that was current when it was acquired, even if the adapter is re-uploaded meanwhile.
     """
-    lease = request.lease = await engine.registry.acquire(request.adapter)
+    request.lease = lease
     try:
         return engine.submit_generate(request, asyncio.get_running_loop())
     except BaseException:

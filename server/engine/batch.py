@@ -13,7 +13,15 @@ from typing import Any
 from ..sampling import RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
 from .scheduler import SeqState
-from .types import FinishEvent, FinishReason, GenerationRequest, PromptLogprob, RequestHandle, TokenEvent
+from .types import (
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    PromptLogprob,
+    PromptLogprobs,
+    RequestHandle,
+    TokenEvent,
+)
 
 
 @dataclass(eq=False)  # a row is an identity: two rows are never "equal"
@@ -86,7 +94,13 @@ class Row:
             token_id in tok.special_ids,
             final=self.finish_reason is not None,
             top=self.sampler.top,
+            prompt=self._prompt_logprobs() if len(self.generated) == 1 else None,
         )
+
+    def _prompt_logprobs(self) -> PromptLogprobs | None:
+        if not self.request.prompt_logprobs:
+            return None
+        return PromptLogprobs(list(self.request.input_ids), list(self.prompt_logprobs))
 
     def _scan_stops(self, new_text: str) -> bool:
         """Whether `new_text` completes a stop string. Only the tail can hold one that this token completed:
@@ -107,8 +121,6 @@ class Row:
             generated_tokens=len(self.generated),
             prompt_tokens=len(self.request.input_ids),
             seed=self.sampler.seed,
-            prompt_logprobs=list(self.prompt_logprobs) if self.request.prompt_logprobs else None,
-            prompt_ids=list(self.request.input_ids) if self.request.prompt_logprobs else [],
         )
 
 

@@ -4,7 +4,7 @@ Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the ev
 they never touch the model. The thread repeats one step, a short named pipeline:
 
     schedule  drop finished and cancelled rows, pick this step's work (engine/scheduler.py)
-    classify  run waiting classification and embedding jobs, one dynamic batch per kind
+    classify  run waiting classification and embedding jobs, one dynamic batch per kind (engine/jobs.py)
     forward   one `model.paged_step` over the step's packed tokens (engine/paged.py builds its StepPlan)
     sample    pick the next token of each row whose stream the step completed, with its own sampler
     emit      send tokens, detect EOS / stop sequences / length, send finish events
@@ -59,10 +59,10 @@ from ..errors import (
 from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler
-from ..store import Lease
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row, RunningBatch
 from .fairness import VirtualTokenCounter
+from .jobs import JobQueue
 from .limits import TokenLimits, prompt_positions
 from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
@@ -81,7 +81,7 @@ log = logging.getLogger("swapyard.engine")
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
 
 
-class Engine(PagedPath, PaddedPath):
+class Engine(JobQueue, PagedPath, PaddedPath):
     """Continuous batching over a MultiAdapterModel: `paged_step` (or `prefill`/`decode`) and `classify`."""
 
     def __init__(
@@ -243,53 +243,6 @@ class Engine(PagedPath, PaddedPath):
             self._cond.notify_all()
         return handle
 
-    def submit_classify(
-        self,
-        input_ids: list[list[int]],
-        adapter: str | None,
-        loop: asyncio.AbstractEventLoop,
-        lease: Lease | None = None,
-        pixel_values: torch.Tensor | None = None,
-    ) -> asyncio.Future[list[torch.Tensor]]:
-        """Queue texts for classification with `adapter` (a public name) under its `lease`; the future resolves
-        to one logits vector (C,) per text. 422 if a text crosses the input limit counting the positions its
-        adapter adds. On an image base `pixel_values` (N, C, H, W) replaces the texts (`input_ids` is empty)
-        and each result is (C,) or, for segmentation, (C, h, w)."""
-        return self._submit_job(
-            ClassifyJob(
-                input_ids, adapter, loop.create_future(), loop, lease=lease, pixel_values=pixel_values
-            )
-        )
-
-    def submit_embed(
-        self,
-        input_ids: list[list[int]],
-        adapter: str | None,
-        loop: asyncio.AbstractEventLoop,
-        lease: Lease | None = None,
-        pooling: str | None = None,
-    ) -> asyncio.Future[list[torch.Tensor]]:
-        """As `submit_classify`, for embeddings: the future resolves to one pooled hidden state (d,) per text
-        (`pooling` None: the base kind's default). Batched with the other jobs of its pooling in one forward."""
-        job = ClassifyJob(
-            input_ids, adapter, loop.create_future(), loop, lease=lease, task="embed", pooling=pooling
-        )
-        return self._submit_job(job)
-
-    def _submit_job(self, job: ClassifyJob) -> asyncio.Future[list[torch.Tensor]]:
-        if job.pixel_values is None:  # images (`pixel_values`, image bases) have no token limits
-            self.limits.check_inputs(
-                [len(ids) for ids in job.input_ids], prompt_positions(self.model, job.model_name)
-            )
-        with self._cond:
-            self._admit_check()
-            self.rate_limit(sum(len(ids) for ids in job.input_ids))
-            self._classify.append(job)
-            self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
-            self.metrics.observe_request(job.adapter)
-            self._cond.notify_all()
-        return job.future
-
     # -- the loop (engine thread) -----------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
@@ -333,20 +286,6 @@ class Engine(PagedPath, PaddedPath):
                 self._leave(row)
             self._waiting = collections.deque(row for row in self._waiting if not row.handle.cancelled)
 
-    def _take_classify_jobs(self) -> list[ClassifyJob]:
-        """This step's classify and embed jobs, up to max_batch_size inputs (called under the condition)."""
-        jobs: list[ClassifyJob] = []
-        texts = 0
-        while self._classify and (not jobs or texts + self._classify[0].rows <= self.max_batch_size):
-            job = self._classify.popleft()
-            if not job.cancelled:
-                jobs.append(job)
-                texts += job.rows
-            else:
-                release_lease(job.lease)
-        self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
-        return jobs
-
     def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()
         for row, pick in zip(rows, picks):
@@ -386,39 +325,6 @@ class Engine(PagedPath, PaddedPath):
             row.handle.push(row.finish_event())
             # Done: it leaves at the next schedule, before any forward, so its adapter may go now.
             release_lease(row.request.lease)
-
-    def _run_jobs(self, jobs: list[ClassifyJob]) -> None:
-        """This step's classify and embed jobs: one forward per kind of job, (task, pooling)."""
-        for kind in {(job.task, job.pooling): None for job in jobs}:
-            self._run_classify([job for job in jobs if (job.task, job.pooling) == kind])
-
-    def _run_classify(self, jobs: list[ClassifyJob]) -> None:
-        adapters = [job.adapter for job in jobs for _ in range(job.rows)]
-        names = [job.model_name for job in jobs for _ in range(job.rows)]
-        try:
-            if jobs[0].pixel_values is not None:  # an image base: every job carries images
-                pixels = torch.cat([job.pixel_values for job in jobs if job.pixel_values is not None])
-                logits = self.model.classify_images(pixels, names)
-            elif jobs[0].task == "embed":  # _run_jobs groups jobs by (task, pooling)
-                ids = [seq for job in jobs for seq in job.input_ids]
-                logits = self.model.embed(ids, names, jobs[0].pooling)
-            else:
-                logits = self.model.classify([seq for job in jobs for seq in job.input_ids], names)
-        except Exception as exc:
-            if len(jobs) == 1:
-                jobs[0].resolve(exc)
-                release_lease(jobs[0].lease)
-                return
-            for job in jobs:  # isolate the job at fault: the others must not fail with it
-                self._run_classify([job])
-            return
-        self.metrics.observe_step(adapters)
-        start = 0
-        for job in jobs:
-            n = job.rows
-            job.resolve([t.detach().float().cpu() for t in logits[start : start + n]])
-            release_lease(job.lease)
-            start += n
 
     @staticmethod
     def _fail(rows: list[Row], exc: BaseException) -> None:

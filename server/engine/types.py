@@ -74,9 +74,22 @@ class TokenEvent:
     special: bool
     final: bool = False  # the request's last token: a FinishEvent follows at once
     top: tuple[tuple[int, float], ...] = ()  # the request's `top_logprobs` best (id, logprob), best first
+    # The row's first token, with `prompt_logprobs`: the prompt's logprobs, all known once its prefill has
+    # ended, before this token was sampled (so a stream can send them in its first chunk, as vLLM does).
+    prompt: PromptLogprobs | None = None
 
 
 PromptLogprob = tuple[float, tuple[tuple[int, float], ...]]
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's logprobs (`GenerationRequest.prompt_logprobs`): per prompt token `ids[i]`, `entries[i]` is
+    None for the first (nothing predicts it), else its (logprob, top) as a TokenEvent's (top: the request's
+    `top_logprobs` best (id, logprob), best first)."""
+
+    ids: list[int]
+    entries: list[PromptLogprob | None]
 
 
 @dataclass
@@ -88,10 +101,6 @@ class FinishEvent:
     generated_tokens: int
     prompt_tokens: int
     seed: int | None
-    # With `prompt_logprobs`: per prompt token, None for the first (nothing predicts it), else its
-    # (logprob, top) as a TokenEvent's (top: the request's `top_logprobs` best (id, logprob), best first).
-    prompt_logprobs: list[PromptLogprob | None] | None = None
-    prompt_ids: list[int] = field(default_factory=list)  # the prompt's ids, with `prompt_logprobs`
 
 
 @dataclass

@@ -69,7 +69,10 @@ async def _submit(
 ) -> list[RequestHandle]:
     p = body.parameters
     if p.decoder_input_details and streaming:
-        raise InvalidInputError("decoder_input_details is not supported when streaming tokens (as TGI)")
+        raise InvalidInputError(
+            "decoder_input_details is not supported when streaming tokens: TGI's stream events have no field "
+            "for the prompt's tokens (TGI refuses it too); ask /generate for them, or drop it"
+        )
     refuse_unsupported(p.unsupported())
     if body.stream is not None and body.stream != streaming:
         route = "/generate_stream" if body.stream else "/generate"
@@ -108,7 +111,7 @@ async def _submit(
 
 def _details(tok: Tokenization, finish: FinishEvent, tokens: list[TokenEvent], top_n: bool) -> Details:
     return Details(
-        prefill=tgi_prefill(tok, finish),
+        prefill=tgi_prefill(tok, tokens[0].prompt if tokens else None),
         finish_reason=finish.finish_reason,
         generated_tokens=finish.generated_tokens,
         seed=finish.seed,

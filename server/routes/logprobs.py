@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine import FinishEvent, TokenEvent
+from ..engine import PromptLogprobs, TokenEvent
 from ..schemas import TokenInfo
 from ..tokenization import Tokenization
 
@@ -60,9 +60,9 @@ def tgi_top_tokens(tok: Tokenization, event: TokenEvent) -> list[TokenInfo]:
     ]
 
 
-def tgi_prefill(tok: Tokenization, finish: FinishEvent) -> list[TokenInfo]:
+def tgi_prefill(tok: Tokenization, prompt: PromptLogprobs | None) -> list[TokenInfo]:
     """TGI's `details.prefill` (decoder_input_details): each prompt token, its logprob null for the first."""
-    if finish.prompt_logprobs is None:
+    if prompt is None:
         return []
     return [
         TokenInfo(
@@ -71,21 +71,20 @@ def tgi_prefill(tok: Tokenization, finish: FinishEvent) -> list[TokenInfo]:
             logprob=None if entry is None else entry[0],
             special=token_id in tok.special_ids,
         )
-        for token_id, entry in zip(finish.prompt_ids, finish.prompt_logprobs)
+        for token_id, entry in zip(prompt.ids, prompt.entries)
     ]
 
 
-def echo_logprobs(tok: Tokenization, finish: FinishEvent) -> dict[str, Any]:
+def echo_logprobs(tok: Tokenization, prompt: PromptLogprobs) -> dict[str, Any]:
     """OpenAI completions' `logprobs` of the echoed prompt (vLLM's shape): the first token's logprob and
     top_logprobs null, the others as `completion_logprobs`'; `text_offset` from the prompt's decoded text."""
-    assert finish.prompt_logprobs is not None
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top: list[dict[str, float] | None] = []
     offsets: list[int] = []
-    for i, (token_id, entry) in enumerate(zip(finish.prompt_ids, finish.prompt_logprobs)):
+    for i, (token_id, entry) in enumerate(zip(prompt.ids, prompt.entries)):
         tokens.append(tok.token_text(token_id))
-        offsets.append(len(tok.decode(finish.prompt_ids[:i])))
+        offsets.append(len(tok.decode(prompt.ids[:i])))
         if entry is None:
             token_logprobs.append(None)
             top.append(None)

@@ -5,7 +5,8 @@ Sampling follows OpenAI: `temperature` defaults to 1 (sampling) and 0 means gree
 from the returned text, streamed or not. `echo` (completions) prepends the prompt; `stream_options.
 include_usage` adds a last chunk with the usage. `n` choices (and completions' `best_of` candidates, ranked by
 cumulative logprob) are rows of their own with seeds seed, seed+1, ... (vLLM). `logprobs` are the model's raw
-log-softmax (routes/logprobs.py). `response_format` constrains the output with a grammar (server/guided.py).
+log-softmax (routes/logprobs.py); `echo` with `logprobs` adds the prompt's, streamed too (in each choice's first
+chunk, as vLLM). `response_format` constrains the output with a grammar (server/guided.py).
 vLLM's `stop_token_ids`, `ignore_eos` and `min_tokens` are honoured. Documented parameters not implemented
 are a 422 (`unsupported()` in schemas.py), never silently ignored.
 """
@@ -24,6 +25,7 @@ from fastapi.responses import StreamingResponse
 from ..chat_templates import chat_input_ids
 from ..deps import EngineDep, SettingsDep
 from ..engine import Engine, FinishEvent, RequestHandle, TokenEvent
+from ..engine.types import release_lease
 from ..errors import InvalidInputError, error_payload
 from ..generation import (
     Completed,
@@ -47,6 +49,7 @@ from ..schemas import (
     refuse_unsupported,
 )
 from ..settings import Settings
+from ..store import Lease
 from .logprobs import chat_logprobs, completion_logprobs, echo_logprobs
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -65,7 +68,10 @@ async def _submit(
     top_logprobs: int = 0,
     grammar: tuple[str, str] | None = None,
     prompt_logprobs: bool = False,
+    held: Lease | None = None,
 ) -> tuple[list[RequestHandle], list[str]]:
+    """Queue the body's `rows` choices of `input_ids`; `held`: the caller's lease on the adapter, which the
+    rows share (`submit_choices`), else they acquire it once."""
     refuse_unsupported(body.unsupported())
     adapter = engine.registry.resolve_model(body.model)
     try:
@@ -96,7 +102,7 @@ async def _submit(
         stop=stops,
         prompt_logprobs=prompt_logprobs,
     )
-    return await submit_choices(engine, request, rows), stops
+    return await submit_choices(engine, request, rows, held=held), stops
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -123,20 +129,26 @@ async def _stream(
     include_usage: bool = False,
     with_logprobs: bool = False,
     prefix: str = "",
+    prompt_chunk: Callable[[int, TokenEvent], dict[str, Any]] | None = None,
 ) -> AsyncIterator[bytes]:
     """OpenAI chunk stream of every choice, interleaved as their tokens come; ends with `data: [DONE]`.
 
-    `prefix` (echo) is each choice's first chunk. With `with_logprobs` every token gets a chunk that carries
-    its logprobs (its text may be held back by the stop trimmer). With `include_usage`, every chunk carries
-    `usage: null` and a last chunk with no choices carries the usage (OpenAI's `stream_options`)."""
+    `prefix` (echo) is each choice's first chunk. With the prompt's logprobs (echo with logprobs) that chunk
+    is `prompt_chunk(index, first token's event)` instead, sent just before the first token's: the prompt's
+    logprobs ride on that event (vLLM streams them in the first chunk too). With `with_logprobs` every token
+    gets a chunk that carries its logprobs (its text may be held back by the stop trimmer). With
+    `include_usage`, every chunk carries `usage: null` and a last chunk with no choices carries the usage
+    (OpenAI's `stream_options`)."""
     usage: dict[str, Any] = {"usage": None} if include_usage else {}
     trimmers = [StopTrimmer(stops) for _ in handles]
-    if prefix:
+    if prefix and prompt_chunk is None:
         for i in range(len(handles)):
             yield sse(json.dumps({**chunk(i, prefix, None, []), **usage}))
     prompt_tokens, completion_tokens = 0, 0
     async for i, event in stream_all(handles):
         if isinstance(event, TokenEvent):
+            if prompt_chunk is not None and event.prompt is not None:  # the choice's first token
+                yield sse(json.dumps({**prompt_chunk(i, event), **usage}))
             text = trimmers[i].push(event.text)
             if text or with_logprobs:
                 yield sse(json.dumps({**chunk(i, text, None, [event]), **usage}))
@@ -164,10 +176,6 @@ async def _stream(
 async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep):
     """Text completion of `prompt` under adapter `model`."""
     prompt_logprobs = body.echo and body.logprobs is not None
-    if prompt_logprobs and body.stream:
-        raise InvalidInputError(
-            "`echo` with `logprobs` (the prompt's logprobs) is not supported when streaming: drop `stream`"
-        )
     best_of = body.best_of or body.n
     if best_of < body.n:
         raise InvalidInputError(f"best_of ({best_of}) must be at least n ({body.n})")
@@ -184,14 +192,25 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     )
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     with_logprobs = body.logprobs is not None
+    prefix = body.prompt if body.echo else ""
     if body.stream:
+        offsets = [len(prefix)] * best_of  # where each choice's next token starts in its text (text_offset)
 
-        def chunk(index: int, text: str, finish: str | None, events: list[TokenEvent]) -> dict[str, Any]:
-            logprobs = completion_logprobs(engine.tok, events) if with_logprobs else None
+        def payload(index: int, text: str, finish: str | None, logprobs: Any) -> dict[str, Any]:
             choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             return {**meta, "object": "text_completion", "choices": [choice]}
 
-        prefix = body.prompt if body.echo else ""
+        def chunk(index: int, text: str, finish: str | None, events: list[TokenEvent]) -> dict[str, Any]:
+            if not with_logprobs:
+                return payload(index, text, finish, None)
+            logprobs = completion_logprobs(engine.tok, events, offsets[index])
+            offsets[index] += sum(len(e.text) for e in events)
+            return payload(index, text, finish, logprobs)
+
+        def prompt_chunk(index: int, first: TokenEvent) -> dict[str, Any]:
+            assert first.prompt is not None
+            return payload(index, prefix, None, echo_logprobs(engine.tok, first.prompt))
+
         stream = _stream(
             handles,
             stops,
@@ -199,6 +218,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
             include_usage=body.include_usage,
             with_logprobs=with_logprobs,
             prefix=prefix,
+            prompt_chunk=prompt_chunk if prompt_logprobs else None,
         )
         return StreamingResponse(stream, media_type="text/event-stream")
     results = _best(await run_all_to_completion(request, handles), body.n)
@@ -207,10 +227,10 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
         assert done.finish is not None
         finishes.append(done.finish)
         text = trim_at_stop(done.finish.generated_text, stops)
-        prefix = body.prompt if body.echo else ""
         logprobs = completion_logprobs(engine.tok, done.tokens, len(prefix)) if with_logprobs else None
         if logprobs is not None and prompt_logprobs:
-            echoed = echo_logprobs(engine.tok, done.finish)
+            assert done.tokens[0].prompt is not None  # max_tokens >= 1: the first token carries them
+            echoed = echo_logprobs(engine.tok, done.tokens[0].prompt)
             logprobs = {key: echoed[key] + logprobs[key] for key in logprobs}
         finish = FINISH[done.finish.finish_reason]
         choices.append({"index": index, "text": prefix + text, "logprobs": logprobs, "finish_reason": finish})
@@ -226,17 +246,22 @@ async def chat_completions(
     if body.top_logprobs and not body.logprobs:
         raise InvalidInputError("top_logprobs needs logprobs: true")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]  # `name` only when given
-    # The adapter's own chat template when its files carry one (chat_templates.py), else the base's.
-    input_ids = await chat_input_ids(engine, engine.registry.resolve_model(body.model), messages)
-    handles, stops = await _submit(
-        body,
-        input_ids,
-        settings,
-        engine,
-        rows=body.n,
-        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
-        grammar=openai_response_format(body.response_format),
-    )
+    # One lease for the adapter's own chat template (chat_templates.py; else the base's) and the generation:
+    # the prompt and the weights are of one version.
+    lease = await engine.registry.acquire(engine.registry.resolve_model(body.model))
+    try:
+        handles, stops = await _submit(
+            body,
+            chat_input_ids(engine, lease, messages),
+            settings,
+            engine,
+            rows=body.n,
+            top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+            grammar=openai_response_format(body.response_format),
+            held=lease,
+        )
+    finally:
+        release_lease(lease)  # every queued row holds its own share
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     with_logprobs = bool(body.logprobs)
     if body.stream:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..chat_templates import adapter_chat_template, chat_input_ids
+from ..chat_templates import chat_input_ids
 from ..deps import EngineDep
 from ..engine import Engine
+from ..engine.types import release_lease
 from ..errors import InvalidInputError
 from ..schemas_utility import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
@@ -37,20 +38,23 @@ def check_token_ids(engine: Engine, ids: list[int], what: str = "tokens") -> Non
 async def tokenize(body: TokenizeRequest, engine: EngineDep) -> TokenizeResponse:
     """The prompt's (or chat's) token ids, their count and the server's length limit."""
     adapter = None if body.model is None else engine.registry.resolve_model(body.model)
-    if body.messages is not None:
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        ids = await chat_input_ids(
-            engine,
-            adapter,
-            messages,
-            add_generation_prompt=body.add_generation_prompt,
-            add_special_tokens=bool(body.add_special_tokens),
-        )
-    else:
-        assert body.prompt is not None  # the schema asks for exactly one of prompt and messages
-        await adapter_chat_template(engine, adapter)  # the one check of the adapter: 404 when unknown
-        special = True if body.add_special_tokens is None else body.add_special_tokens
-        ids = engine.tok.encode(body.prompt, add_special_tokens=special)
+    lease = await engine.registry.acquire(adapter)  # the one check of the adapter: 404 when unknown
+    try:
+        if body.messages is not None:
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+            ids = chat_input_ids(
+                engine,
+                lease,
+                messages,
+                add_generation_prompt=body.add_generation_prompt,
+                add_special_tokens=bool(body.add_special_tokens),
+            )
+        else:
+            assert body.prompt is not None  # the schema asks for exactly one of prompt and messages
+            special = True if body.add_special_tokens is None else body.add_special_tokens
+            ids = engine.tok.encode(body.prompt, add_special_tokens=special)
+    finally:
+        release_lease(lease)
     strs = engine.tok.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=max_model_len(engine), tokens=ids, token_strs=strs)
 
@@ -59,6 +63,6 @@ async def tokenize(body: TokenizeRequest, engine: EngineDep) -> TokenizeResponse
 async def detokenize(body: DetokenizeRequest, engine: EngineDep) -> DetokenizeResponse:
     """The text of `tokens`, special tokens included (what /tokenize gave, back)."""
     adapter = None if body.model is None else engine.registry.resolve_model(body.model)
-    await adapter_chat_template(engine, adapter)  # 404 when unknown
+    release_lease(await engine.registry.acquire(adapter))  # 404 when unknown
     check_token_ids(engine, body.tokens)
     return DetokenizeResponse(prompt=str(engine.tok.tokenizer.decode(body.tokens, skip_special_tokens=False)))

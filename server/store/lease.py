@@ -50,6 +50,14 @@ class Lease:
         """The leased version's own chat template (None: the base's applies)."""
         return self._entry.chat_template
 
+    def share(self) -> Lease:
+        """Another lease on the same version, released on its own: for another holder of one request (a row
+        of its `n`). Only while this one is held (its pin keeps the version resident), on the store's loop."""
+        if self.released:
+            raise RuntimeError(f"{self!r} is released: it cannot be shared")
+        self._entry.leases += 1
+        return Lease(self._entry, self._on_release)
+
     def release(self) -> None:
         """End the lease (idempotent). Off the loop thread, the bookkeeping is scheduled onto the loop."""
         if not self._released.acquire(blocking=False):

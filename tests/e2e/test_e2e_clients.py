@@ -190,8 +190,8 @@ def test_inference_client_chat_and_feature_extraction(setup, online) -> None:
 
 
 def test_prompt_logprobs_through_both_clients(setup, online) -> None:
-    """OpenAI `echo` + `logprobs` and TGI `decoder_input_details` through the real clients: every prompt token
-    after the first scored by the model's own log-softmax under the adapter (the first has none)."""
+    """OpenAI `echo` + `logprobs` (streamed too) and TGI `decoder_input_details` through the real clients: every
+    prompt token after the first scored by the model's own log-softmax under the adapter (the first has none)."""
     url, multi, tok = setup
     text = prompt(80)
     ids = tok(text)["input_ids"]
@@ -205,6 +205,16 @@ def test_prompt_logprobs_through_both_clients(setup, online) -> None:
     assert scored is not None and scored.token_logprobs is not None
     assert done.choices[0].text.startswith(text) and scored.token_logprobs[0] is None
     assert np.allclose(scored.token_logprobs[1 : len(ids)], want.numpy(), atol=1e-4)
+    chunks = list(
+        _client(url).completions.create(
+            model="lora4", prompt=text, max_tokens=NEW, temperature=0, echo=True, logprobs=1, stream=True
+        )
+    )
+    first = chunks[0].choices[0]  # streamed, the prompt and its logprobs come first (vLLM's shape)
+    assert first.text == text and first.logprobs is not None and first.logprobs.token_logprobs is not None
+    assert first.logprobs.token_logprobs[0] is None and len(first.logprobs.token_logprobs) == len(ids)
+    assert np.allclose(first.logprobs.token_logprobs[1:], want.numpy(), atol=1e-4)
+    assert "".join(c.choices[0].text for c in chunks) == done.choices[0].text
     details = InferenceClient(model=url, api_key=USER).text_generation(
         text, adapter_id="lora4", max_new_tokens=NEW, details=True, decoder_input_details=True
     )

@@ -2,25 +2,24 @@
 against the model's own log-softmax over the whole prompt (MultiAdapterModel run directly, one forward), with
 chunked prefill forced (`--max-batch-tokens` 8: a prompt spans several steps) and under adapters (LoRA, and
 prompt tuning, whose virtual positions open the stream). A request that wants them takes no prefix-cache hit.
+Streamed completions carry them in each choice's first chunk (vLLM); TGI's stream has no place for them (422).
 The padded path (T5) refuses them with a 422."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from app_hooks import paged_client
 from fastapi.testclient import TestClient
 from serve_helpers import prompt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
-from adapters_core.paged.plan import StepPlan
-from server.app import create_app
-from server.engine import build_engine
-from server.settings import Settings
 
 ATOL = 1e-4  # the engine's chunked, paged forward against one uncached forward: float32 rounding only
 BATCH_TOKENS = 8
@@ -29,21 +28,11 @@ BATCH_TOKENS = 8
 @pytest.fixture(scope="module")
 def served(llama_dir: Path, causal_adapters: dict[str, Path]) -> Iterator[tuple[TestClient, Any, list]]:
     adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "prompt")]
-    config = Settings(
+    settings = dict(
         base_model=str(llama_dir), adapters=adapters, max_batch_size=8, max_batch_tokens=BATCH_TOKENS
     )
-    engine = build_engine(config)
-    plans: list[StepPlan] = []
-    step = engine.model.paged_step
-
-    def recording(plan: StepPlan) -> Any:
-        plans.append(plan)
-        return step(plan)
-
-    engine.model.paged_step = recording
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
-        assert engine.paged, engine.padded_reason
-        yield client, engine, plans
+    with paged_client(**settings) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +127,52 @@ def test_prompt_logprobs_take_no_prefix_cache_hit(served, oracle) -> None:
     _check(_reference(oracle, ids, "lora4"), ids, [t.get("logprob") for t in prefill], None)
 
 
-def test_prompt_logprobs_are_refused_when_streaming(served) -> None:
+@pytest.mark.parametrize("adapter", [None, "prompt"])
+def test_streamed_echo_logprobs_come_first_and_are_the_models_log_softmax(served, oracle, adapter) -> None:
+    """Streamed `echo` + `logprobs` (vLLM's shape): each choice's first chunk is the prompt with its logprobs,
+    exact as the non-streamed ones; then one chunk per token, its `text_offset` counted from the prompt's
+    start. Two choices (`n`: the second forks the first's prompt) both get the prompt's chunk."""
+    client, _, _ = served
+    tok = oracle[1]
+    text = prompt(31, 12)
+    ids = tok(text)["input_ids"]
+    model = adapter or client.get("/v1/models").json()["data"][0]["id"]
+    body = {"model": model, "prompt": text, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 2}
+    plain = client.post("/v1/completions", json=body)
+    assert plain.status_code == 200, plain.text
+    with client.stream("POST", "/v1/completions", json={**body, "n": 2, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line)["choices"][0] for line in lines[:-1]]
+    ref = _reference(oracle, ids, adapter)
+    want = plain.json()["choices"][0]
+    for index in (0, 1):
+        mine = [c for c in chunks if c["index"] == index]
+        first = mine[0]["logprobs"]
+        assert mine[0]["text"] == text and first["tokens"] == [tok.convert_ids_to_tokens(i) for i in ids]
+        tops = [None] + [
+            sorted(((tok.convert_tokens_to_ids(t), v) for t, v in top.items()), key=lambda e: -e[1])[:2]
+            for top in first["top_logprobs"][1:]
+        ]
+        _check(ref, ids, first["token_logprobs"], tops)
+        assert "".join(c["text"] for c in mine) == want["text"]
+        joined = {key: [v for c in mine for v in c["logprobs"][key]] for key in first}
+        for key in ("tokens", "text_offset"):  # the same tokens and offsets as unstreamed
+            assert joined[key] == want["logprobs"][key], key
+        # and the same logprobs, up to the rounding of another batch (two rows, other chunks)
+        assert joined["token_logprobs"] == pytest.approx(want["logprobs"]["token_logprobs"], abs=ATOL)
+        for got, expected in zip(joined["top_logprobs"], want["logprobs"]["top_logprobs"]):
+            assert got == (None if expected is None else pytest.approx(expected, abs=ATOL))
+
+
+def test_tgi_refuses_prompt_logprobs_when_streaming(served) -> None:
+    """TGI's stream events have no field for the prompt's tokens (its StreamDetails has none): a clear 422."""
     client, _, _ = served
     params = {"max_new_tokens": 2, "details": True, "decoder_input_details": True}
     response = client.post("/generate_stream", json={"inputs": prompt(5), "parameters": params})
     assert response.status_code == 422 and "streaming" in response.json()["error"]
+    assert "/generate" in response.json()["error"]
 
 
 def test_the_padded_path_refuses_prompt_logprobs_clearly(t5_setup, serve) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import peft
 import pytest
 import torch
+from app_hooks import AcquireCounter
 from fastapi.testclient import TestClient
 from serve_helpers import CHAT_TEMPLATE, prompt
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -105,6 +106,24 @@ def test_chat_completion_runs_the_adapters_template(client) -> None:
         plain = client.post("/v1/completions", json={**common, "prompt": text}).json()
         assert chat["usage"]["prompt_tokens"] == len(ids) == plain["usage"]["prompt_tokens"]
         assert chat["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
+
+
+def test_a_chat_request_acquires_its_adapter_once(client, monkeypatch) -> None:
+    """The chat route takes one lease for the adapter's template and its rows share it (`n` included): one
+    acquire per request, so the prompt's template and the weights are of one version; every lease goes back."""
+    registry = client.app.state.swapyard.engine.registry
+    acquires = AcquireCounter(registry, monkeypatch)
+    common = {"model": "tmpl_a", "max_tokens": 3, "temperature": 0}
+    chat = {**common, "messages": MESSAGES}
+    for n in (1, 3):
+        assert client.post("/v1/chat/completions", json={**chat, "n": n}).status_code == 200
+    with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as stream:
+        assert stream.status_code == 200 and "data: [DONE]" in list(stream.iter_lines())
+    assert client.post("/v1/completions", json={**common, "prompt": "w5 w6", "n": 3}).status_code == 200
+    refused = client.post("/v1/chat/completions", json={**chat, "max_tokens": 10_000})
+    assert refused.status_code == 422  # refused after its template was rendered: its lease goes back too
+    assert acquires.counts["tmpl_a"] == 5
+    assert registry.info("tmpl_a").leases == 0
 
 
 def test_tokenize_errors(client, templated) -> None:

@@ -6,55 +6,23 @@ chunked prefill and preemption; every answer must still be the adapter's own gre
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_hooks import paged_client
 from fastapi.testclient import TestClient
-from paged_double import ReferencePagedModel
 from serve_helpers import prompt, reference_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
-from adapters_core.paged.plan import StepPlan
-from server.app import create_app
-from server.engine import GenerationRequest, build_engine
+from server.engine import GenerationRequest
 from server.sampling import SamplingParams
-from server.settings import Settings
 
 NEW = 12
 BLOCK = 4
 ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-@contextmanager
-def paged_client(
-    model: str, kv_blocks: int | None = None, **settings: Any
-) -> Iterator[tuple[TestClient, Any, list[StepPlan]]]:
-    """The real app on the paged path over `model`: "double" (the reference double) or "core" (the real paged
-    core). `kv_blocks`: a KV pool of that many blocks. Yields the client, the engine and every plan run."""
-    config = Settings(**settings)
-    engine = build_engine(config)
-    if model == "double":
-        engine.model = ReferencePagedModel(engine.model)
-    if kv_blocks is not None:
-        size = kv_blocks * engine.model.kv_block_bytes(engine.paging.block_size)
-        engine.paging = dataclasses.replace(engine.paging, kv_cache_bytes=size)
-    plans: list[StepPlan] = []
-    step = engine.model.paged_step
-
-    def recording(plan: StepPlan) -> Any:
-        plans.append(plan)
-        return step(plan)
-
-    engine.model.paged_step = recording
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
-        assert engine.paged, engine.padded_reason
-        yield client, engine, plans
 
 
 MODELS = ["double", "core"]
@@ -225,11 +193,6 @@ def test_a_request_larger_than_the_whole_kv_cache_is_refused_with_the_flag_to_ra
         assert client.post("/generate", json=body(prompt(1, length=3), None, new=4)).status_code == 200
 
 
-def wait_until_idle(engine: Any) -> None:
-    """Until every row has left the engine (Engine.wait_idle: the engine thread signals it)."""
-    engine.wait_idle()
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("model", MODELS)
 def test_failed_and_cancelled_rows_fail_alone_and_give_their_blocks_back(
@@ -271,6 +234,6 @@ def test_failed_and_cancelled_rows_fail_alone_and_give_their_blocks_back(
                 "the long row was meant to be running"
             )
             abandoned.cancel()
-        wait_until_idle(engine)
+        engine.wait_idle()  # the engine thread signals when every row has left
         assert engine._batch.blocks.pool.num_used == 0, "a row that left kept KV blocks"
         loop.close()

@@ -8,45 +8,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from paged_double import ReferencePagedModel
+from app_hooks import paged_client
 from serve_helpers import prompt
-from test_engine_paged import wait_until_idle
 from transformers import AutoTokenizer
 
-from adapters_core.paged.plan import StepPlan
-from server.app import create_app
 from server.engine import ErrorEvent, GenerationRequest, TokenEvent, build_engine
 from server.generation import choice_requests
 from server.sampling import SamplingParams
 from server.settings import Settings
 
 N, NEW, BLOCK = 4, 6, 4
-
-
-@contextmanager
-def paged_client(model: str, **settings: Any) -> Iterator[tuple[TestClient, Any, list[StepPlan]]]:
-    config = Settings(**settings)
-    engine = build_engine(config)
-    if model == "double":
-        engine.model = ReferencePagedModel(engine.model)
-    plans: list[StepPlan] = []
-    step = engine.model.paged_step
-
-    def recording(plan: StepPlan) -> Any:
-        plans.append(plan)
-        return step(plan)
-
-    engine.model.paged_step = recording
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
-        assert engine.paged, engine.padded_reason
-        yield client, engine, plans
 
 
 @pytest.mark.parametrize("model", ["double", "core"])
@@ -86,7 +61,7 @@ def test_n_rows_prefill_the_prompt_once_and_equal_each_seed_alone(
             singles.append(alone.json()["choices"][0]["text"])
         assert many == singles
         assert len(set(singles)) > 1  # the seeds really differ
-        wait_until_idle(engine)
+        engine.wait_idle()
         assert engine._batch.blocks.pool.num_used == 0  # every shared block went back (refcounts balanced)
 
 

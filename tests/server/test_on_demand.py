@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from app_hooks import AcquireCounter
 from pydantic import ValidationError
 
 import server.store.pipeline as pipeline
@@ -67,14 +67,6 @@ def _complete(client, model: str) -> tuple[int, str]:
     return out.status_code, out.json()["choices"][0]["text"] if out.status_code == 200 else out.text
 
 
-def _until(condition, what: str) -> None:
-    """Wait for a condition another thread makes true (a safety-net deadline, not a timing assumption)."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.01)
-
-
 def test_off_by_default(serve, llama_dir, root) -> None:
     with serve(base_model=str(llama_dir), adapter_root=str(root)) as client:
         assert _complete(client, "fr")[0] == 404
@@ -99,6 +91,7 @@ def test_one_load_however_many_wait_and_others_keep_running(
     with serve(**settings) as client:
         registry = client.app.state.swapyard.engine.registry
         base_name = registry.base_name
+        acquires = AcquireCounter(registry, monkeypatch)
         results: list[tuple[int, str]] = []
         threads = [
             threading.Thread(target=lambda: results.append(_complete(client, "fr"))) for _ in range(WAITERS)
@@ -106,11 +99,14 @@ def test_one_load_however_many_wait_and_others_keep_running(
         for thread in threads:
             thread.start()
         assert fetch.entered.wait(60)
-        _until(lambda: registry.info("fr").hits == WAITERS, f"{WAITERS} requests waiting for fr")
+        # Every request for fr has started its acquire: it joins the held load without yielding to the event
+        # loop (registration and the store's acquire run up to their first await), so all of them wait on it.
+        acquires.wait("fr", WAITERS)
         # The load is held open: other adapters' and the base's requests are served meanwhile.
         lora4 = _complete(client, "lora4")
         base = _complete(client, base_name)
         assert lora4[0] == 200 and base[0] == 200 and lora4[1] != base[1]
+        assert registry.info("fr").hits == WAITERS and fetch.counts["fr"] == 1  # all wait on the one load
         fetch.release.set()
         for thread in threads:
             thread.join(60)

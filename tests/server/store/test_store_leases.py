@@ -233,6 +233,31 @@ def test_reupload_serves_new_weights_while_old_lease_keeps_old(tmp_path) -> None
     run(scenario())
 
 
+def test_a_shared_lease_pins_its_version_until_its_own_release(tmp_path) -> None:
+    """`Lease.share()` (the rows of one request): the same version, even once a newer one is current, held
+    until the share itself is released; a released lease cannot be shared."""
+    store = make_store(str(tmp_path))
+    ref = Reference()
+    v1, v2 = _files(1), _files(2)
+
+    async def scenario() -> None:
+        await store.upload("x", *v1)
+        lease = await store.acquire("x")
+        await store.upload("x", *v2)  # v2 is current from here
+        shared = lease.share()
+        lease.release()
+        assert shared.key == lease.key and store.get("x").leases == 1
+        assert torch.equal(forward(store.model, store.model_lock, [shared.model_name])[0], ref.logits(v1))
+        with pytest.raises(RuntimeError, match="released"):
+            lease.share()
+        shared.release()
+        await store.device.settle()
+        assert shared.model_name not in store.model.adapters  # the last pin on v1 went: it unloads
+        await store.close()
+
+    run(scenario())
+
+
 def test_reload_of_a_changed_local_source_is_a_new_version(tmp_path) -> None:
     store = make_store(str(tmp_path))
     ref = Reference()
