@@ -132,10 +132,7 @@ class DecodeGraphRunner:
         batch = self.batch_sizes[bisect.bisect_left(self.batch_sizes, len(rows))]
         width = self.widths[bisect.bisect_left(self.widths, max(len(r[3]) for r in rows))]
         inputs = buffers.fill(rows, batch, width)
-        if self.use_graphs:
-            logits = self._replay(batch, width)
-        else:
-            logits = self._eager(inputs)
+        logits = self._replay(batch, width) if self.use_graphs else self._eager(inputs)
         want = [i for i, c in enumerate(plan.chunks) if c.want_logits]
         if len(want) == len(rows):
             return logits[: len(rows)].clone()

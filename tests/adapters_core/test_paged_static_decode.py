@@ -72,7 +72,11 @@ def blocks_of(model: Any, saved: list[torch.Tensor], blocks: list[int]) -> list[
 def compare_steps(engine: MiniEngine, runner: DecodeGraphRunner, steps: int) -> None:
     """`steps` decode steps: each runs on the static path and, from the same pool, on paged_step."""
     model = engine.model
-    num_blocks = _state(model).pool.num_blocks
+    pool = _state(model).pool
+    num_blocks, bs = pool.num_blocks, pool.block_size
+    free = torch.tensor([b * bs + o for b in engine.free for o in range(bs)])
+    for t in (*pool.keys, *pool.values):  # free blocks hold a sentinel: a stray write shows there
+        t[:, free] = 7.0
     for _ in range(steps):
         plan = decode_plan(engine)
         assert runner.why_not(plan) is None
