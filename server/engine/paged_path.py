@@ -140,7 +140,7 @@ class PagedPath:
                     max_blocks=-(-self.limits.max_total_tokens // block) + 1,  # + virtual positions' block
                 )
             self.decode_graphs = runner
-        return runner or None
+        return runner if isinstance(runner, DecodeGraphRunner) else None
 
     def _sampling_logits(  # type: ignore[misc]
         self: Engine, plan: Any, chunks: list[Any], logits: torch.Tensor
