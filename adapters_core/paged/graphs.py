@@ -176,7 +176,7 @@ class DecodeGraphRunner:
             if self._mempool is None:
                 self._mempool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            # thread_local: HTTP threads may touch CUDA meanwhile (tokenizing never does, but a store might)
+            # thread_local: another thread (the adapter store moving weights to the device) may call CUDA meanwhile
             with torch.cuda.graph(graph, pool=self._mempool, capture_error_mode="thread_local"):
                 out = self._eager(inputs)
             self._graphs[key] = (graph, out)

@@ -13,9 +13,12 @@ from arch_configs import FAMILIES, VOCAB
 from paged_helpers import MiniEngine, Oracles
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from adapters_core.multi import MultiAdapterModel
+from adapters_core.multi.layers import MultiLinear
 from adapters_core.paged import SeqChunk, StepPlan, attention
 from adapters_core.paged.graphs import DecodeGraphRunner, batch_buckets, width_buckets
 from adapters_core.paged.model_api import _state
+from adapters_core.paged.static_decode import slot_reason
 
 TOL = 1e-5
 METHODS = ("LoRA", "DoRA", "IA3", "prompt tuning", "prefix tuning")
@@ -133,6 +136,15 @@ def test_rows_that_cannot_be_static_are_named(oracles: Oracles) -> None:
     assert "prefill" in (runner.why_not(prefill) or "")
     too_many = DecodeGraphRunner(oracles.multi, max_batch=1, use_graphs=False)
     assert "largest bucket" in (too_many.why_not(plan) or "")
+    model = oracles.multi
+    slot = model._get("LoRA").slot
+    assert slot_reason(model, slot) is None
+    layer = next(m for m in model._layers.values() if isinstance(m, MultiLinear))
+    layer.bias_delta[slot] = torch.zeros(layer.out_features)  # as a LoRA with lora_bias would have
+    try:
+        assert "trained bias" in (slot_reason(model, slot) or "")
+    finally:
+        del layer.bias_delta[slot]
 
 
 class NoHostSync(TorchDispatchMode):
@@ -185,11 +197,13 @@ def test_captured_graphs_replay_paged_step_logits(tmp_path_factory: Any) -> None
     """On CUDA: the first step of a shape captures its graph, later ones replay it; logits equal paged_step's."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    fam = FAMILIES["llama"]
-    oracles = Oracles(fam, tmp_path_factory.mktemp("gpu"), ("LoRA", "IA3", "DoRA"))
-    oracles.multi.cuda()
-    engine = prefilled(oracles.multi, ["LoRA", None, "IA3", "DoRA", "LoRA"])
-    runner = DecodeGraphRunner(oracles.multi, max_batch=8)
+    fam, root = FAMILIES["llama"], tmp_path_factory.mktemp("gpu")
+    Oracles(fam, root, ("LoRA", "IA3", "DoRA"))  # saves the perturbed adapters under root/<method>
+    model = MultiAdapterModel(fam.build().cuda())
+    for method in ("LoRA", "IA3", "DoRA"):
+        model.add(method, root / method)
+    engine = prefilled(model, ["LoRA", None, "IA3", "DoRA", "LoRA"])
+    runner = DecodeGraphRunner(model, max_batch=8)
     assert runner.use_graphs
     compare_steps(engine, runner, steps=5)
     assert 1 <= runner.captures <= 2  # one shape per width bucket reached (4 or 8 blocks)
