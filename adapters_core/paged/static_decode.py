@@ -75,13 +75,14 @@ class StaticBuffers:
     def fill(self, rows: list[tuple[int, int, int, list[int]]], batch: int, width: int) -> StaticInputs:
         """Write `rows` = (token, length, slot, blocks) into the (batch, width) views, padding rows after them;
         one host-to-device copy. Returns the views."""
-        host = torch.zeros(batch * (3 + width), dtype=torch.long)
-        host[batch : 2 * batch] = 1  # padding rows: one position (offset 0 of the scratch block)
-        host[2 * batch : 3 * batch] = -1  # padding rows: no adapter
-        tables = host[3 * batch :].view(batch, width)
-        for r, (token, length, slot, blocks) in enumerate(rows):
-            host[r], host[batch + r], host[2 * batch + r] = token, length, slot
-            tables[r, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+        pad = batch - len(rows)
+        values = [r[0] for r in rows] + [0] * pad  # padding rows: token 0,
+        values += [r[1] for r in rows] + [1] * pad  # one position (offset 0 of the scratch block),
+        values += [r[2] for r in rows] + [-1] * pad  # no adapter,
+        for _, _, _, blocks in rows:
+            values += blocks + [0] * (width - len(blocks))
+        values += [0] * (pad * width)  # and the scratch block only
+        host = torch.tensor(values, dtype=torch.long)  # one tensor built from Python ints: no per-row ops
         if self.device.type == "cuda":
             host = host.pin_memory()
         self.packed[: host.numel()].copy_(host, non_blocking=True)
@@ -152,7 +153,11 @@ class StaticContext(TokenContext):
         return x.reshape(1, tokens, x.shape[-1])
 
     def meta(self, tokens_per_row: int, device: torch.device) -> BatchMeta:
-        self.rows_view(torch.empty(tokens_per_row, 1, device="meta"), "adapter metadata")
+        if tokens_per_row != self.static_meta.num_tokens:  # layers ask with activations (1, T, H): T tokens
+            raise RuntimeError(
+                f"adapter metadata for {tokens_per_row} tokens in a static decode step of "
+                f"{self.static_meta.num_tokens}"
+            )
         return self.static_meta
 
     def index_groups(self, tokens: int, device: torch.device) -> dict[int, Any]:
