@@ -11,11 +11,11 @@ Everything else is derived on the device inside the step: position p = length - 
 `block_tables[b, p // bs] · bs + p % bs` (padding rows write offset 0 of the scratch block 0, which real rows
 only ever read under a mask), the block to zero when p starts it, the key masks (key column c is seen when
 c < length, and within a sliding window of p), and the per-token adapter metadata
-(`kernels.build_static_decode_meta`: the BGMV path, `kernels.static_bgmv` on the CPU). Attention gathers the
+(`kernels.metadata.build_static_decode_meta`: the BGMV path, `kernels.static_bgmv` on the CPU). Attention gathers the
 nb blocks of every row (tile by tile past `attention.KEY_TILE` keys, online softmax) and runs the same SDPA /
 softcapping math as the eager paged attention (attention.py), so logits match `paged_step`'s.
 
-Which rows may run here (`row_reason`), and why the others make the engine use the eager `paged_step` for the
+Which rows may run here (`chunk_row`, `slot_reason`), and why the others make the engine use the eager `paged_step` for the
 whole step: only a decode token (a one-token chunk of a real token) whose adapter touches the model through
 per-token pools alone: LoRA / DoRA / AdaLoRA, IA3, and prompt / P-tuning (whose virtual positions are all in
 the prefill). Prefix tuning (read-only prefix keys per adapter: host-side lists of rows), LLaMA-Adapter
