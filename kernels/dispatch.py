@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kernels import grouped, reference
+from kernels import grouped, reference, static_bgmv
 from kernels.errors import BackendError, ShapeError
 from kernels.ia3_pool import IA3Pool, IA3Weights
 from kernels.metadata import BatchMeta
@@ -88,6 +88,14 @@ def _check_meta(meta: BatchMeta, num_slots: int, device: torch.device) -> None:
         )
 
 
+def _not_static(meta: BatchMeta, op: str) -> None:
+    if meta.static:
+        raise ShapeError(
+            f"{op} on the torch backend reads host segments, which static decode metadata does not have; "
+            "use lora_apply (its per-token path) or the Triton backend"
+        )
+
+
 def _lora_weights(weights: LoraPool | LoraWeights) -> LoraWeights:
     w = weights.weights if isinstance(weights, LoraPool) else weights
     if w.a_pages.stride(1) != 1 or w.bt_pages.stride(1) != 1 or not w.page_table.is_contiguous():
@@ -139,6 +147,7 @@ def lora_shrink(
     else:
         _u_buffer(out, w, meta).zero_()
     if resolve_backend(w.device, backend) == "torch":
+        _not_static(meta, "lora_shrink")
         return reference.lora_shrink(x, w, meta, out)
     from kernels import triton_lora
 
@@ -168,6 +177,7 @@ def lora_expand(
     y2 = _rows(y, "y", w.out_features, meta, w.device)
     _u_buffer(u, w, meta)
     if resolve_backend(w.device, backend) == "torch":
+        _not_static(meta, "lora_expand")
         reference.lora_expand(y2, u, w, meta)
     else:
         from kernels import triton_lora
@@ -197,6 +207,9 @@ def lora_apply(
         _check_meta(meta, w.num_slots, w.device)
         x2 = _rows(x, "x", w.in_features, meta, w.device)
         y2 = _rows(y, "y", w.out_features, meta, w.device)
+        if meta.static:  # a step captured for replay: fixed shapes, no host reads of the slots
+            static_bgmv.lora_apply_static(y2, x2, w, meta.token_slots)
+            return y
         if grouped.lora_apply_grouped(y2, x2, w, meta):
             return y
     u = lora_shrink(x, weights, meta, backend=backend)  # (T, R)

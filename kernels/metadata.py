@@ -64,6 +64,9 @@ class BatchMeta:
     # CPU path (kernels/grouped.py) then needs no token gather. 0 when rows differ.
     uniform_row_len: int = 0
     row_slots: tuple[int, ...] = ()
+    # Static decode metadata (`build_static_decode_meta`): `token_slots` is a buffer whose contents change between
+    # calls (a CUDA graph's input), so nothing host-side describes the tokens; only per-token ops may read it.
+    static: bool = False
 
     @property
     def num_segments(self) -> int:
@@ -95,6 +98,7 @@ class BatchMeta:
             host_seg_slots=self.host_seg_slots,
             uniform_row_len=self.uniform_row_len,
             row_slots=self.row_slots,
+            static=self.static,
         )
 
 
@@ -137,6 +141,39 @@ def build_decode_meta(row_slots: SlotIds, *, device: torch.device | str | None =
     """
     slots = _as_int_list(row_slots, "row_slots")
     return _build(slots, [1] * len(slots), decode=True, device=device)
+
+
+def build_static_decode_meta(token_slots: Tensor) -> BatchMeta:
+    """Decode metadata over a static buffer `token_slots` (T,) int64 (read at every call, never copied), for a
+    step captured once and replayed with other contents (adapters_core/paged/static_decode.py).
+
+    No host field may describe the tokens, since they change without this object knowing: `host_seg_*` hold one
+    pseudo-segment over all T tokens (launchers only test that some token may carry an adapter), `max_slot` is
+    -1 and `row_slots` empty. The per-token ops read `token_slots` alone (BGMV kernels, the IA3 ops,
+    `kernels.static_bgmv` on the torch backend); `lora_shrink`/`lora_expand` on the torch backend refuse it.
+    """
+    if token_slots.dim() != 1 or token_slots.dtype != torch.int64:
+        raise ShapeError(
+            f"token_slots must be a 1-D int64 tensor, got {token_slots.dtype} {tuple(token_slots.shape)}"
+        )
+    n = token_slots.shape[0]
+    device = token_slots.device
+    return BatchMeta(
+        token_slots=token_slots,
+        token_order=torch.arange(n, dtype=torch.int64, device=device),
+        seg_starts=torch.zeros(1, dtype=torch.int64, device=device),
+        seg_lens=torch.full((1,), n, dtype=torch.int64, device=device),
+        seg_slots=torch.zeros(1, dtype=torch.int64, device=device),
+        decode=True,
+        num_tokens=n,
+        max_seg_len=n,
+        max_slot=-1,
+        host_seg_starts=(0,),
+        host_seg_lens=(n,),
+        host_seg_slots=(0,),
+        row_slots=(),
+        static=True,
+    )
 
 
 def _build(

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         le=1024,
         description="positions per KV cache block (the unit of allocation and of prefix reuse)",
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on a GPU, run decode-only steps as CUDA graphs captured per bucket of batch size and context "
+        "width (steps with prefill, or rows of prefix tuning, LLaMA-Adapter, modules_to_save, trained biases or "
+        "embedding LoRA, run eagerly); unused on the CPU",
+    )
     max_queued_requests: int = Field(
         default=256, ge=1, description="requests waiting to start (running ones not counted); more -> 429"
     )

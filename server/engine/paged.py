@@ -43,10 +43,13 @@ class PagingConfig:
     kv_cache_bytes: int | None = None
     max_batch_tokens: int | None = None
     block_size: int = 16
+    cuda_graphs: bool = True  # --cuda-graphs: decode-only steps as CUDA graphs (engine/paged_path.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PagingConfig:
-        return cls(settings.kv_cache_bytes, settings.max_batch_tokens, settings.kv_block_size)
+        return cls(
+            settings.kv_cache_bytes, settings.max_batch_tokens, settings.kv_block_size, settings.cuda_graphs
+        )
 
     def batch_tokens(self, device: torch.device) -> int:
         if self.max_batch_tokens is not None:

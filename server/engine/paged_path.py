@@ -4,16 +4,22 @@ schedule  rows that finished leave (their blocks go back), the scheduler picks t
           token budget (decodes first, then prefill chunks; admission by free blocks, VTC order,
           preemption when blocks run out: engine/scheduler.py, engine/paged.py)
 forward   one `model.paged_step` over the packed chunks (adapters_core/paged); if it fails, each chunk runs
-          alone so that only the rows at fault fail
+          alone so that only the rows at fault fail. A decode-only step whose rows all run on static buffers
+          replays a CUDA graph instead (`--cuda-graphs`, on a GPU: adapters_core/paged/graphs.py)
 sample    the rows whose stream the step completed (n > 1 siblings fork the first row's blocks here:
           engine/siblings.py), with their own samplers; prompt logprobs are recorded on the way
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged.graphs import DecodeGraphRunner
+from adapters_core.paged.plan import StepPlan
 
 from ..errors import InvalidInputError
 from ..sampling import choose_tokens
@@ -26,10 +32,15 @@ from .types import ClassifyJob
 if TYPE_CHECKING:
     from .engine import Engine
 
+log = logging.getLogger("swapyard.engine")
+
 
 class PagedPath:
     """The paged step. Its methods run on the Engine (`self: Engine`; mypy's misc note on that self type is
     silenced: the mixin is only ever a base of Engine)."""
+
+    # The CUDA-graph decode runner (`_graph_runner`): None until the first step decides, False when off.
+    decode_graphs: DecodeGraphRunner | bool | None = None
 
     def _paged_step(self: Engine, batch: PagedBatch) -> None:  # type: ignore[misc]
         schedule, jobs = self._schedule_paged(batch)
@@ -72,7 +83,7 @@ class PagedPath:
             return [], None
         try:
             plan = batch.plan(chunks)
-            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self.model.paged_step(plan))
+            logits: torch.Tensor | None = self._sampling_logits(plan, chunks, self._model_step(plan))
             done = chunks
         except Exception as exc:
             if len(chunks) == 1:
@@ -102,6 +113,40 @@ class PagedPath:
         )
         self.metrics.observe_step([chunk.row.request.adapter for chunk in done])
         return rows, logits
+
+    def _model_step(self: Engine, plan: StepPlan) -> torch.Tensor:  # type: ignore[misc]
+        """`model.paged_step(plan)`, or the same logits from a replayed CUDA graph when the step is decode-only
+        and every row can run on the static buffers (`DecodeGraphRunner.why_not`)."""
+        runner = self._graph_runner()
+        if runner is None or runner.why_not(plan) is not None:
+            return self.model.paged_step(plan)
+        try:
+            return runner.step(plan)
+        except Exception:  # the graphs' machinery, not a row, failed: serve eagerly from now on
+            log.exception("CUDA-graph decode step failed; decode steps run eagerly from now on")
+            self.decode_graphs = False
+            return self.model.paged_step(plan)
+
+    def _graph_runner(self: Engine) -> DecodeGraphRunner | None:  # type: ignore[misc]
+        """The engine's DecodeGraphRunner: made at the first step when `--cuda-graphs` is on and the model is on
+        a GPU (`decode_graphs` None: not decided yet; False: off; a test may set a runner on the CPU)."""
+        runner = self.decode_graphs
+        if runner is None:
+            runner = False
+            # a stand-in model (tests' paged double) has no static step
+            if (
+                self.paging.cuda_graphs
+                and self.device.type == "cuda"
+                and isinstance(self.model, MultiAdapterModel)
+            ):
+                block = self.paging.block_size
+                runner = DecodeGraphRunner(
+                    self.model,
+                    max_batch=self.max_batch_size,
+                    max_blocks=-(-self.limits.max_total_tokens // block) + 1,  # + virtual positions' block
+                )
+            self.decode_graphs = runner
+        return runner if isinstance(runner, DecodeGraphRunner) else None
 
     def _sampling_logits(  # type: ignore[misc]
         self: Engine, plan: Any, chunks: list[Any], logits: torch.Tensor
