@@ -98,7 +98,9 @@ class DecodeGraphRunner:
     # -- public ----------------------------------------------------------------------------------------
     def why_not(self, plan: StepPlan) -> str | None:
         """None when every chunk of `plan` may run here; else the first reason one may not."""
-        reason = model_reason(self.model)
+        if not hasattr(self, "_model_reason"):  # the base does not change: asked once (it walks the modules)
+            self._model_reason = model_reason(self.model)
+        reason = self._model_reason
         if reason is not None:
             return reason
         buffers = self._sync_state()

@@ -38,7 +38,7 @@ from kernels.metadata import build_static_decode_meta
 
 from ..multi.context import TokenContext
 from ..multi.layers import MultiEmbedding, MultiLinear
-from . import attention
+from . import attention, families
 from .kv_cache import KVPool
 from .plan import VIRTUAL, SeqChunk
 
@@ -280,6 +280,9 @@ def model_reason(model: Any) -> str | None:
     cfg = model._prompts.model.config
     if cfg.model_type in _ALIBI or getattr(cfg, "alibi", False):
         return f"{type(model._prompts.model).__name__} uses ALiBi biases, which the static decode step does not apply"
+    if families.adapted_modules(model._prompts.model):
+        # Falcon's rotary configs: their attention runs through a paged adapter swapped in by paged_step only.
+        return f"{type(model._prompts.model).__name__}'s attention runs through a per-family adapter (families.py)"
     return None
 
 

@@ -207,3 +207,16 @@ def test_captured_graphs_replay_paged_step_logits(tmp_path_factory: Any) -> None
     assert runner.use_graphs
     compare_steps(engine, runner, steps=5)
     assert 1 <= runner.captures <= 2  # one shape per width bucket reached (4 or 8 blocks)
+
+
+def test_bases_with_swapped_attention_stay_eager(tmp_path_factory: Any) -> None:
+    """Falcon's rotary attention runs through families.py's adapter, which only paged_step installs: the static
+    step must turn such a base away (it is not ALiBi, so the ALiBi check alone would let it in)."""
+    from adapters_core.paged.static_decode import model_reason
+
+    falcon = Oracles(FAMILIES["falcon"], tmp_path_factory.mktemp("falcon"), ("LoRA",))
+    assert not getattr(falcon.multi.model.config, "alibi", False)
+    reason = model_reason(falcon.multi)
+    assert reason is not None and "families.py" in reason
+    llama = Oracles(FAMILIES["llama"], tmp_path_factory.mktemp("llama"), ("LoRA",))
+    assert model_reason(llama.multi) is None
