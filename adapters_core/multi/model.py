@@ -417,6 +417,11 @@ class MultiAdapterModel(nn.Module):
         """Run one step (paged/plan.py): (n, V) float logits, one per chunk with `want_logits`, in plan order."""
         return paged.paged_step(self, plan)
 
+    def paged_release(self, seq_id: int) -> None:
+        """The row left (finished, failed or preempted): free what the model keeps for it outside the block pool
+        (an encoder-decoder row's encoder keys/values, paged/seq2seq.py). Idempotent; a no-op for other rows."""
+        paged.paged_release(self, seq_id)
+
     @torch.no_grad()
     def classify(
         self, input_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None]

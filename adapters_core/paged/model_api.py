@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UnsupportedError
+from . import seq2seq
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
 from .plan import SeqChunk, StepPlan
 from .step import PagedState, mark_attention_modules, run
@@ -31,6 +32,8 @@ def _state(model: Any) -> PagedState:
 
 
 def _heads(model: Any) -> list[tuple[int, int]]:
+    if model._prompts.kind == "seq2seq":  # the decoder's self-attention layers (paged/seq2seq.py)
+        return seq2seq.heads(model)
     return list(model._prompts.cache_heads or [])
 
 
@@ -53,9 +56,10 @@ def _why_not(model: Any, state: PagedState) -> str | None:
     base = model.model
     name = type(base).__name__
     kind = model._prompts.kind
+    if kind == "seq2seq":
+        return seq2seq.why_not(model)
     if kind != "causal":
-        what = "an encoder-decoder" if kind == "seq2seq" else "a sequence classifier (encoder)"
-        return f"{name} is {what}: the paged path serves decoder-only causal LMs (its rows use the padded step API)."
+        return f"{name} is a sequence classifier (encoder): the paged path serves generating LMs."
     cfg = base.config
     if cfg.model_type in _ALIBI or getattr(cfg, "alibi", False):
         return f"{name} uses ALiBi position biases, which the paged attention does not apply yet."
@@ -86,7 +90,7 @@ def _why_not(model: Any, state: PagedState) -> str | None:
 
 
 def stream_prefix_length(model: Any, adapter: str | None) -> int:
-    if adapter is None:
+    if adapter is None or model._prompts.kind == "seq2seq":  # T5's virtual tokens open the encoder input
         return 0
     tensors = model._prompts.slots.get(model._get(adapter).slot)
     return int(tensors.length) if tensors is not None and tensors.kind == "virtual" else 0
@@ -132,4 +136,10 @@ def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:
     state = _state(model)
     if state.pool is None:
         raise RuntimeError("paged_step before init_kv_cache: allocate the KV pool first.")
+    if model._prompts.kind == "seq2seq":
+        return seq2seq.run(model, state, seq2seq.store(model), plan)
     return run(model, state, plan, [_chunk_info(model, c) for c in plan.chunks])
+
+
+def paged_release(model: Any, seq_id: int) -> None:
+    seq2seq.release(model, seq_id)
