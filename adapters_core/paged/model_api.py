@@ -141,5 +141,9 @@ def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:
     return run(model, state, plan, [_chunk_info(model, c) for c in plan.chunks])
 
 
+def paged_decoder_prompt(model: Any) -> list[int] | None:
+    return seq2seq.decoder_prompt(model) if model._prompts.kind == "seq2seq" else None
+
+
 def paged_release(model: Any, seq_id: int) -> None:
     seq2seq.release(model, seq_id)

@@ -93,6 +93,11 @@ def _dtype(model: Any) -> torch.dtype:
     return getattr(model.model, "dtype", model._prompts.embed.weight.dtype)
 
 
+def decoder_prompt(model: Any) -> list[int]:
+    """The decoder stream every row starts with."""
+    return [decoder_start(model.model)]
+
+
 def release(model: Any, seq_id: int) -> None:
     """Drop the row's encoder keys/values (it finished, failed or was preempted); idempotent."""
     store(model).rows.pop(seq_id, None)
