@@ -55,6 +55,13 @@ class EncoderStore:
     def __init__(self) -> None:
         self.rows: dict[int, EncodedRow] = {}
         self.heads: list[tuple[int, int]] | None = None
+        # The decoder's position modules, found once: T5's layer-0 bias attention, BART-style learned positions.
+        self.positions: tuple[Any, list[Any]] | None = None
+
+    def position_modules(self, decoder: torch.nn.Module) -> tuple[Any, list[Any]]:
+        if self.positions is None:
+            self.positions = (_t5_bias_module(decoder), [m for _, m in _cache_length_positions(decoder)])
+        return self.positions
 
 
 def store(model: Any) -> EncoderStore:
@@ -142,16 +149,25 @@ def encode(model: Any, kept: EncoderStore, chunks: list[SeqChunk]) -> None:
         kept.rows[chunk.seq_id] = EncodedRow(_key(model, chunk), kv)
 
 
+@dataclass
+class _CrossLayer:
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class _CrossCache:
+    layers: list[_CrossLayer]
+
+
 class _StepEncDecCache(EncoderDecoderCache):
     """The decoder's `cache` for one step: self-attention writes into the pool (`StepCache`); every cross-attention
-    layer is marked filled and hands over the placeholder keys, so the attention finds each row's own."""
+    layer is marked filled and hands over the placeholder keys, so the attention finds each row's own. (No
+    super().__init__: it insists on two `Cache` objects.)"""
 
-    def __init__(
-        self, own: StepCache, dummy: torch.Tensor, layers: int
-    ) -> None:  # no super(): no Cache objects
+    def __init__(self, own: StepCache, dummy: torch.Tensor, layers: int) -> None:
         self.self_attention_cache: Any = own
-        holder = type("CrossLayer", (), {"keys": dummy, "values": dummy})
-        self.cross_attention_cache: Any = type("CrossCache", (), {"layers": [holder] * layers})()
+        self.cross_attention_cache: Any = _CrossCache([_CrossLayer(dummy, dummy)] * layers)
         self.is_updated = dict.fromkeys(range(layers), True)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -168,7 +184,7 @@ def _t5_bias_module(decoder: torch.nn.Module) -> Any:
 
 
 @contextmanager
-def _step_hooks(base: Any, keep: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
+def _step_hooks(base: Any, kept: EncoderStore, keep: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
     """For one step: the s2s attention on every decoder config, T5's layer-0 bias replaced by a placeholder (the
     attention computes each row's own), BART's positions each token's own, the LM head on the `keep` tokens."""
     decoder = base.get_decoder()
@@ -188,16 +204,15 @@ def _step_hooks(base: Any, keep: torch.Tensor, positions: torch.Tensor) -> Itera
         return (args[0][:, keep], *args[1:])
 
     s2s_attention.register()
-    before = {key: c._attn_implementation for key, c in configs.items()}
     with ExitStack() as stack:
-        for c in configs.values():
+        for c in configs.values():  # T5's encoder and decoder stacks each hold a copy of the config
+            stack.callback(setattr, c, "_attn_implementation", c._attn_implementation)
             c._attn_implementation = s2s_attention.NAME
-        stack.callback(lambda: [setattr(configs[k], "_attn_implementation", v) for k, v in before.items()])
         hooks = [base.get_output_embeddings().register_forward_pre_hook(head_hook)]
-        t5 = _t5_bias_module(decoder)
+        t5, learned = kept.position_modules(decoder)
         if t5 is not None:
             hooks.append(t5.register_forward_pre_hook(bias_hook, with_kwargs=True))
-        for _, module in _cache_length_positions(decoder):
+        for module in learned:
             hooks.append(module.register_forward_hook(positions_hook, with_kwargs=True))
         for hook in hooks:
             stack.callback(hook.remove)
@@ -235,7 +250,7 @@ def run(
     batch.extras["prefix"] = {s: prompts.slots[s].prefix for s, m in info if m}
     rows = [kept.rows[c.seq_id].kv for c in chunks]
     dummy = torch.zeros(1, 1, 1, 1, dtype=_dtype(model), device=device)
-    bias = _t5_bias_module(base.get_decoder())
+    bias = kept.position_modules(base.get_decoder())[0]
     batch.extras["s2s"] = s2s_attention.Cross(
         dummy,
         decode=[rows[i] for i, c in enumerate(chunks) if len(c.tokens) == 1],
@@ -252,7 +267,7 @@ def run(
     state.cell[0] = cache
     try:
         with (
-            _step_hooks(base, torch.tensor(keep, dtype=torch.long, device=device), batch.position_ids),
+            _step_hooks(base, kept, torch.tensor(keep, dtype=torch.long, device=device), batch.position_ids),
             model.rows(batch.context),
         ):
             out = base(
