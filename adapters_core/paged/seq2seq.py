@@ -119,6 +119,7 @@ def _key(model: Any, chunk: SeqChunk) -> tuple[str | None, int, tuple[int, ...]]
 def encode(model: Any, kept: EncoderStore, chunks: list[SeqChunk]) -> None:
     """Encode the rows of `chunks` that need it (module docstring), in one padded forward."""
     todo: list[SeqChunk] = []
+    vocab = int(model._prompts.embed.weight.shape[0])
     for chunk in chunks:
         row = kept.rows.get(chunk.seq_id)
         if chunk.encoder_ids is None:
@@ -131,6 +132,11 @@ def encode(model: Any, kept: EncoderStore, chunks: list[SeqChunk]) -> None:
         if not chunk.encoder_ids:
             raise ValueError(
                 f"seq {chunk.seq_id}: encoder_ids is empty; the encoder needs at least one token."
+            )
+        bad = [t for t in chunk.encoder_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(
+                f"seq {chunk.seq_id}: encoder token ids {bad[:4]} are outside the vocabulary (0..{vocab - 1})."
             )
         if row is None or chunk.start == 0 or row.key != _key(model, chunk):
             todo.append(chunk)

@@ -164,3 +164,6 @@ def test_encoder_store_is_per_row_and_freed(oracles: Oracles) -> None:
     assert 7 not in kept.rows
     with pytest.raises(ValueError, match="encoder_ids"):
         model.paged_step(StepPlan([SeqChunk(8, None, [start], 0, [1])]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.paged_step(StepPlan([SeqChunk(8, None, [start], 0, [1], encoder_ids=(5, VOCAB))]))
+    assert 8 not in kept.rows
