@@ -4,10 +4,11 @@ A row's stream is its decoder stream, `[decoder_start_token_id][generated …]` 
 tuning's virtual tokens open the *encoder* input, as in PEFT). Its chunks carry `encoder_ids` (plan.py).
 
 Admission: when a chunk's row has no encoder keys/values yet (or its chunk starts at 0, a new or recomputed row),
-the encoder runs once for it under its adapter — the rows needing it in one padded forward, the multi path's own
-prefill (multi/steps.py: prompt tuning / P-tuning virtual tokens, LoRA, IA3 … exactly as PEFT lays them out) —
-and each decoder layer's cross-attention keys/values are kept per row: (H, Le, hd) each, Le the row's encoder
-length, cut from that forward's cross-attention cache (transformers' own projections, under the row's adapter).
+the encoder runs once for it under its adapter — the rows needing it in one right-padded forward laid out as the
+multi path lays out any batch (multi/prompt_layout.py: prompt tuning / P-tuning virtual tokens first, LoRA, IA3 …
+as PEFT computes them) — and each decoder layer's cross-attention keys/values are kept per row: (H, Le, hd) each,
+Le the row's encoder length, cut from the cross-attention cache one decoder token fills (transformers' own
+projections, under the row's adapter).
 
 Where they live: a per-row store keyed by seq_id (`EncoderStore`), not the block pool. They are read-only, exact
 in length (no block rounding) and live exactly as long as the row: `paged_release(seq_id)` drops them when the row
@@ -29,11 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..multi.prompt_layout import plan_batch
 from ..multi.prompts import _cache_length_positions
-from ..multi.steps import decoder_start, pad_rows, prefill
+from ..multi.steps import decoder_start, pad_rows
 from . import seq2seq_attention as s2s_attention
 from .batch import build
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
@@ -144,11 +146,27 @@ def encode(model: Any, kept: EncoderStore, chunks: list[SeqChunk]) -> None:
         return
     slots = model.row_slots([c.adapter for c in todo], len(todo))
     ids, mask = pad_rows([list(c.encoder_ids or ()) for c in todo], left=False, device=model._device())
+    prompts, base = model._prompts, model.model
     with model.rows(slots) as ctx:
-        _, state = prefill(model._prompts, ctx, ids, mask)
-    assert state.encoder_mask is not None and isinstance(state.cache, EncoderDecoderCache)
-    layers = state.cache.cross_attention_cache.layers
-    lengths = state.encoder_mask.sum(dim=1).tolist()  # [virtual v][prompt][pads]: the first Le columns
+        layout = plan_batch(prompts, slots, input_ids=ids, attention_mask=mask)  # virtual tokens first
+        first = (
+            {"input_ids": ids} if layout.inputs_embeds is None else {"inputs_embeds": layout.inputs_embeds}
+        )
+        ctx.prompt = layout
+        encoder = base.get_encoder()(**first, attention_mask=layout.attention_mask, return_dict=True)
+        # One decoder token fills the cross-attention cache with transformers' own keys/values of the encoder
+        # output (the rows' adapters applied by their projections); its self-attention side is dropped.
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        start = torch.full((len(todo), 1), decoder_start(base), dtype=torch.long, device=ids.device)
+        base(
+            encoder_outputs=encoder,
+            attention_mask=layout.attention_mask,
+            decoder_input_ids=start,
+            cache=cache,
+            use_cache=True,
+        )
+    layers = cache.cross_attention_cache.layers
+    lengths = layout.attention_mask.sum(dim=1).tolist()  # [virtual v][prompt][pads]: the first Le columns
     for r, chunk in enumerate(todo):
         n = int(lengths[r])
         kv = [(layer.keys[r, :, :n].contiguous(), layer.values[r, :, :n].contiguous()) for layer in layers]
