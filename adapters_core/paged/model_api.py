@@ -2,8 +2,8 @@
 
 `support` decides which bases run on the paged path: causal LMs whose attention calls `cache.update` and then
 transformers' attention interface (checked by a probe step over a private two-block pool), without ALiBi
-(its biases come from the attention mask, which the paged path does not build). The rest keep the padded step
-API (multi/steps.py) for now.
+(its biases come from the attention mask, which the paged path does not build), and encoder-decoders (T5, mT5,
+BART: paged/seq2seq.py, its own probe). The rest keep the padded step API (multi/steps.py) for now.
 """
 
 from __future__ import annotations
