@@ -38,32 +38,10 @@ from ..multi.prompts import _cache_length_positions
 from ..multi.steps import decoder_start, pad_rows
 from . import seq2seq_attention as s2s_attention
 from .batch import build
+from .encoder_store import EncodedRow, EncoderStore
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
 from .plan import SeqChunk, StepPlan
 from .step import PagedState, mark_attention_modules
-
-KV = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class EncodedRow:
-    key: tuple[str | None, int, tuple[int, ...]]  # (adapter, slot, encoder ids) it was encoded for
-    kv: list[KV]  # per decoder layer (K, V), each (H, Le, hd)
-
-
-class EncoderStore:
-    """Per row (seq_id) its cross-attention keys/values; `heads` per decoder layer (H, hd), found once."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, EncodedRow] = {}
-        self.heads: list[tuple[int, int]] | None = None
-        # The decoder's position modules, found once: T5's layer-0 bias attention, BART-style learned positions.
-        self.positions: tuple[Any, list[Any]] | None = None
-
-    def position_modules(self, decoder: torch.nn.Module) -> tuple[Any, list[Any]]:
-        if self.positions is None:
-            self.positions = (_t5_bias_module(decoder), [m for _, m in _cache_length_positions(decoder)])
-        return self.positions
 
 
 def store(model: Any) -> EncoderStore:
@@ -109,7 +87,7 @@ def decoder_prompt(model: Any) -> list[int]:
 
 def release(model: Any, seq_id: int) -> None:
     """Drop the row's encoder keys/values (it finished, failed or was preempted); idempotent."""
-    store(model).rows.pop(seq_id, None)
+    store(model).release(seq_id)
 
 
 def _key(model: Any, chunk: SeqChunk) -> tuple[str | None, int, tuple[int, ...]]:
@@ -170,7 +148,7 @@ def encode(model: Any, kept: EncoderStore, chunks: list[SeqChunk]) -> None:
     for r, chunk in enumerate(todo):
         n = int(lengths[r])
         kv = [(layer.keys[r, :, :n].contiguous(), layer.values[r, :, :n].contiguous()) for layer in layers]
-        kept.rows[chunk.seq_id] = EncodedRow(_key(model, chunk), kv)
+        kept.put(chunk.seq_id, EncodedRow(_key(model, chunk), kv))
 
 
 @dataclass
@@ -207,12 +185,21 @@ def _t5_bias_module(decoder: torch.nn.Module) -> Any:
     return None
 
 
+def _position_modules(kept: EncoderStore, decoder: torch.nn.Module) -> tuple[Any, list[Any]]:
+    """T5's layer-0 bias attention (or None) and BART-style learned position modules of the decoder, found once."""
+    if kept.positions is None:
+        kept.positions = (_t5_bias_module(decoder), [m for _, m in _cache_length_positions(decoder)])
+    return kept.positions
+
+
 @contextmanager
 def _step_hooks(base: Any, kept: EncoderStore, keep: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
     """For one step: the s2s attention on every decoder config, T5's layer-0 bias replaced by a placeholder (the
     attention computes each row's own), BART's positions each token's own, the LM head on the `keep` tokens."""
     decoder = base.get_decoder()
-    configs = {id(c): c for c in [base.config, *(getattr(m, "config", None) for m in decoder.modules())] if c}
+    if kept.configs is None:  # T5's encoder and decoder stacks each hold a copy of the config
+        found = [base.config, *(getattr(m, "config", None) for m in decoder.modules())]
+        kept.configs = list({id(c): c for c in found if c is not None}.values())
     placeholder = torch.zeros(1, 1, 1, 1, device=positions.device)
 
     def bias_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -229,11 +216,11 @@ def _step_hooks(base: Any, kept: EncoderStore, keep: torch.Tensor, positions: to
 
     s2s_attention.register()
     with ExitStack() as stack:
-        for c in configs.values():  # T5's encoder and decoder stacks each hold a copy of the config
+        for c in kept.configs:
             stack.callback(setattr, c, "_attn_implementation", c._attn_implementation)
             c._attn_implementation = s2s_attention.NAME
         hooks = [base.get_output_embeddings().register_forward_pre_hook(head_hook)]
-        t5, learned = kept.position_modules(decoder)
+        t5, learned = _position_modules(kept, decoder)
         if t5 is not None:
             hooks.append(t5.register_forward_pre_hook(bias_hook, with_kwargs=True))
         for module in learned:
@@ -272,13 +259,13 @@ def run(
     vocab = int(prompts.embed.weight.shape[0])
     batch = build(plan, pool, slots, [0] * len(chunks), prefix, vocab, device)
     batch.extras["prefix"] = {s: prompts.slots[s].prefix for s, m in info if m}
-    rows = [kept.rows[c.seq_id].kv for c in chunks]
+    decode = tuple(c.seq_id for c in chunks if len(c.tokens) == 1)
     dummy = torch.zeros(1, 1, 1, 1, dtype=_dtype(model), device=device)
-    bias = kept.position_modules(base.get_decoder())[0]
+    bias = _position_modules(kept, base.get_decoder())[0]
     batch.extras["s2s"] = s2s_attention.Cross(
         dummy,
-        decode=[rows[i] for i, c in enumerate(chunks) if len(c.tokens) == 1],
-        prefill=[rows[i] for i, c in enumerate(chunks) if len(c.tokens) > 1],
+        decode=kept.decode_slab(decode) if decode else None,
+        prefill=[kept.rows[c.seq_id].kv for c in chunks if len(c.tokens) > 1],
         bias=s2s_attention.T5Bias(bias) if bias is not None else None,
     )
     cache = StepCache(pool, batch)

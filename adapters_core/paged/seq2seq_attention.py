@@ -30,6 +30,7 @@ from transformers import AttentionInterface
 
 from .attention import MARK, _gather, _with_prefix
 from .batch import Decode, Prefill
+from .encoder_store import DecodeSlab
 from .kv_cache import StepCache
 
 NAME = "swapyard_paged_s2s"
@@ -63,7 +64,7 @@ class Cross:
     encoder keys/values per layer, the cross-attention placeholder, T5's bias (None for BART)."""
 
     dummy: torch.Tensor
-    decode: list[list[KV]]  # decode row -> per layer (K, V), each (H, Le, hd)
+    decode: DecodeSlab | None  # the decode rows' keys/values, padded (encoder_store.py)
     prefill: list[list[KV]]  # prefill chunk -> per layer (K, V)
     bias: T5Bias | None
     attended: int = 0  # cross-attention calls (the support probe counts them)
@@ -148,21 +149,10 @@ def _cross_attention(query: torch.Tensor, layer: int, cross: Cross, batch: Any, 
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     dec = batch.decode
     if dec is not None:
+        assert cross.decode is not None
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, H, 1, hd)
-        pairs = [row[layer] for row in cross.decode]
-        lengths = [int(k.shape[1]) for k, _ in pairs]
-        width = max(lengths)
-        heads, hd = pairs[0][0].shape[0], pairs[0][0].shape[2]
-        k = q.new_zeros(len(pairs), heads, width, hd)
-        v = q.new_zeros(len(pairs), heads, width, pairs[0][1].shape[2])
-        for r, (kr, vr) in enumerate(pairs):
-            k[r, :, : kr.shape[1]] = kr
-            v[r, :, : vr.shape[1]] = vr
-        mask = None
-        if min(lengths) != width:
-            cols = torch.arange(width, device=q.device)[None]
-            mask = (cols < torch.tensor(lengths, device=q.device)[:, None])[:, None, None]  # (B, 1, 1, Le)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        k, v = cross.decode.layers[layer]  # (B, H, Le_max, hd)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=cross.decode.mask, scale=scale)
         out[0, dec.tokens] = o[:, :, 0]
     for chunk, row in zip(batch.prefills, cross.prefill):
         span = slice(chunk.tok_start, chunk.tok_start + chunk.n)

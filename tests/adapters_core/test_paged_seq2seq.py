@@ -137,7 +137,8 @@ def test_packed_steps_equal_peft_per_row(oracles: Oracles) -> None:
     assert checked == len(names) * NEW
     for r in list(engine.rows):
         engine.leave(r)
-    assert not paged_s2s.store(oracles.multi).rows  # every row's encoder keys/values were released
+    kept = paged_s2s.store(oracles.multi)
+    assert not kept.rows and kept.slab is None  # every row's encoder keys/values were released
 
 
 @torch.no_grad()
@@ -155,6 +156,11 @@ def test_encoder_store_is_per_row_and_freed(oracles: Oracles) -> None:
     # the next chunk reuses them (no encoder input needed once encoded)
     model.paged_step(StepPlan([SeqChunk(7, "LoRA", [9], 1, [1])]))
     assert kept.rows[7] is row
+    slab = kept.slab
+    model.paged_step(StepPlan([SeqChunk(7, "LoRA", [9], 2, [1])]))
+    assert (
+        slab is not None and kept.slab is slab
+    )  # the same decode rows: their padded keys are not copied again
     # a row that starts over with another input is encoded again: its logits are that input's
     again = model.paged_step(StepPlan([SeqChunk(7, "LoRA", [start], 0, [2], encoder_ids=(8, 9))]))
     torch.testing.assert_close(again[0], peft_logits(oracles, "LoRA", [8, 9], [start]), atol=TOL, rtol=0)
