@@ -419,6 +419,16 @@ class MultiAdapterModel(nn.Module):
         """Run one step (paged/plan.py): (n, V) float logits, one per chunk with `want_logits`, in plan order."""
         return paged.paged_step(self, plan)
 
+    def paged_decoder_prompt(self) -> list[int] | None:
+        """Encoder-decoder bases: the decoder stream every row starts with (`[decoder_start_token_id]`); the
+        row's prompt goes to the encoder (`SeqChunk.encoder_ids`). None for decoder-only bases."""
+        return paged.paged_decoder_prompt(self)
+
+    def paged_release(self, seq_id: int) -> None:
+        """The row left (finished, failed or preempted): free what the model keeps for it outside the block pool
+        (an encoder-decoder row's encoder keys/values, paged/seq2seq.py). Idempotent; a no-op for other rows."""
+        paged.paged_release(self, seq_id)
+
     @torch.no_grad()
     def classify(
         self, input_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None]

@@ -2,9 +2,9 @@
 
 `support` decides which bases run on the paged path: causal LMs whose attention calls `cache.update` and then
 transformers' attention interface (checked by a probe step over a private two-block pool), or whose attention
-families.py adapts (BLOOM, Falcon: ALiBi or rotary). Other ALiBi families (MPT, Baichuan) are refused: their
-biases come from the attention mask, which the paged path does not build. The rest keep the padded step API
-(multi/steps.py) for now.
+families.py adapts (BLOOM, Falcon: ALiBi or rotary), and encoder-decoders (T5, mT5, BART: paged/seq2seq.py, its
+own probe). Other ALiBi families (MPT, Baichuan) are refused: their biases come from the attention mask, which the
+paged path does not build.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import UnsupportedError
-from . import families
+from . import families, seq2seq
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
 from .plan import SeqChunk, StepPlan
 from .step import PagedState, mark_attention_modules, run
@@ -33,6 +33,8 @@ def _state(model: Any) -> PagedState:
 
 
 def _heads(model: Any) -> list[tuple[int, int]]:
+    if model._prompts.kind == "seq2seq":  # the decoder's self-attention layers (paged/seq2seq.py)
+        return seq2seq.heads(model)
     return list(model._prompts.cache_heads or [])
 
 
@@ -55,9 +57,10 @@ def _why_not(model: Any, state: PagedState) -> str | None:
     base = model.model
     name = type(base).__name__
     kind = model._prompts.kind
+    if kind == "seq2seq":
+        return seq2seq.why_not(model)
     if kind != "causal":
-        what = "an encoder-decoder" if kind == "seq2seq" else "a sequence classifier (encoder)"
-        return f"{name} is {what}: the paged path serves decoder-only causal LMs (its rows use the padded step API)."
+        return f"{name} is a sequence classifier (encoder): the paged path serves generating LMs."
     cfg = base.config
     adapted = families.adapted_modules(base)
     if (cfg.model_type in _ALIBI or getattr(cfg, "alibi", False)) and not adapted:
@@ -91,7 +94,7 @@ def _why_not(model: Any, state: PagedState) -> str | None:
 
 
 def stream_prefix_length(model: Any, adapter: str | None) -> int:
-    if adapter is None:
+    if adapter is None or model._prompts.kind == "seq2seq":  # T5's virtual tokens open the encoder input
         return 0
     tensors = model._prompts.slots.get(model._get(adapter).slot)
     return int(tensors.length) if tensors is not None and tensors.kind == "virtual" else 0
@@ -137,4 +140,14 @@ def paged_step(model: Any, plan: StepPlan) -> torch.Tensor:
     state = _state(model)
     if state.pool is None:
         raise RuntimeError("paged_step before init_kv_cache: allocate the KV pool first.")
+    if model._prompts.kind == "seq2seq":
+        return seq2seq.run(model, state, seq2seq.store(model), plan)
     return run(model, state, plan, [_chunk_info(model, c) for c in plan.chunks])
+
+
+def paged_decoder_prompt(model: Any) -> list[int] | None:
+    return seq2seq.decoder_prompt(model) if model._prompts.kind == "seq2seq" else None
+
+
+def paged_release(model: Any, seq_id: int) -> None:
+    seq2seq.release(model, seq_id)

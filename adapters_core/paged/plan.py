@@ -9,6 +9,9 @@ What `paged_step` returns: (K, V) float logits, rows in plan order; a chunk with
 row per token (row j: the logits after its token j, i.e. the distribution of stream position start + j + 1;
 its last row is the one a `want_logits` chunk gets), any other chunk one row (its last token's) when
 `want_logits`, else none.
+
+Encoder-decoder bases: a row's stream is its decoder stream and each of its chunks carries `encoder_ids`
+(paged/seq2seq.py); the engine calls `model.paged_release(seq_id)` when the row finishes or is preempted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ class SeqChunk:
     block_table: list[int]  # physical block ids covering stream positions [0, start + len(tokens))
     want_logits: bool = True  # return logits of the chunk's last token (False for a non-final prefill chunk)
     all_logits: bool = False  # return logits of every token of the chunk (prompt logprobs); see the docstring
+    # Encoder-decoder rows (T5, BART): the row's encoder input (its prompt). The stream is then the decoder's:
+    # [decoder_start_token_id][generated …]. The model encodes it when the row has no encoder keys/values yet
+    # (or starts over at 0) and keeps them until `paged_release(seq_id)` (paged/seq2seq.py).
+    encoder_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

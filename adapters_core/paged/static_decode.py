@@ -277,6 +277,8 @@ def static_step(
 
 def model_reason(model: Any) -> str | None:
     """None when the base itself runs here (the paged path's bases, minus ALiBi ones); else why not."""
+    if model._prompts.kind != "causal":  # an encoder-decoder's rows cross-attend to their own encoder output
+        return f"{type(model._prompts.model).__name__} is an encoder-decoder: its decode rows run on the eager step"
     cfg = model._prompts.model.config
     if cfg.model_type in _ALIBI or getattr(cfg, "alibi", False):
         return f"{type(model._prompts.model).__name__} uses ALiBi biases, which the static decode step does not apply"

@@ -11,12 +11,13 @@ they never touch the model. The thread repeats one step, a short named pipeline:
 
 Two paths, chosen at `start()` by `model.paged_support()`:
 
-* paged (causal LMs): a token budget per step (`--max-batch-tokens`), decodes first, then prefill chunks;
+* paged (causal LMs and encoder-decoders, whose rows' streams are their decoders' and whose prompts go to the
+  encoder once at admission: adapters_core/paged/seq2seq.py): a token budget per step (`--max-batch-tokens`), decodes first, then prefill chunks;
   rows hold blocks of a paged KV cache (`--kv-cache-bytes`, `--kv-block-size`), shared by prompt prefixes of
   the same adapter version; when blocks run out a row is preempted and recomputed later;
-* padded (the bases `paged_support` names a reason for: encoder-decoders, MPT's ALiBi): the running rows
-  decode one token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated.
-  It goes when the paged core covers those bases (issue 16).
+* padded (the bases `paged_support` names a reason for: MPT's ALiBi): the running rows decode one
+  token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated. It goes when
+  the paged core covers those bases (issue 16).
 
 Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
 On the paged path the rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a
@@ -217,6 +218,11 @@ class Engine(JobQueue, PagedPath, PaddedPath):
             raise UnsupportedParameterError(
                 "the prompt's logprobs (echo with logprobs, decoder_input_details) are computed on the paged "
                 f"engine path only, and this base runs on the padded one ({self.padded_reason}); drop them"
+            )
+        if request.prompt_logprobs and isinstance(self._batch, PagedBatch) and self._batch.encoder_decoder:
+            raise UnsupportedParameterError(
+                "the prompt's logprobs (echo with logprobs, decoder_input_details) score a decoder-only model's "
+                "prompt; an encoder-decoder's prompt is its encoder's input, which it does not score; drop them"
             )
         handle = RequestHandle(loop)
         seq = new_seq(

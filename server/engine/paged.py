@@ -10,6 +10,7 @@ prefixes cached): more could never be used at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,11 +88,24 @@ def new_seq(
     paged: bool,
     prompt_logits: bool = False,
 ) -> SeqState:
-    """A row's stream: its adapter's virtual positions, then its prompt (the padded path: the prompt only)."""
+    """A row's stream: its adapter's virtual positions, then its prompt (the padded path: the prompt only).
+    An encoder-decoder's stream is its decoder's (`[decoder_start_token_id]`, then what it generates): the
+    prompt goes to the encoder (`SeqChunk.encoder_ids`), and the prefix-cache key names the encoder input, since
+    the decoder's keys and values depend on it."""
     virtual = model.stream_prefix_length(model_name) if paged else 0
     key = model.adapters[model_name].content_hash if paged and model_name is not None else ""
     stream = [VIRTUAL] * virtual + list(input_ids)
+    decoder = _decoder_prompt(model) if paged else None
+    if decoder is not None:
+        stream = list(decoder)
+        key += "|encoder:" + hashlib.sha256(repr(list(input_ids)).encode()).hexdigest()
     return SeqState(seq_id, model_name, key, stream, prompt_len=len(stream), prompt_logits=prompt_logits)
+
+
+def _decoder_prompt(model: Any) -> list[int] | None:
+    """The decoder stream an encoder-decoder's rows start with; None for decoder-only bases."""
+    ask = getattr(model, "paged_decoder_prompt", None)
+    return None if ask is None else ask()
 
 
 class PagedBatch:
@@ -109,6 +123,8 @@ class PagedBatch:
     ) -> None:
         num_blocks = config.num_blocks(model, device, max_rows, max_total)
         model.init_kv_cache(num_blocks, config.block_size)
+        self.model = model
+        self.encoder_decoder = _decoder_prompt(model) is not None  # chunks carry the encoder input
         self.blocks = KVBlocks(BlockPool(num_blocks, config.block_size, reserved=model.reserved_blocks))
         self.scheduler: Scheduler[Row] = Scheduler(
             self.blocks, fairness, max_batch_tokens=config.batch_tokens(device), max_rows=max_rows
@@ -138,6 +154,12 @@ class PagedBatch:
 
     def release(self, row: Row) -> None:
         self.blocks.free(row.seq.seq_id)
+        self._release_encoder(row)
+
+    def _release_encoder(self, row: Row) -> None:
+        """An encoder-decoder row's encoder keys/values (kept by the model, outside the pool) go too."""
+        if self.encoder_decoder:
+            self.model.paged_release(row.seq.seq_id)
 
     def keep_running(self) -> list[Row]:
         """Drop the rows that are done (their blocks are freed) and return them."""
@@ -153,7 +175,10 @@ class PagedBatch:
         self.rows = []
 
     def schedule(self, waiting: Any) -> StepSchedule[Row]:
-        return self.scheduler.schedule(self.rows, waiting)
+        out = self.scheduler.schedule(self.rows, waiting)
+        for row in out.preempted:  # re-encoded when the row comes back
+            self._release_encoder(row)
+        return out
 
     def plan(self, chunks: Sequence[Chunk[Row]]) -> StepPlan:
         bs = self.blocks.block_size
@@ -164,7 +189,10 @@ class PagedBatch:
             table = self.blocks.table(seq.seq_id)[: -(-end // bs)]
             tokens = seq.stream[chunk.start : end]
             every = seq.prompt_logits and chunk.start < seq.prompt_len
-            out.append(SeqChunk(seq.seq_id, seq.adapter, tokens, chunk.start, table, chunk.last, every))
+            encoder = tuple(chunk.row.request.input_ids) if self.encoder_decoder else None
+            out.append(
+                SeqChunk(seq.seq_id, seq.adapter, tokens, chunk.start, table, chunk.last, every, encoder)
+            )
         return StepPlan(out)
 
     def commit(self, chunk: Chunk[Row]) -> None:

@@ -220,3 +220,5 @@ def test_bases_with_swapped_attention_stay_eager(tmp_path_factory: Any) -> None:
     assert reason is not None and "families.py" in reason
     llama = Oracles(FAMILIES["llama"], tmp_path_factory.mktemp("llama"), ("LoRA",))
     assert model_reason(llama.multi) is None
+    t5 = Oracles(FAMILIES["t5"], tmp_path_factory.mktemp("t5"), ("LoRA",))
+    assert "encoder-decoder" in (model_reason(t5.multi) or "")

@@ -3,7 +3,7 @@ against the model's own log-softmax over the whole prompt (MultiAdapterModel run
 chunked prefill forced (`--max-batch-tokens` 8: a prompt spans several steps) and under adapters (LoRA, and
 prompt tuning, whose virtual positions open the stream). A request that wants them takes no prefix-cache hit.
 Streamed completions carry them in each choice's first chunk (vLLM); TGI's stream has no place for them (422).
-The padded path (T5) refuses them with a 422."""
+An encoder-decoder (T5) refuses them with a 422."""
 
 from __future__ import annotations
 
@@ -175,10 +175,11 @@ def test_tgi_refuses_prompt_logprobs_when_streaming(served) -> None:
     assert "/generate" in response.json()["error"]
 
 
-def test_the_padded_path_refuses_prompt_logprobs_clearly(t5_setup, serve) -> None:
+def test_an_encoder_decoder_refuses_prompt_logprobs_clearly(t5_setup, serve) -> None:
+    """T5's prompt is its encoder's input, which it does not score."""
     base_dir, _ = t5_setup
     with serve(base_model=str(base_dir)) as client:
         params = {"max_new_tokens": 2, "details": True, "decoder_input_details": True}
         response = client.post("/generate", json={"inputs": "translate: hello", "parameters": params})
         assert response.status_code == 422, response.text
-        assert "paged" in response.json()["error"] and "drop" in response.json()["error"]
+        assert "encoder" in response.json()["error"] and "drop" in response.json()["error"]
