@@ -18,7 +18,7 @@ The counter lives in the engine thread (no locking): arrivals are noticed at the
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, TypeVar
 
 PROMPT_WEIGHT = 1.0
@@ -59,14 +59,17 @@ class VirtualTokenCounter:
                 self.counters[item.tenant] = max(self.counters[item.tenant], floor)
             active.add(item.tenant)
 
-    def next_index(self, waiting: collections.deque[T]) -> int:
-        """Index in `waiting` of the row to admit next: a preempted row first, else the oldest row of the
-        tenant with the smallest counter (ties: the oldest row)."""
+    def next_index(
+        self, waiting: collections.deque[T], running: Mapping[str | None, int] | None = None
+    ) -> int:
+        """Index in `waiting` of the row to admit next: a preempted row first; else, among the tenants running
+        the fewest rows (`running`: rows per tenant, none if not given), the oldest row of the tenant with the
+        smallest counter (ties: the oldest row)."""
         best, best_key = 0, None
         for i, item in enumerate(waiting):
             if item.preempted or self.fifo:
                 return i
-            key = self.counters[item.tenant]
+            key = ((running or {}).get(item.tenant, 0), self.counters[item.tenant])
             if best_key is None or key < best_key:
                 best, best_key = i, key
         return best

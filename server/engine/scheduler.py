@@ -119,6 +119,9 @@ class Scheduler(Generic[R]):
         chunk. Rows in `running` hold blocks; rows in `waiting` hold none."""
         out: StepSchedule[R] = StepSchedule()
         self.fairness.notice(waiting, (row.tenant for row in running))
+        if not self.fairness.fifo:
+            self._share_rows(running, waiting, out)
+        rows_of = collections.Counter(row.tenant for row in running)
         budget = self.max_batch_tokens
         scheduled: set[int] = set()
         for row in list(running):
@@ -135,7 +138,7 @@ class Scheduler(Generic[R]):
             if row.seq.seq_id not in scheduled and row.seq.pending > 1:
                 budget -= self._add(out, row, min(row.seq.pending, budget), scheduled)
         while waiting and budget > 0 and len(running) < self.max_rows:
-            i = self.fairness.next_index(waiting)
+            i = self.fairness.next_index(waiting, rows_of)
             row = waiting[i]
             seq = row.seq
             cached = self.blocks.admit(
@@ -151,9 +154,36 @@ class Scheduler(Generic[R]):
             row.preempted = False
             seq.computed = cached
             running.append(row)
+            rows_of[row.tenant] += 1
             out.admitted.append(row)
             budget -= self._add(out, row, min(seq.pending, budget), scheduled)
         return out
+
+    def _share_rows(self, running: list[R], waiting: collections.deque[R], out: StepSchedule[R]) -> None:
+        """Fair shares of the row slots (max-min): while every slot is taken and a tenant with a waiting row
+        runs at least two rows fewer than the tenant running the most, that tenant's most recently admitted row
+        is preempted, so the waiting one is admitted this step instead of when a row happens to finish.
+        Admission (`next_index` given the rows per tenant) then serves the tenants running the fewest rows.
+        Simulated admission by admission: as many preemptions as the waiting tenants need, no more. A lone
+        tenant, or one whose rivals have nothing waiting, keeps every slot (work-conserving)."""
+        counters = self.fairness.counters
+        rows_of = collections.Counter(row.tenant for row in running)
+        wanting = collections.Counter(row.tenant for row in waiting)
+        free = self.max_rows - len(running)
+        while +wanting:
+            taker = min(+wanting, key=lambda t: (rows_of[t], counters[t]))
+            if free == 0:
+                most = max(rows_of, key=lambda t: (rows_of[t], counters[t]))
+                if rows_of[most] < rows_of[taker] + 2:
+                    return
+                victim = next(r for r in reversed(running) if r.tenant == most)
+                self._preempt(victim, running, waiting, out, first=False)
+                rows_of[most] -= 1
+                wanting[most] += 1
+                free += 1
+            rows_of[taker] += 1
+            wanting[taker] -= 1
+            free -= 1
 
     def _grow(
         self,
@@ -173,11 +203,21 @@ class Scheduler(Generic[R]):
                 return False
         return True
 
-    def _preempt(self, row: R, running: list[R], waiting: collections.deque[R], out: StepSchedule[R]) -> None:
+    def _preempt(
+        self,
+        row: R,
+        running: list[R],
+        waiting: collections.deque[R],
+        out: StepSchedule[R],
+        *,
+        first: bool = True,
+    ) -> None:
+        """Free the row's blocks and queue it to be recomputed. `first`: it goes before every other waiting row
+        (blocks ran out); else it waits its tenant's turn in the fair order, as its tenant's oldest row."""
         self.blocks.free(row.seq.seq_id)
         row.seq.computed = 0
         row.seq.preemptions += 1
-        row.preempted = True
+        row.preempted = first
         del running[next(i for i, r in enumerate(running) if r is row)]
         waiting.appendleft(row)  # victims leave newest first: the oldest ends up at the front
         out.preempted.append(row)
