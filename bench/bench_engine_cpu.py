@@ -81,7 +81,8 @@ def throughput(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, 
 
     prompts, names = workload()
     systems: dict[str, Any] = {
-        f"paged mbt={m}": make_engine(base_dir, adapters, max_batch_tokens=m) for m in args.mbt
+        paged_label(m, p): make_engine(base_dir, adapters, max_batch_tokens=m, prefill_while_decoding=p)
+        for m, p in args.paged
     }
     systems["padded (today)"] = make_engine(base_dir, adapters, max_batch_tokens=512, padded=True)
     for label, engine in systems.items():
@@ -134,9 +135,11 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
     short = [torch.randint(4, VOCAB, (64,), generator=g).tolist() for _ in range(8)]
     long = torch.randint(4, VOCAB, (1500,), generator=g).tolist()
     out = {}
-    configs = [(f"paged mbt={m}", m, False) for m in args.itl_mbt] + [("padded (today)", 512, True)]
-    for label, mbt, padded in configs:
-        engine = make_engine(base_dir, adapters, max_batch_tokens=mbt, padded=padded)
+    configs = [(paged_label(m, p), m, p, False) for m, p in args.itl_paged]
+    for label, mbt, pwd, padded in [*configs, ("padded (today)", 512, None, True)]:
+        engine = make_engine(
+            base_dir, adapters, max_batch_tokens=mbt, padded=padded, prefill_while_decoding=pwd
+        )
         loop.run_until_complete(start(engine))
         run = Run()
         record_steps(engine, run)
@@ -165,6 +168,18 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
                     admit.append(b - a)
         out[label] = (statistics.median(steady), p99(steady), p99(admit), max(admit), len(admit))
     return out
+
+
+def paged_config(text: str) -> tuple[int, int | None]:
+    """`MBT` or `MBT:PWD` (--max-batch-tokens, --max-prefill-tokens-while-decoding; PWD `off` = MBT)."""
+    mbt, _, pwd = text.partition(":")
+    return int(mbt), (None if not pwd else int(mbt) if pwd == "off" else int(pwd))
+
+
+def paged_label(mbt: int, pwd: int | None) -> str:
+    if pwd is None:
+        return f"paged mbt={mbt}"
+    return f"paged mbt={mbt} pwd={'off' if pwd >= mbt else pwd}"
 
 
 def p99(xs: list[float]) -> float:
@@ -254,9 +269,20 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--mbt", type=int, nargs="+", default=[256, 512, 2048], help="--max-batch-tokens to serve at"
+        "--paged",
+        type=paged_config,
+        nargs="+",
+        default=[paged_config(c) for c in ("512", "512:off", "2048:off")],
+        help="paged engines to serve the throughput workload with: MBT[:PWD], --max-batch-tokens and "
+        "--max-prefill-tokens-while-decoding (omitted: the default, 64 on the CPU; `off`: no cap below MBT)",
     )
-    ap.add_argument("--itl-mbt", type=int, nargs="+", default=[128, 256, 2048])
+    ap.add_argument(
+        "--itl-paged",
+        type=paged_config,
+        nargs="+",
+        default=[paged_config(c) for c in ("512", "512:128", "512:off", "128:off")],
+        help="paged engines for the inter-token latency measure (as --paged)",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "itl", "alloc"])
     ap.add_argument(
         "--profile", action="store_true", help="also: one paged serve (mbt 512) under torch.profiler"
@@ -279,8 +305,10 @@ def main() -> None:
             print(
                 f"identical tokens to PEFT mixed generate (of {ROWS} rows): {res['same_tokens']} (base rows: {res['base_rows']})"
             )
-            print("\n## KV memory of the 32 mixed rows (peak step of the paged run, mbt=2048)")
-            run = res["runs"][f"paged mbt={max(args.mbt)}"]
+            print(
+                f"\n## KV memory of the 32 mixed rows (peak step of the run {paged_label(*max(args.paged, key=lambda c: c[0]))})"
+            )
+            run = res["runs"][paged_label(*max(args.paged, key=lambda c: c[0]))]
             _, _, used, computed = max(run.steps, key=lambda s: s[2])
             model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir))
             block_bytes = model.kv_block_bytes(16)

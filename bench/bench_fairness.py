@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=1.5, help="offered load over measured capacity")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per policy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--reps", type=int, default=1, help="traces per policy (U measured before each)")
     parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=["vtc", "fifo"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,13 +166,10 @@ def main() -> None:
     )
     engine = build_engine(config)
     log = Log(engine)
-    rows = []
+    results: list[Result] = []
     with TestClient(create_app(config, engine=engine)) as client:
         for name in names:  # warm up every adapter
             post(client, name, text, args.new)
-        log.clear()
-        unloaded = statistics.median(post(client, n, text, args.new) for n in others for _ in range(5))
-        alone = (*log.breakdown(others), log.step_ms())
         # capacity: `rows` requests at once, back to back
         burst = [(0.0, names[i % 4]) for i in range(4 * args.rows)]
         t0 = time.perf_counter()
@@ -179,46 +178,74 @@ def main() -> None:
         offered = args.overload * capacity  # = (len(others) + FLOOD) / gap
         gap = (len(others) + FLOOD) / offered
         arrivals = trace(others, flooder, gap, args.duration)
-        for policy in args.policies:
-            engine.fairness.fifo = policy == "fifo"
-            engine.fairness.counters.clear()  # each policy starts from nobody served
-            log.clear()
-            got = run_trace(client, arrivals, text, args.new)
-            mine = [s for n in others for s in got.get(n, [])]
-            median = statistics.median(mine)
-            rows.append(
-                (
-                    policy,
-                    len(mine),
-                    median,
-                    statistics.median(got[flooder]),
-                    *log.breakdown(others),
-                    log.step_ms(),
-                )
-            )
-    print(
-        f"unloaded median latency U = {unloaded * 1000:.0f} ms; capacity {capacity:.2f} req/s; offered "
-        f"{offered:.2f} req/s ({args.overload}x); each other adapter every {gap:.2f} s, {flooder} 10x as often"
-    )
-    print(
-        "| policy | others' requests | others' median | others' median / U (goal <= 1.5) | flooder's median / U |"
-    )
-    print("|---|---|---|---|---|")
-    for policy, count, median, flood, *_ in rows:
         print(
-            f"| {policy} | {count} | {median * 1000:.0f} ms | {median / unloaded:.2f} | {flood / unloaded:.2f} |"
+            f"capacity {capacity:.2f} req/s; offered {offered:.2f} req/s ({args.overload}x); each other adapter "
+            f"every {gap:.2f} s, {flooder} {FLOOD}x as often",
+            flush=True,
         )
-    print("\nThe others' requests (engine side): where the time goes")
-    print(
-        "| run | submit -> first token ms | first -> last token ms | mean running rows | step ms by running rows |"
+        for rep in range(args.reps):
+            for policy in args.policies:
+                # U just before the trace: the shared machine's load drifts, the ratio is within one run
+                log.clear()
+                unloaded = statistics.median(
+                    post(client, n, text, args.new) for n in others for _ in range(5)
+                )
+                alone = log.breakdown(others)
+                engine.fairness.fifo = policy == "fifo"
+                engine.fairness.counters.clear()  # each policy starts from nobody served
+                log.clear()
+                got = run_trace(client, arrivals, text, args.new)
+                mine = [s for n in others for s in got.get(n, [])]
+                result = Result(
+                    rep,
+                    policy,
+                    unloaded,
+                    len(mine),
+                    statistics.median(mine),
+                    statistics.median(got[flooder]),
+                    alone,
+                    log.breakdown(others),
+                )
+                results.append(result)
+                steps = ", ".join(f"{n}: {ms:.1f}" for n, ms in log.step_ms().items())
+                print(f"{result.row()}  step ms by running rows: {steps}", flush=True)
+    print(f"\n{Result.HEADER}")
+    for result in results:
+        print(result.row())
+    for policy in args.policies:
+        ratios = [r.median / r.unloaded for r in results if r.policy == policy]
+        print(
+            f"{policy}: others' median / U over {len(ratios)} run(s): median {statistics.median(ratios):.2f}"
+        )
+
+
+@dataclass
+class Result:
+    """One policy's trace: U (the others' median alone, just before), the others' and the flooder's medians,
+    and the engine-side breakdown of the others' requests alone and under the trace (`Log.breakdown`)."""
+
+    rep: int
+    policy: str
+    unloaded: float
+    count: int
+    median: float
+    flood: float
+    alone: tuple[float, float, float]
+    loaded: tuple[float, float, float]
+
+    HEADER = (
+        "| run | policy | U ms | others' requests | others' median ms | others' median / U (goal <= 1.5) | "
+        "flooder's median / U | others' wait, run ms: alone | under the trace | mean running rows |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
-    print("|---|---|---|---|---|")
-    for label, (wait, run, mean_rows, steps) in [
-        ("unloaded", alone),
-        *((row[0], row[4:]) for row in rows),
-    ]:
-        per = ", ".join(f"{n}: {ms:.1f}" for n, ms in steps.items())
-        print(f"| {label} | {wait * 1000:.0f} | {run * 1000:.0f} | {mean_rows:.2f} | {per} |")
+
+    def row(self) -> str:
+        (wait0, run0, _), (wait, run, rows) = self.alone, self.loaded
+        return (
+            f"| {self.rep} | {self.policy} | {self.unloaded * 1000:.0f} | {self.count} | {self.median * 1000:.0f} | "
+            f"{self.median / self.unloaded:.2f} | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
+            f"{run0 * 1000:.0f} | {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -104,10 +104,19 @@ class Scheduler(Generic[R]):
     fair queue's counters are shared with the engine."""
 
     def __init__(
-        self, blocks: KVBlocks, fairness: VirtualTokenCounter, *, max_batch_tokens: int, max_rows: int
+        self,
+        blocks: KVBlocks,
+        fairness: VirtualTokenCounter,
+        *,
+        max_batch_tokens: int,
+        max_rows: int,
+        prefill_while_decoding: int | None = None,
     ):
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, not {max_batch_tokens}")
+        if prefill_while_decoding is not None and prefill_while_decoding < 1:
+            raise ValueError(f"prefill_while_decoding must be at least 1, not {prefill_while_decoding}")
+        self.prefill_while_decoding = prefill_while_decoding
         self.blocks = blocks
         self.fairness = fairness
         self.max_batch_tokens = max_batch_tokens
@@ -132,6 +141,10 @@ class Scheduler(Generic[R]):
             if not self._grow(row, running, waiting, scheduled, out):
                 continue  # it was preempted itself
             budget -= self._add(out, row, 1, scheduled)
+        if (
+            out.chunks and self.prefill_while_decoding is not None
+        ):  # rows decode: bound the prefill beside them
+            budget = min(budget, self.prefill_while_decoding)
         for row in running:
             if budget == 0:
                 break

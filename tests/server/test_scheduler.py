@@ -76,10 +76,21 @@ class Run:
     shares: list[tuple[collections.Counter[str | None], set[str | None]]] = field(default_factory=list)
 
     @classmethod
-    def make(cls, num_blocks: int, block_size: int, budget: int, max_rows: int = 64) -> Run:
+    def make(
+        cls,
+        num_blocks: int,
+        block_size: int,
+        budget: int,
+        max_rows: int = 64,
+        while_decoding: int | None = None,
+    ) -> Run:
         pool = BlockPool(num_blocks, block_size, reserved=1)
         scheduler = Scheduler(
-            KVBlocks(pool), VirtualTokenCounter(), max_batch_tokens=budget, max_rows=max_rows
+            KVBlocks(pool),
+            VirtualTokenCounter(),
+            max_batch_tokens=budget,
+            max_rows=max_rows,
+            prefill_while_decoding=while_decoding,
         )
         return cls(scheduler, TokenCache(pool))
 
@@ -155,6 +166,29 @@ def test_chunked_prefill_interleaves_with_decodes() -> None:
         assert counts[2] <= 6 and schedule.tokens <= 8
     assert steps_to_first_token == 10  # 60 tokens in chunks of 6
     assert long.generated == alone(prompts(1, [60])[0], 1)
+
+
+def test_prefill_beside_decoding_rows_is_capped_and_a_step_without_them_takes_the_whole_budget() -> None:
+    """`prefill_while_decoding` 10 under a budget of 64: two decoding rows, a 60-token prompt arrives; each
+    step runs both decodes and at most 10 prompt tokens (not 62), and the prompt's tokens are still exactly
+    its own. With no row decoding, a prompt gets the whole budget."""
+    run = Run.make(num_blocks=200, block_size=4, budget=64, while_decoding=10)
+    first = item(0, prompts(1, [40])[0], max_new=30)
+    run.waiting.append(first)
+    assert run.step().tokens == 40  # nothing decodes yet: the whole prompt in one step
+    run.waiting.append(item(1, [7, 8, 9], max_new=30))
+    run.step()
+    long = item(2, prompts(3, [60])[2], max_new=3)
+    run.waiting.append(long)
+    steps = 0
+    while not long.generated:
+        schedule = run.step()
+        steps += 1
+        counts = {c.row.seq.seq_id: c.count for c in schedule.chunks}
+        assert counts[0] == 1 and counts[1] == 1 and counts[2] <= 10, counts
+    assert steps == 6  # 60 prompt tokens, 10 a step
+    run.until_done()
+    assert long.generated == alone(prompts(3, [60])[2], 3)
 
 
 def test_preemption_frees_blocks_and_the_row_resumes_with_exactly_its_own_tokens() -> None:
