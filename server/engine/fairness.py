@@ -11,7 +11,13 @@ Worked example: adapter A floods the queue with 20 requests, then B and C send 2
 All counters start at 0; ties go to the oldest request. Admission order: A B C A B C A A ... (FIFO would admit
 all 20 of A first). Each admission charges 10 to its tenant; generated tokens then charge 2 each.
 
-Rows preempted by the paged scheduler were admitted before: they wait at the front of the queue and go first.
+On the paged path the scheduler also shares the row slots max-min between tenants (engine/scheduler.py, step
+0): admission serves the tenants running the fewest rows first (`next_index` given the rows per tenant), then
+the counter decides; a flood holding every row gives one up as soon as another tenant's request waits. VTC
+alone orders the queue but a new request still waits for a row to finish (bench/README.md, "Fairness").
+
+Rows preempted by the paged scheduler for lack of KV blocks were admitted before: they wait at the front of the
+queue and go first.
 The counter lives in the engine thread (no locking): arrivals are noticed at the next schedule.
 """
 

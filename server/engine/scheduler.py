@@ -6,18 +6,27 @@ A generating row's *stream* is `[v virtual positions][prompt][generated]` (adapt
 (`SeqState.prompt_logits`) takes no prefix-cache hits and its prompt chunks return every position's logits. A row with one pending position decodes; a row
 with more is (re)prefilling. Each step, with `max_batch_tokens` tokens to spend:
 
-1. decodes first: every running row with one pending position gets its token, growing its block table by a
+0. fair shares of the row slots (max-min, by tenant = adapter): when every slot is taken and a tenant with a
+   waiting row runs at least two rows fewer than the tenant running the most, that tenant's most recently
+   admitted row is preempted (as in 1., but it waits its tenant's turn instead of going first), so a flooding
+   adapter holding every row gives one up the step another adapter's request arrives rather than when one of
+   its rows happens to finish. A one-row imbalance is left alone (not worth a recompute), and a tenant whose
+   rivals have nothing waiting keeps every slot (work-conserving);
+1. decodes: every running row with one pending position gets its token, growing its block table by a
    block when it crosses a block boundary. When no block is free, the most recently admitted row not yet
    scheduled this step is *preempted*: its blocks are freed and it goes back to the front of the queue, to be
    recomputed later (prompt + what it generated so far, re-prefilled; its sampler state is kept, so it goes
    on exactly where it was);
 2. then prefill chunks of running rows that are still prefilling (chunked prefill: a long prompt is spread
-   over steps, so the decoding rows keep their pace);
+   over steps, so the decoding rows keep their pace). While rows decode in the step, prefill is capped at
+   `prefill_while_decoding` tokens (`--max-prefill-tokens-while-decoding`, Sarathi-Serve's stall-free
+   batching): on a CPU a step's time grows with its tokens, and an uncapped 500-token chunk would stall the
+   decoding rows' next token several-fold;
 3. then admissions, while budget and row slots remain: the next row by the fair queue (engine/fairness.py:
-   preempted rows first, then the least-served adapter). A row is admitted only if blocks for its whole
-   current stream can be had (cached prefix blocks are reused, adapters_core/paged/blocks.py); if the chosen
-   row does not fit, admission stops for this step rather than let later rows pass it, so a long prompt is not
-   starved by short ones.
+   preempted rows first, then the tenants running the fewest rows, then the least-served adapter). A row is
+   admitted only if blocks for its whole current stream can be had (cached prefix blocks are reused,
+   adapters_core/paged/blocks.py); if the chosen row does not fit, admission stops for this step rather than
+   let later rows pass it, so a long prompt is not starved by short ones.
 
 Running rows are capped at min(max_rows, max_batch_tokens), so every decoding row gets its token every step.
 
