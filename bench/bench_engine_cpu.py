@@ -7,8 +7,10 @@
    (`adapter_names`); base-only `generate` for scale. Every system's tokens are checked equal.
 2. inter-token latency of running rows while a 1,500-token prompt is admitted (step times from the engine's
    emit stage): p99 during its admission vs steady p99.
-3. bytes allocated by one decode step at 256 and 2,048 tokens of context (a TorchDispatchMode counting the
-   storages each op creates), paged step vs padded step.
+3. memory of one decode step at 256 and 2,048 tokens of context, paged step vs padded step: the peak of the
+   bytes alive at once among the storages the step's ops create (the transient memory above the steady state;
+   a TorchDispatchMode that follows each storage until its last tensor dies), the cumulative total, and what
+   is still alive after the step (kept by the model's state).
 4. KV memory of the 32 mixed rows: blocks used x block bytes vs their real tokens' KV, vs N x longest.
 
     .venv/bin/python bench/bench_engine_cpu.py --reps 3
@@ -81,7 +83,8 @@ def throughput(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, 
 
     prompts, names = workload()
     systems: dict[str, Any] = {
-        f"paged mbt={m}": make_engine(base_dir, adapters, max_batch_tokens=m) for m in args.mbt
+        paged_label(m, p): make_engine(base_dir, adapters, max_batch_tokens=m, prefill_while_decoding=p)
+        for m, p in args.paged
     }
     systems["padded (today)"] = make_engine(base_dir, adapters, max_batch_tokens=512, padded=True)
     for label, engine in systems.items():
@@ -134,9 +137,11 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
     short = [torch.randint(4, VOCAB, (64,), generator=g).tolist() for _ in range(8)]
     long = torch.randint(4, VOCAB, (1500,), generator=g).tolist()
     out = {}
-    configs = [(f"paged mbt={m}", m, False) for m in args.itl_mbt] + [("padded (today)", 512, True)]
-    for label, mbt, padded in configs:
-        engine = make_engine(base_dir, adapters, max_batch_tokens=mbt, padded=padded)
+    configs = [(paged_label(m, p), m, p, False) for m, p in args.itl_paged]
+    for label, mbt, pwd, padded in [*configs, ("padded (today)", 512, None, True)]:
+        engine = make_engine(
+            base_dir, adapters, max_batch_tokens=mbt, padded=padded, prefill_while_decoding=pwd
+        )
         loop.run_until_complete(start(engine))
         run = Run()
         record_steps(engine, run)
@@ -167,35 +172,65 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
     return out
 
 
+def paged_config(text: str) -> tuple[int, int | None]:
+    """`MBT` or `MBT:PWD` (--max-batch-tokens, --max-prefill-tokens-while-decoding; PWD `off` = MBT)."""
+    mbt, _, pwd = text.partition(":")
+    return int(mbt), (None if not pwd else int(mbt) if pwd == "off" else int(pwd))
+
+
+def paged_label(mbt: int, pwd: int | None) -> str:
+    if pwd is None:
+        return f"paged mbt={mbt}"
+    return f"paged mbt={mbt} pwd={'off' if pwd >= mbt else pwd}"
+
+
 def p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
 
 
 class AllocCounter(TorchDispatchMode):
-    """Bytes of the storages created by each op (outputs not aliasing an input), by op name."""
+    """The storages each op creates (outputs not aliasing an input): bytes by op name (the cumulative total),
+    and the peak of the bytes among them alive at once (a storage is freed when the last tensor over it
+    dies) — the step's transient memory above the steady state, which is what "memory per decode step" means.
+    Allocations inside one op that it frees before returning are not seen (ATen-level only)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.by_op: dict[str, int] = defaultdict(int)
-        self.created: list[tuple[weakref.ref[torch.Tensor], int]] = []
+        self.live: dict[int, list[int]] = {}  # data_ptr -> [bytes, tensors over it]
+        self.now = self.peak = 0
         self.alive = 0
 
     def retained(self) -> int:
-        """Bytes of the tensors created under the mode that are still alive (kept by the model's state)."""
-        return sum(n for ref, n in self.created if ref() is not None)
+        """Bytes of the storages created under the mode that are still alive (kept by the model's state)."""
+        return self.now
+
+    def _drop(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.live[ptr]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        seen = {
+        inputs = {
             t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
         }
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                ptr = t.untyped_storage().data_ptr()
-                if ptr not in seen:
-                    seen.add(ptr)
-                    self.by_op[func.__name__] += t.untyped_storage().nbytes()
-                    self.created.append((weakref.ref(t), t.untyped_storage().nbytes()))
+            if not isinstance(t, torch.Tensor):
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.live:
+                if ptr in inputs:
+                    continue  # a view of something made before the step
+                nbytes = t.untyped_storage().nbytes()
+                self.by_op[func.__name__] += nbytes
+                self.live[ptr] = [nbytes, 0]
+                self.now += nbytes
+                self.peak = max(self.peak, self.now)
+            self.live[ptr][1] += 1
+            weakref.finalize(t, self._drop, ptr)
         return out
 
 
@@ -222,6 +257,44 @@ def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> 
     padded.alive = padded.retained()
     del kept
     return {"paged": paged, "padded": padded}
+
+
+@torch.no_grad()
+def key_tiles(base_dir: Path, tiles: list[int], reps: int, rows: int = 4, block: int = 16) -> None:
+    """The paged decode step at several `attention.KEY_TILE`s (keys per tile of the online-softmax decode
+    attention): peak transient MiB (AllocCounter) and median step ms (repetitions interleaved over tiles)."""
+    from adapters_core.paged import attention
+
+    default = attention.KEY_TILE
+    model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
+    print(f"\n## decode step by KEY_TILE ({rows} rows; {default} in adapters_core/paged/attention.py)")
+    print("| context | KEY_TILE | peak above the steady state MiB | median step ms |\n|---|---|---|---|")
+    for context in (256, 512, 2048):
+        g = torch.Generator().manual_seed(2)
+        prompts = [torch.randint(4, VOCAB, (context,), generator=g).tolist() for _ in range(rows)]
+        per_row = -(-(context + 2) // block)
+        model.init_kv_cache(1 + per_row * rows, block)
+        tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(rows)]
+        model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
+        plan = StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(rows)])
+        times: dict[int, list[float]] = defaultdict(list)
+        peaks = {}
+        for tile in tiles:
+            attention.KEY_TILE = tile
+            counter = AllocCounter()
+            with counter:
+                model.paged_step(plan)
+            peaks[tile] = counter.peak
+        for _ in range(reps):
+            for tile in tiles:
+                attention.KEY_TILE = tile
+                t0 = time.perf_counter()
+                model.paged_step(plan)
+                times[tile].append(time.perf_counter() - t0)
+        for tile in tiles:
+            ms = statistics.median(times[tile]) * 1000
+            print(f"| {context} | {tile} | {peaks[tile] / 2**20:.2f} | {ms:.2f} |")
+    attention.KEY_TILE = default
 
 
 def profile(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict) -> None:
@@ -254,9 +327,24 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--mbt", type=int, nargs="+", default=[256, 512, 2048], help="--max-batch-tokens to serve at"
+        "--paged",
+        type=paged_config,
+        nargs="+",
+        default=[paged_config(c) for c in ("512", "512:off", "2048:off")],
+        help="paged engines to serve the throughput workload with: MBT[:PWD], --max-batch-tokens and "
+        "--max-prefill-tokens-while-decoding (omitted: the default, 64 on the CPU; `off`: no cap below MBT)",
     )
-    ap.add_argument("--itl-mbt", type=int, nargs="+", default=[128, 256, 2048])
+    ap.add_argument(
+        "--itl-paged",
+        type=paged_config,
+        nargs="+",
+        default=[paged_config(c) for c in ("512", "512:128", "512:off", "128:off")],
+        help="paged engines for the inter-token latency measure (as --paged)",
+    )
+    ap.add_argument(
+        "--key-tiles", type=int, nargs="*", default=[], help="also: the decode step at these KEY_TILEs"
+    )
+    ap.add_argument("--tile-reps", type=int, default=30, help="timed decode steps per KEY_TILE and context")
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "itl", "alloc"])
     ap.add_argument(
         "--profile", action="store_true", help="also: one paged serve (mbt 512) under torch.profiler"
@@ -279,8 +367,10 @@ def main() -> None:
             print(
                 f"identical tokens to PEFT mixed generate (of {ROWS} rows): {res['same_tokens']} (base rows: {res['base_rows']})"
             )
-            print("\n## KV memory of the 32 mixed rows (peak step of the paged run, mbt=2048)")
-            run = res["runs"][f"paged mbt={max(args.mbt)}"]
+            print(
+                f"\n## KV memory of the 32 mixed rows (peak step of the run {paged_label(*max(args.paged, key=lambda c: c[0]))})"
+            )
+            run = res["runs"][paged_label(*max(args.paged, key=lambda c: c[0]))]
             _, _, used, computed = max(run.steps, key=lambda s: s[2])
             model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir))
             block_bytes = model.kv_block_bytes(16)
@@ -307,18 +397,24 @@ def main() -> None:
         if args.profile:
             profile(loop, base_dir, adapters)
         if "alloc" not in args.skip:
-            print("\n## bytes allocated by one decode step (4 rows)")
-            print("| context | path | allocated MiB | still alive after the step MiB | largest ops MiB |")
-            print("|---|---|---|---|---|")
+            print("\n## memory of one decode step (4 rows)")
+            print(
+                "| context | path | peak above the steady state MiB | allocated in all MiB | still alive after "
+                "the step MiB | largest ops (allocated) MiB |"
+            )
+            print("|---|---|---|---|---|---|")
             for ctx in (256, 2048):
                 for path, counter in step_bytes(base_dir, ctx).items():
                     ops = counter.by_op
                     top = sorted(ops.items(), key=lambda kv: -kv[1])[:3]
                     print(
-                        f"| {ctx} | {path} | {sum(ops.values()) / 2**20:.2f} | {counter.alive / 2**20:.2f} | "
+                        f"| {ctx} | {path} | {counter.peak / 2**20:.2f} | {sum(ops.values()) / 2**20:.2f} | "
+                        f"{counter.alive / 2**20:.2f} | "
                         + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in top)
                         + " |"
                     )
+            if args.key_tiles:
+                key_tiles(base_dir, args.key_tiles, args.tile_reps)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,16 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
 
 from bench.serving.fixtures import AdapterSpec, BaseSpec, adapter_name, prepare, words
 from server.app import create_app
-from server.engine import build_engine
+from server.engine import Engine, build_engine
 from server.settings import Settings
 
 FLOOD = 10  # the flooder's load over each other adapter's
@@ -83,6 +85,51 @@ def run_trace(
     return results
 
 
+class Log:
+    """What the engine did, from its emit stage: each step's (time, running rows), and each finished
+    request's (adapter, submitted, first token, finished) times."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.steps: list[tuple[float, int]] = []
+        self.requests: list[tuple[str | None, float, float, float]] = []
+        emit, emit_row = engine._emit, engine._emit_row
+
+        def on_emit(rows: list[Any], picks: list[Any]) -> None:
+            self.steps.append((time.perf_counter(), len(engine._batch.rows)))
+            emit(rows, picks)
+
+        def on_emit_row(row: Any, pick: Any, now: float) -> None:
+            emit_row(row, pick, now)
+            if row.finish_reason is not None:
+                handle = row.handle
+                self.requests.append((row.tenant, handle.submitted_at, handle.first_token_at, now))
+
+        engine._emit = on_emit  # type: ignore[method-assign]
+        engine._emit_row = on_emit_row  # type: ignore[method-assign]
+
+    def clear(self) -> None:
+        self.steps.clear()
+        self.requests.clear()
+
+    def breakdown(self, names: list[str]) -> tuple[float, float, float]:
+        """Of `names`' requests: median seconds from submit to first token, median seconds from first token to
+        the last, and the mean running rows of the steps while they ran."""
+        mine = [r for r in self.requests if r[0] in names]
+        rows = [n for t, n in self.steps for _, _, first, end in mine if first < t <= end]
+        return (
+            statistics.median(first - sub for _, sub, first, _ in mine),
+            statistics.median(end - first for _, _, first, end in mine),
+            statistics.fmean(rows) if rows else 0.0,
+        )
+
+    def step_ms(self) -> dict[int, float]:
+        """Median step time (between consecutive emits) by the running rows of the later step."""
+        by: dict[int, list[float]] = {}
+        for (a, _), (b, n) in zip(self.steps, self.steps[1:]):
+            by.setdefault(n, []).append(b - a)
+        return {n: statistics.median(v) * 1000 for n, v in sorted(by.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,6 +140,8 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=1.5, help="offered load over measured capacity")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per policy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--reps", type=int, default=1, help="traces per policy (U measured before each)")
+    parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=["vtc", "fifo"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="swapyard-fairness-"))
@@ -116,11 +165,11 @@ def main() -> None:
         max_queued_requests=10_000,
     )
     engine = build_engine(config)
-    rows = []
+    log = Log(engine)
+    results: list[Result] = []
     with TestClient(create_app(config, engine=engine)) as client:
         for name in names:  # warm up every adapter
             post(client, name, text, args.new)
-        unloaded = statistics.median(post(client, n, text, args.new) for n in others for _ in range(5))
         # capacity: `rows` requests at once, back to back
         burst = [(0.0, names[i % 4]) for i in range(4 * args.rows)]
         t0 = time.perf_counter()
@@ -129,23 +178,73 @@ def main() -> None:
         offered = args.overload * capacity  # = (len(others) + FLOOD) / gap
         gap = (len(others) + FLOOD) / offered
         arrivals = trace(others, flooder, gap, args.duration)
-        for policy in ("vtc", "fifo"):
-            engine.fairness.fifo = policy == "fifo"
-            engine.fairness.counters.clear()  # each policy starts from nobody served
-            got = run_trace(client, arrivals, text, args.new)
-            mine = [s for n in others for s in got.get(n, [])]
-            rows.append((policy, len(mine), statistics.median(mine), statistics.median(got[flooder])))
-    print(
-        f"unloaded median latency U = {unloaded * 1000:.0f} ms; capacity {capacity:.2f} req/s; offered "
-        f"{offered:.2f} req/s ({args.overload}x); each other adapter every {gap:.2f} s, {flooder} 10x as often"
-    )
-    print(
-        "| policy | others' requests | others' median | others' median / U (goal <= 1.5) | flooder's median / U |"
-    )
-    print("|---|---|---|---|---|")
-    for policy, count, median, flood in rows:
         print(
-            f"| {policy} | {count} | {median * 1000:.0f} ms | {median / unloaded:.2f} | {flood / unloaded:.2f} |"
+            f"capacity {capacity:.2f} req/s; offered {offered:.2f} req/s ({args.overload}x); each other adapter "
+            f"every {gap:.2f} s, {flooder} {FLOOD}x as often",
+            flush=True,
+        )
+        for rep in range(args.reps):
+            for policy in args.policies:
+                # U just before the trace: the shared machine's load drifts, the ratio is within one run
+                log.clear()
+                unloaded = statistics.median(
+                    post(client, n, text, args.new) for n in others for _ in range(5)
+                )
+                alone = log.breakdown(others)
+                engine.fairness.fifo = policy == "fifo"
+                engine.fairness.counters.clear()  # each policy starts from nobody served
+                log.clear()
+                got = run_trace(client, arrivals, text, args.new)
+                mine = [s for n in others for s in got.get(n, [])]
+                result = Result(
+                    rep,
+                    policy,
+                    unloaded,
+                    len(mine),
+                    statistics.median(mine),
+                    statistics.median(got[flooder]),
+                    alone,
+                    log.breakdown(others),
+                )
+                results.append(result)
+                steps = ", ".join(f"{n}: {ms:.1f}" for n, ms in log.step_ms().items())
+                print(f"{result.row()}  step ms by running rows: {steps}", flush=True)
+    print(f"\n{Result.HEADER}")
+    for result in results:
+        print(result.row())
+    for policy in args.policies:
+        ratios = [r.median / r.unloaded for r in results if r.policy == policy]
+        print(
+            f"{policy}: others' median / U over {len(ratios)} run(s): median {statistics.median(ratios):.2f}"
+        )
+
+
+@dataclass
+class Result:
+    """One policy's trace: U (the others' median alone, just before), the others' and the flooder's medians,
+    and the engine-side breakdown of the others' requests alone and under the trace (`Log.breakdown`)."""
+
+    rep: int
+    policy: str
+    unloaded: float
+    count: int
+    median: float
+    flood: float
+    alone: tuple[float, float, float]
+    loaded: tuple[float, float, float]
+
+    HEADER = (
+        "| run | policy | U ms | others' requests | others' median ms | others' median / U (goal <= 1.5) | "
+        "flooder's median / U | others' wait, run ms: alone | under the trace | mean running rows |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+
+    def row(self) -> str:
+        (wait0, run0, _), (wait, run, rows) = self.alone, self.loaded
+        return (
+            f"| {self.rep} | {self.policy} | {self.unloaded * 1000:.0f} | {self.count} | {self.median * 1000:.0f} | "
+            f"{self.median / self.unloaded:.2f} | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
+            f"{run0 * 1000:.0f} | {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} |"
         )
 
 

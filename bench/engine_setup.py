@@ -67,9 +67,11 @@ def make_engine(
     max_batch_tokens: int,
     padded: bool = False,
     kv_cache_bytes: int = 256 << 20,
+    prefill_while_decoding: int | None = None,
 ) -> Engine:
     """An engine as `swapyard serve` builds it (not started). `padded`: force today's padded path by making
-    the model report a reason not to page — the benchmark's hook; the engine itself is unchanged."""
+    the model report a reason not to page — the benchmark's hook; the engine itself is unchanged.
+    `prefill_while_decoding`: --max-prefill-tokens-while-decoding (None: the default)."""
     settings = Settings(
         base_model=str(base_dir),
         adapters=[f"{n}={p}" for n, p in adapters.items()],
@@ -80,6 +82,7 @@ def make_engine(
         max_batch_size=32,
         max_queued_requests=256,
         max_batch_tokens=max_batch_tokens,
+        max_prefill_tokens_while_decoding=prefill_while_decoding,
         kv_cache_bytes=kv_cache_bytes,
         log_level="warning",
     )

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         "of new rows (a longer prompt is spread over steps); running rows are capped at this many too "
         "(default: 512 on the CPU, 2048 on a GPU)",
     )
+    max_prefill_tokens_while_decoding: int | None = Field(
+        default=None,
+        ge=1,
+        description="prefill tokens one model step runs at most while running rows decode in it, so that a long "
+        "prompt being admitted slows their next tokens by a bounded amount (default: 64 on the CPU, where a "
+        "step's time grows with its tokens; on a GPU no cap below --max-batch-tokens)",
+    )
     kv_cache_bytes: int | None = Field(
         default=None,
         ge=1,

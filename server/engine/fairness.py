@@ -11,14 +11,20 @@ Worked example: adapter A floods the queue with 20 requests, then B and C send 2
 All counters start at 0; ties go to the oldest request. Admission order: A B C A B C A A ... (FIFO would admit
 all 20 of A first). Each admission charges 10 to its tenant; generated tokens then charge 2 each.
 
-Rows preempted by the paged scheduler were admitted before: they wait at the front of the queue and go first.
+On the paged path the scheduler also shares the row slots max-min between tenants (engine/scheduler.py, step
+0): admission serves the tenants running the fewest rows first (`next_index` given the rows per tenant), then
+the counter decides; a flood holding every row gives one up as soon as another tenant's request waits. VTC
+alone orders the queue but a new request still waits for a row to finish (bench/README.md, "Fairness").
+
+Rows preempted by the paged scheduler for lack of KV blocks were admitted before: they wait at the front of the
+queue and go first.
 The counter lives in the engine thread (no locking): arrivals are noticed at the next schedule.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, TypeVar
 
 PROMPT_WEIGHT = 1.0
@@ -59,14 +65,17 @@ class VirtualTokenCounter:
                 self.counters[item.tenant] = max(self.counters[item.tenant], floor)
             active.add(item.tenant)
 
-    def next_index(self, waiting: collections.deque[T]) -> int:
-        """Index in `waiting` of the row to admit next: a preempted row first, else the oldest row of the
-        tenant with the smallest counter (ties: the oldest row)."""
+    def next_index(
+        self, waiting: collections.deque[T], running: Mapping[str | None, int] | None = None
+    ) -> int:
+        """Index in `waiting` of the row to admit next: a preempted row first; else, among the tenants running
+        the fewest rows (`running`: rows per tenant, none if not given), the oldest row of the tenant with the
+        smallest counter (ties: the oldest row)."""
         best, best_key = 0, None
         for i, item in enumerate(waiting):
             if item.preempted or self.fifo:
                 return i
-            key = self.counters[item.tenant]
+            key = ((running or {}).get(item.tenant, 0), self.counters[item.tenant])
             if best_key is None or key < best_key:
                 best, best_key = i, key
         return best

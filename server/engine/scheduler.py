@@ -6,18 +6,27 @@ A generating row's *stream* is `[v virtual positions][prompt][generated]` (adapt
 (`SeqState.prompt_logits`) takes no prefix-cache hits and its prompt chunks return every position's logits. A row with one pending position decodes; a row
 with more is (re)prefilling. Each step, with `max_batch_tokens` tokens to spend:
 
-1. decodes first: every running row with one pending position gets its token, growing its block table by a
+0. fair shares of the row slots (max-min, by tenant = adapter): when every slot is taken and a tenant with a
+   waiting row runs at least two rows fewer than the tenant running the most, that tenant's most recently
+   admitted row is preempted (as in 1., but it waits its tenant's turn instead of going first), so a flooding
+   adapter holding every row gives one up the step another adapter's request arrives rather than when one of
+   its rows happens to finish. A one-row imbalance is left alone (not worth a recompute), and a tenant whose
+   rivals have nothing waiting keeps every slot (work-conserving);
+1. decodes: every running row with one pending position gets its token, growing its block table by a
    block when it crosses a block boundary. When no block is free, the most recently admitted row not yet
    scheduled this step is *preempted*: its blocks are freed and it goes back to the front of the queue, to be
    recomputed later (prompt + what it generated so far, re-prefilled; its sampler state is kept, so it goes
    on exactly where it was);
 2. then prefill chunks of running rows that are still prefilling (chunked prefill: a long prompt is spread
-   over steps, so the decoding rows keep their pace);
+   over steps, so the decoding rows keep their pace). While rows decode in the step, prefill is capped at
+   `prefill_while_decoding` tokens (`--max-prefill-tokens-while-decoding`, Sarathi-Serve's stall-free
+   batching): on a CPU a step's time grows with its tokens, and an uncapped 500-token chunk would stall the
+   decoding rows' next token several-fold;
 3. then admissions, while budget and row slots remain: the next row by the fair queue (engine/fairness.py:
-   preempted rows first, then the least-served adapter). A row is admitted only if blocks for its whole
-   current stream can be had (cached prefix blocks are reused, adapters_core/paged/blocks.py); if the chosen
-   row does not fit, admission stops for this step rather than let later rows pass it, so a long prompt is not
-   starved by short ones.
+   preempted rows first, then the tenants running the fewest rows, then the least-served adapter). A row is
+   admitted only if blocks for its whole current stream can be had (cached prefix blocks are reused,
+   adapters_core/paged/blocks.py); if the chosen row does not fit, admission stops for this step rather than
+   let later rows pass it, so a long prompt is not starved by short ones.
 
 Running rows are capped at min(max_rows, max_batch_tokens), so every decoding row gets its token every step.
 
@@ -104,10 +113,19 @@ class Scheduler(Generic[R]):
     fair queue's counters are shared with the engine."""
 
     def __init__(
-        self, blocks: KVBlocks, fairness: VirtualTokenCounter, *, max_batch_tokens: int, max_rows: int
+        self,
+        blocks: KVBlocks,
+        fairness: VirtualTokenCounter,
+        *,
+        max_batch_tokens: int,
+        max_rows: int,
+        prefill_while_decoding: int | None = None,
     ):
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, not {max_batch_tokens}")
+        if prefill_while_decoding is not None and prefill_while_decoding < 1:
+            raise ValueError(f"prefill_while_decoding must be at least 1, not {prefill_while_decoding}")
+        self.prefill_while_decoding = prefill_while_decoding
         self.blocks = blocks
         self.fairness = fairness
         self.max_batch_tokens = max_batch_tokens
@@ -119,6 +137,9 @@ class Scheduler(Generic[R]):
         chunk. Rows in `running` hold blocks; rows in `waiting` hold none."""
         out: StepSchedule[R] = StepSchedule()
         self.fairness.notice(waiting, (row.tenant for row in running))
+        if not self.fairness.fifo:
+            self._share_rows(running, waiting, out)
+        rows_of = collections.Counter(row.tenant for row in running)
         budget = self.max_batch_tokens
         scheduled: set[int] = set()
         for row in list(running):
@@ -129,13 +150,17 @@ class Scheduler(Generic[R]):
             if not self._grow(row, running, waiting, scheduled, out):
                 continue  # it was preempted itself
             budget -= self._add(out, row, 1, scheduled)
+        if (
+            out.chunks and self.prefill_while_decoding is not None
+        ):  # rows decode: bound the prefill beside them
+            budget = min(budget, self.prefill_while_decoding)
         for row in running:
             if budget == 0:
                 break
             if row.seq.seq_id not in scheduled and row.seq.pending > 1:
                 budget -= self._add(out, row, min(row.seq.pending, budget), scheduled)
         while waiting and budget > 0 and len(running) < self.max_rows:
-            i = self.fairness.next_index(waiting)
+            i = self.fairness.next_index(waiting, rows_of)
             row = waiting[i]
             seq = row.seq
             cached = self.blocks.admit(
@@ -151,9 +176,36 @@ class Scheduler(Generic[R]):
             row.preempted = False
             seq.computed = cached
             running.append(row)
+            rows_of[row.tenant] += 1
             out.admitted.append(row)
             budget -= self._add(out, row, min(seq.pending, budget), scheduled)
         return out
+
+    def _share_rows(self, running: list[R], waiting: collections.deque[R], out: StepSchedule[R]) -> None:
+        """Fair shares of the row slots (max-min): while every slot is taken and a tenant with a waiting row
+        runs at least two rows fewer than the tenant running the most, that tenant's most recently admitted row
+        is preempted, so the waiting one is admitted this step instead of when a row happens to finish.
+        Admission (`next_index` given the rows per tenant) then serves the tenants running the fewest rows.
+        Simulated admission by admission: as many preemptions as the waiting tenants need, no more. A lone
+        tenant, or one whose rivals have nothing waiting, keeps every slot (work-conserving)."""
+        counters = self.fairness.counters
+        rows_of = collections.Counter(row.tenant for row in running)
+        wanting = collections.Counter(row.tenant for row in waiting)
+        free = self.max_rows - len(running)
+        while +wanting:
+            taker = min(+wanting, key=lambda t: (rows_of[t], counters[t]))
+            if free == 0:
+                most = max(rows_of, key=lambda t: (rows_of[t], counters[t]))
+                if rows_of[most] < rows_of[taker] + 2:
+                    return
+                victim = next(r for r in reversed(running) if r.tenant == most)
+                self._preempt(victim, running, waiting, out, first=False)
+                rows_of[most] -= 1
+                wanting[most] += 1
+                free += 1
+            rows_of[taker] += 1
+            wanting[taker] -= 1
+            free -= 1
 
     def _grow(
         self,
@@ -173,11 +225,21 @@ class Scheduler(Generic[R]):
                 return False
         return True
 
-    def _preempt(self, row: R, running: list[R], waiting: collections.deque[R], out: StepSchedule[R]) -> None:
+    def _preempt(
+        self,
+        row: R,
+        running: list[R],
+        waiting: collections.deque[R],
+        out: StepSchedule[R],
+        *,
+        first: bool = True,
+    ) -> None:
+        """Free the row's blocks and queue it to be recomputed. `first`: it goes before every other waiting row
+        (blocks ran out); else it waits its tenant's turn in the fair order, as its tenant's oldest row."""
         self.blocks.free(row.seq.seq_id)
         row.seq.computed = 0
         row.seq.preemptions += 1
-        row.preempted = True
+        row.preempted = first
         del running[next(i for i, r in enumerate(running) if r is row)]
         waiting.appendleft(row)  # victims leave newest first: the oldest ends up at the front
         out.preempted.append(row)

@@ -237,3 +237,48 @@ def test_failed_and_cancelled_rows_fail_alone_and_give_their_blocks_back(
         engine.wait_idle()  # the engine thread signals when every row has left
         assert engine._batch.blocks.pool.num_used == 0, "a row that left kept KV blocks"
         loop.close()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_flood_holding_every_row_gives_one_up_the_step_another_adapter_arrives(
+    model: str, llama_dir: Path, causal_adapters: dict[str, Path], oracle: tuple[MultiAdapterModel, Any]
+) -> None:
+    """lora4 runs on both rows (max batch 2, 3 requests queued); during its third step an ia3 request is
+    queued (from inside the step: no timing). The next step admits ia3 (one lora4 row is preempted) long
+    before a lora4 row could finish, and every answer is still its adapter's own greedy answer alone."""
+    multi, tok = oracle
+    adapters = [f"{n}={causal_adapters[n]}" for n in ("lora4", "ia3")]
+    with paged_client(model, base_model=str(llama_dir), adapters=adapters, max_batch_size=2) as (
+        client,
+        engine,
+        plans,
+    ):
+        texts = {"lora4": [prompt(400 + i) for i in range(3)], "ia3": [prompt(500)]}
+        step = engine.model.paged_step
+        late: dict[str, Any] = {}
+
+        def post_ia3() -> None:
+            late["response"] = client.post("/generate", json=body(texts["ia3"][0], "ia3"))
+
+        def arriving(plan: StepPlan) -> Any:
+            if len(plans) == 2:  # the third step (the recording wrapper inside appends its plan next)
+                thread = threading.Thread(target=post_ia3)
+                thread.start()
+                late["thread"] = thread
+                with engine._cond:
+                    assert engine._cond.wait_for(lambda: engine.queued() >= 2, 60), "ia3 was never queued"
+            return step(plan)
+
+        engine.model.paged_step = arriving
+        out = all_at_once(client, engine, [body(t, "lora4") for t in texts["lora4"]])
+        late["thread"].join(timeout=300)
+        adapter_of = {c.seq_id: c.adapter.partition("@")[0] for p in plans for c in p.chunks}
+        ia3_first = next(
+            i for i, p in enumerate(plans) if any(adapter_of[c.seq_id] == "ia3" for c in p.chunks)
+        )
+        assert ia3_first == 3, f"ia3 first ran in step {ia3_first}, not the one after it arrived"
+        assert counter(engine, "preemptions") == 1
+        for text, response in zip(texts["lora4"], out):
+            assert tokens(response) == reference_tokens(multi, tok, text, "lora4", NEW)
+        assert tokens(late["response"]) == reference_tokens(multi, tok, texts["ia3"][0], "ia3", NEW)

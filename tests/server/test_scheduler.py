@@ -72,12 +72,25 @@ class Run:
     waiting: collections.deque[Item] = field(default_factory=collections.deque)
     schedules: list[StepSchedule[Item]] = field(default_factory=list)
     finished: list[Item] = field(default_factory=list)
+    # after each schedule: the running rows per tenant and the tenants with a row waiting
+    shares: list[tuple[collections.Counter[str | None], set[str | None]]] = field(default_factory=list)
 
     @classmethod
-    def make(cls, num_blocks: int, block_size: int, budget: int, max_rows: int = 64) -> Run:
+    def make(
+        cls,
+        num_blocks: int,
+        block_size: int,
+        budget: int,
+        max_rows: int = 64,
+        while_decoding: int | None = None,
+    ) -> Run:
         pool = BlockPool(num_blocks, block_size, reserved=1)
         scheduler = Scheduler(
-            KVBlocks(pool), VirtualTokenCounter(), max_batch_tokens=budget, max_rows=max_rows
+            KVBlocks(pool),
+            VirtualTokenCounter(),
+            max_batch_tokens=budget,
+            max_rows=max_rows,
+            prefill_while_decoding=while_decoding,
         )
         return cls(scheduler, TokenCache(pool))
 
@@ -85,6 +98,7 @@ class Run:
         blocks = self.scheduler.blocks
         schedule = self.scheduler.schedule(self.running, self.waiting)
         assert not schedule.unfit
+        self.shares.append((running_rows(self), {r.tenant for r in self.waiting}))
         tokens = self.cache.step(blocks, schedule)
         for chunk in schedule.chunks:
             seq = chunk.row.seq
@@ -152,6 +166,29 @@ def test_chunked_prefill_interleaves_with_decodes() -> None:
         assert counts[2] <= 6 and schedule.tokens <= 8
     assert steps_to_first_token == 10  # 60 tokens in chunks of 6
     assert long.generated == alone(prompts(1, [60])[0], 1)
+
+
+def test_prefill_beside_decoding_rows_is_capped_and_a_step_without_them_takes_the_whole_budget() -> None:
+    """`prefill_while_decoding` 10 under a budget of 64: two decoding rows, a 60-token prompt arrives; each
+    step runs both decodes and at most 10 prompt tokens (not 62), and the prompt's tokens are still exactly
+    its own. With no row decoding, a prompt gets the whole budget."""
+    run = Run.make(num_blocks=200, block_size=4, budget=64, while_decoding=10)
+    first = item(0, prompts(1, [40])[0], max_new=30)
+    run.waiting.append(first)
+    assert run.step().tokens == 40  # nothing decodes yet: the whole prompt in one step
+    run.waiting.append(item(1, [7, 8, 9], max_new=30))
+    run.step()
+    long = item(2, prompts(3, [60])[2], max_new=3)
+    run.waiting.append(long)
+    steps = 0
+    while not long.generated:
+        schedule = run.step()
+        steps += 1
+        counts = {c.row.seq.seq_id: c.count for c in schedule.chunks}
+        assert counts[0] == 1 and counts[1] == 1 and counts[2] <= 10, counts
+    assert steps == 6  # 60 prompt tokens, 10 a step
+    run.until_done()
+    assert long.generated == alone(prompts(3, [60])[2], 3)
 
 
 def test_preemption_frees_blocks_and_the_row_resumes_with_exactly_its_own_tokens() -> None:
@@ -225,3 +262,105 @@ def test_tiny_budgets_still_serve_every_row(budget: int) -> None:
     assert max(len(s.chunks) for s in run.schedules) <= budget
     for row in run.finished:
         assert row.generated == alone(ps[row.seq.seq_id], 4)
+
+
+def running_rows(run: Run) -> collections.Counter[str | None]:
+    return collections.Counter(r.tenant for r in run.running)
+
+
+def test_a_flood_holding_every_row_gives_one_up_at_once_when_another_tenant_arrives() -> None:
+    """A holds all 4 rows with long requests; B's request arrives: the next step admits it (A's most recent
+    row is preempted, and is recomputed later with exactly its own tokens), instead of waiting for a row of A
+    to finish."""
+    run = Run.make(num_blocks=200, block_size=4, budget=64, max_rows=4)
+    ps = prompts(8, [5, 7, 6, 9])
+    for i in range(6):
+        run.waiting.append(item(i, ps[i], max_new=30, tenant="A"))
+    for _ in range(3):
+        run.step()
+    assert running_rows(run) == {"A": 4} and not any(s.preempted for s in run.schedules)
+    b = item(100, ps[7], max_new=3, tenant="B")
+    run.waiting.append(b)
+    schedule = run.step()
+    assert schedule.admitted == [b]
+    assert [r.seq.seq_id for r in schedule.preempted] == [3]  # A's most recently admitted row
+    assert running_rows(run) == {"A": 3, "B": 1}
+    run.until_done()
+    assert b.generated == alone(ps[7], 3)
+    for row in run.finished:
+        if row.tenant == "A":
+            assert row.generated == alone(ps[row.seq.seq_id], 30)
+    assert run.scheduler.blocks.pool.num_used == 0
+
+
+def test_a_flood_never_runs_more_than_its_fair_share_of_rows_while_others_wait() -> None:
+    """A floods 24 requests; B and C keep one or two requests each in the queue, arriving as theirs finish.
+    At every step where B or C has a row waiting, no tenant runs two rows more than it (max-min shares of the
+    8 rows: A at most 4 while B and C run 2 each)."""
+    run = Run.make(num_blocks=400, block_size=4, budget=64, max_rows=8)
+    seq_ids = iter(range(1000))
+    for _ in range(24):
+        run.waiting.append(item(next(seq_ids), [5, 6, 7], max_new=12, tenant="A"))
+    arrivals = {"B": 6, "C": 6}
+    checked = 0
+    for _ in range(400):
+        for tenant in ("B", "C"):  # each keeps two requests in flight while it has some to send
+            mine = [r for r in [*run.running, *run.waiting] if r.tenant == tenant]
+            if len(mine) < 2 and arrivals[tenant]:
+                arrivals[tenant] -= 1
+                run.waiting.append(item(next(seq_ids), [8, 9], max_new=5, tenant=tenant))
+        if not run.running and not run.waiting:
+            break
+        run.step()
+        rows, waiting = run.shares[-1]
+        for tenant in waiting:
+            assert max(rows.values()) <= rows[tenant] + 1, (tenant, rows)
+            checked += 1
+    assert checked > 0 and not run.waiting and not run.running
+    assert ({"A": 4, "B": 2, "C": 2}, {"A"}) in run.shares  # the shares the docstring names did occur
+    assert len(run.finished) == 24 + 12
+
+
+def test_a_lone_tenant_uses_every_row_and_a_quiet_one_leaves_it_the_rest() -> None:
+    """Work-conserving: with nobody else, A runs on all 4 rows; with B running one row and nothing waiting,
+    A runs on the other 3; nothing is preempted."""
+    run = Run.make(num_blocks=200, block_size=4, budget=64, max_rows=4)
+    run.waiting.append(item(100, [8, 9], max_new=40, tenant="B"))
+    run.step()
+    for i in range(10):
+        run.waiting.append(item(i, [5, 6, 7], max_new=20, tenant="A"))
+    run.step()
+    assert running_rows(run) == {"A": 3, "B": 1}
+    run.until_done()
+    alone_run = Run.make(num_blocks=200, block_size=4, budget=64, max_rows=4)
+    for i in range(10):
+        alone_run.waiting.append(item(i, [5, 6, 7], max_new=20, tenant="A"))
+    alone_run.step()
+    assert running_rows(alone_run) == {"A": 4}
+    alone_run.until_done()
+    assert not any(s.preempted for s in [*run.schedules, *alone_run.schedules])
+
+
+def test_equal_tenants_over_uneven_rows_are_never_preempted_for_fairness() -> None:
+    """Three tenants with equal queues over 4 rows share them 2-1-1; the extra row moves by admission as rows
+    finish, never by preemption (a one-row imbalance is not worth a recompute)."""
+    run = Run.make(num_blocks=400, block_size=4, budget=64, max_rows=4)
+    seq_ids = iter(range(100))
+    for tenant in "ABC":
+        for _ in range(6):
+            run.waiting.append(item(next(seq_ids), [5, 6, 7], max_new=7, tenant=tenant))
+    run.until_done()
+    assert not any(s.preempted for s in run.schedules)
+    assert [r.tenant for r in run.schedules[0].admitted] == ["A", "B", "C", "A"]
+
+
+def test_fifo_admission_never_preempts_for_fairness() -> None:
+    """The FIFO baseline (bench/bench_fairness.py) stays first come, first served: A keeps its 4 rows."""
+    run = Run.make(num_blocks=200, block_size=4, budget=64, max_rows=4)
+    run.scheduler.fairness.fifo = True
+    for i in range(6):
+        run.waiting.append(item(i, [5, 6, 7], max_new=30, tenant="A"))
+    run.step()
+    run.waiting.append(item(100, [8, 9], max_new=3, tenant="B"))
+    schedule = run.step()
+    assert not schedule.preempted and not schedule.admitted and running_rows(run) == {"A": 4}
