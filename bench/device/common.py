@@ -81,6 +81,8 @@ def skip_unless_importable(section: Section, out: Path, *modules: str) -> bool:
 def device(smoke: bool) -> Any:
     import torch
 
+    if smoke:  # tiny shapes: more threads only spin against each other (and the other jobs of a shared CPU)
+        torch.set_num_threads(1)
     return torch.device("cpu" if smoke else "cuda")
 
 
