@@ -12,7 +12,6 @@ index and copy kernels: the paged cache's reads and writes, and casts), other (n
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from bench.device.common import Goal, Section, device, kernel_times, section_args, skip_unless_importable
 
@@ -20,7 +19,10 @@ CLASSES = [
     ("LoRA", r"bgmv|sgmv|lora|shrink|expand"),
     ("attention", r"attention|attn|flash|fmha|sdpa|softmax|efficient"),
     ("KV", r"index|gather|scatter|copy|cat_|catarray|aten::cat|to_copy"),
-    ("GEMM", r"gemm|nvjet|cutlass|xmma|cublas|aten::mm|aten::addmm|aten::bmm|aten::baddbmm|aten::matmul|sm\d\d_"),
+    (
+        "GEMM",
+        r"gemm|nvjet|cutlass|xmma|cublas|aten::mm|aten::addmm|aten::bmm|aten::baddbmm|aten::matmul|sm\d\d_",
+    ),
 ]
 PROFILED = 3
 GOAL_RATIO = 1.15
@@ -46,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     section = Section("decode", "Decode step at Llama-3-8B geometry")
     if skip_unless_importable(section, args.out, "transformers", "safetensors"):
         return
-    from bench.device.llama import LLAMA3_8B_2_LAYERS, SMOKE, DecodeBench
     from bench.device.kernels import short
+    from bench.device.llama import LLAMA3_8B_2_LAYERS, SMOKE, DecodeBench
 
     smoke = args.smoke_cpu
     dev = device(smoke)
@@ -96,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     section.save(args.out)
-
 
 
 if __name__ == "__main__":

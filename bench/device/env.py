@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.smoke_cpu:
             if not torch.cuda.is_available():
                 section.status = "failed"
-                section.add(f"no CUDA device (torch {torch.__version__}): run with --smoke-cpu on a CPU machine")
+                section.add(
+                    f"no CUDA device (torch {torch.__version__}): run with --smoke-cpu on a CPU machine"
+                )
             else:
                 props = torch.cuda.get_device_properties(0)
                 card = torch.cuda.get_device_name(0)

@@ -48,7 +48,10 @@ def graphed_step(bench: Any, plan: Any) -> tuple[Step | None, str]:
             out = bench.step(plan)
     except Exception as err:  # what stops a capture is the finding
         torch.cuda.synchronize(dev)
-        return None, f"not available: capturing the eager paged_step failed ({type(err).__name__}: {str(err)[:200]})"
+        return (
+            None,
+            f"not available: capturing the eager paged_step failed ({type(err).__name__}: {str(err)[:200]})",
+        )
 
     def replay() -> Any:
         graph.replay()

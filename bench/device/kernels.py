@@ -81,7 +81,9 @@ def make_case(dev: Any, in_f: int, out_f: int, lengths: list[int], adapters: int
     x = torch.randn(tokens, in_f, generator=gen, device=dev).to(dtype)
     y = torch.randn(tokens, out_f, generator=gen, device=dev).to(dtype)
     act = x.element_size()
-    min_bytes = tokens * (in_f + 2 * out_f) * act + adapters * RANK * (in_f + out_f) * act + 2 * tokens * RANK * 4
+    min_bytes = (
+        tokens * (in_f + 2 * out_f) * act + adapters * RANK * (in_f + out_f) * act + 2 * tokens * RANK * 4
+    )
     return Case(x, y, pool, meta_decode, meta_segments, min_bytes)
 
 
@@ -90,7 +92,10 @@ def methods(case: Case) -> dict[str, Any]:
 
     fns = {"sgmv": lambda: lora_apply(case.y, case.x, case.pool, case.meta_segments, backend="triton")}
     if case.meta_decode is not None:
-        fns = {"bgmv": lambda: lora_apply(case.y, case.x, case.pool, case.meta_decode, backend="triton"), **fns}
+        fns = {
+            "bgmv": lambda: lora_apply(case.y, case.x, case.pool, case.meta_decode, backend="triton"),
+            **fns,
+        }
     return fns
 
 
@@ -181,8 +186,9 @@ def prefill_rows(section: Section, dev: Any, smoke: bool) -> None:
             check(case, "sgmv", fn)
             graph, _ = graph_cold_us(fn, dev)
             eager, host = eager_us(fn, dev), host_us(fn, dev)
-            base, _ = graph_cold_us(lambda: case.x @ weight.T, dev)
-            base = base if not math.isnan(base) else eager_us(lambda: case.x @ weight.T, dev)
+            gemm = lambda x=case.x, w=weight: x @ w.T  # noqa: E731
+            base, _ = graph_cold_us(gemm, dev)
+            base = base if not math.isnan(base) else eager_us(gemm, dev)
         lora = graph if not math.isnan(graph) else eager
         section.add(
             f"| {in_f} -> {out_f} | {sum(lengths)} | {fmt(graph)} | {fmt(eager)} | {fmt(host)} | {fmt(base)} | "

@@ -61,24 +61,29 @@ class DecodeBench:
         width = sum(m.in_features + m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
         # Enough pool pages for every adapter in every module however the model splits its budget by width.
         budget = int(1.1 * adapters * rank * width * torch.finfo(dtype).bits // 8) + (1 << 20)
-        self.model = MultiAdapterModel(base, max_adapters=adapters, adapter_memory_bytes=budget, rank_capacity=rank)
+        self.model = MultiAdapterModel(
+            base, max_adapters=adapters, adapter_memory_bytes=budget, rank_capacity=rank
+        )
         self.names = [f"a{i:02d}" for i in range(adapters)]
-        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(ALL_LINEAR), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=list(ALL_LINEAR), task_type="CAUSAL_LM"
+        )
         for i, name in enumerate(self.names):
             state = lora_state(shapes, rank, seed=1000 + i, b_scale=0.02, dtype=dtype, device=str(dev))
             self.model.add(name, (config, state))
         self.per_row = -(-(geometry.context + 1) // BLOCK)
         reserved = self.model.reserved_blocks
         self.model.init_kv_cache(reserved + max_rows * self.per_row, BLOCK)
-        self.tables = [list(range(reserved + r * self.per_row, reserved + (r + 1) * self.per_row)) for r in range(max_rows)]
+        self.tables = [
+            list(range(reserved + r * self.per_row, reserved + (r + 1) * self.per_row))
+            for r in range(max_rows)
+        ]
 
     def plan(self, rows: int, names: list[str | None]) -> Any:
         from adapters_core.paged import SeqChunk, StepPlan
 
         context = self.geometry.context
-        return StepPlan(
-            [SeqChunk(r, names[r], [3 + r % 100], context, self.tables[r]) for r in range(rows)]
-        )
+        return StepPlan([SeqChunk(r, names[r], [3 + r % 100], context, self.tables[r]) for r in range(rows)])
 
     def names_for(self, rows: int, adapters: int) -> list[str | None]:
         """Row r under adapter r mod `adapters` (0: every row base-only)."""

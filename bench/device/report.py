@@ -53,7 +53,10 @@ def write(out: Path, outcomes: dict[str, str], smoke: bool, seconds: float) -> P
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s.",
     ]
     if smoke:
-        lines += ["", "**Smoke run on the CPU**: tiny shapes; it checks the script, its numbers mean nothing."]
+        lines += [
+            "",
+            "**Smoke run on the CPU**: tiny shapes; it checks the script, its numbers mean nothing.",
+        ]
     lines += ["", "| section | status |", "|---|---|"]
     lines += [f"| {s.title} | {s.status} |" for s in sections]
     lines += ["", "## Goals (issue 18)", "", "| goal | measured | target | met |", "|---|---|---|---|"]

@@ -21,10 +21,19 @@ from typing import Any
 from bench.device.common import Goal, Section, device, section_args, skip_unless_importable
 
 GOAL_RATIO = 0.9
-SERVER_MODULES = ("pydantic", "pydantic_settings", "fastapi", "prometheus_client", "tokenizers", "safetensors")
+SERVER_MODULES = (
+    "pydantic",
+    "pydantic_settings",
+    "fastapi",
+    "prometheus_client",
+    "tokenizers",
+    "safetensors",
+)
 
 
-def workload(n: int, lo: int, hi: int, vocab: int, adapters: int, seed: int = 0) -> tuple[list[list[int]], list[str]]:
+def workload(
+    n: int, lo: int, hi: int, vocab: int, adapters: int, seed: int = 0
+) -> tuple[list[list[int]], list[str]]:
     from bench.serving.fixtures import adapter_name
 
     rng = random.Random(seed)
@@ -43,15 +52,31 @@ def build(root: Path, smoke: bool, n_adapters: int) -> Any:
     dev = "cpu" if smoke else "cuda"
     dtype = "float32" if smoke else "bfloat16"
     spec = (
-        BaseSpec(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, max_position_embeddings=1024)
+        BaseSpec(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+        )
         if smoke
-        else BaseSpec(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
-                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=1024)
+        else BaseSpec(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=4,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=1024,
+        )
     )
     model = build_base(spec, device=dev, dtype=getattr(torch, dtype))
     save_base(model, spec, root / "base")
-    adapters = AdapterSpec(n_adapters=n_adapters, ranks=(8,), target_modules=("q_proj", "v_proj"), dtype=dtype)
+    adapters = AdapterSpec(
+        n_adapters=n_adapters, ranks=(8,), target_modules=("q_proj", "v_proj"), dtype=dtype
+    )
     write_adapters(model, adapters, root / "base", root / "adapters", device=dev)
     del model
     settings = Settings(
@@ -86,7 +111,9 @@ async def measure(engine: Any, smoke: bool, n_adapters: int, section: Section) -
         await serve(engine, prompts[: n // 4], [None] * (n // 4), new)
         section.add(f"warm-up ({n // 4} requests with adapters, then without): {warm.wall:.1f} s", "")
         best: dict[str, float] = {}
-        section.add("| run | system | requests | new tokens | wall s | tokens/s |", "|---|---|---|---|---|---|")
+        section.add(
+            "| run | system | requests | new tokens | wall s | tokens/s |", "|---|---|---|---|---|---|"
+        )
         for rep in range(2):
             for system, rows in (("base-only", [None] * n), ("100 adapters", list(names))):
                 run = await serve(engine, prompts, rows, new)
@@ -118,8 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         ratio = asyncio.run(measure(engine, args.smoke_cpu, n_adapters, section))
     section.add("", f"adapters / base-only tokens per second (best runs): {ratio:.2f}x")
     section.goals.append(
-        Goal("S-LoRA setting (100 rank-8 q/v adapters) throughput vs base-only", f"{ratio:.2f}x",
-             f">= {GOAL_RATIO}x", ratio >= GOAL_RATIO)
+        Goal(
+            "S-LoRA setting (100 rank-8 q/v adapters) throughput vs base-only",
+            f"{ratio:.2f}x",
+            f">= {GOAL_RATIO}x",
+            ratio >= GOAL_RATIO,
+        )
     )
     section.save(args.out)
 

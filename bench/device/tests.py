@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         "SWAPYARD_TEST_TIMEOUT_S": str(TEST_TIMEOUT_S),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    section.add(f"`{' '.join(cmd[1:])}` (TRITON_INTERPRET={env['TRITON_INTERPRET']}), files: {', '.join(files)}")
+    section.add(
+        f"`{' '.join(cmd[1:])}` (TRITON_INTERPRET={env['TRITON_INTERPRET']}), files: {', '.join(files)}"
+    )
     section.add(f"per-test timeout: {TEST_TIMEOUT_S} s ({timeout[-1]}); whole run: {budget - 15} s", "")
     log = args.out / "tests.pytest.log"
     if args.smoke_cpu:  # in this process (the driver's smoke run): no second torch import; the tests skip
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                 )
             ok = summarize(junit, section) and proc.returncode in (0, 5)
         except subprocess.TimeoutExpired:
-            section.add(f"pytest ran past {budget - 15} s and was stopped; partial output in tests.pytest.log")
+            section.add(
+                f"pytest ran past {budget - 15} s and was stopped; partial output in tests.pytest.log"
+            )
             ok = False
     tail = log.read_text(errors="replace").splitlines()[-15:]
     section.add("", "pytest's last lines:", "```", *tail, "```")
