@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from serve_helpers import save_base
-from transformers import AutoModelForCausalLM
 from tiny_models import tiny_llama
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from adapters_core import LoraConfig
 from adapters_core.multi import MultiAdapterModel
-from bench.serving.fixtures import BaseSpec
 from server import budget as budget_module
 from server import modeling
 from server.budget import (
@@ -33,7 +32,7 @@ LLAMA3_8B_LAYER_WIDTH = 8192 + 5120 + 5120 + 8192 + 3 * 18432
 
 
 def llama3_8b_geometry() -> LoraGeometry:
-    spec = BaseSpec(
+    config = LlamaConfig(
         vocab_size=128256,
         hidden_size=4096,
         intermediate_size=14336,
@@ -41,7 +40,8 @@ def llama3_8b_geometry() -> LoraGeometry:
         num_attention_heads=32,
         num_key_value_heads=8,
     )
-    return LoraGeometry.of(spec.meta_model().to(torch.bfloat16))  # structure only: nothing allocated
+    with torch.device("meta"):  # structure only: nothing allocated
+        return LoraGeometry.of(LlamaForCausalLM(config).to(torch.bfloat16))
 
 
 def test_geometry_leaves_lm_head_out_of_the_split() -> None:
@@ -93,16 +93,19 @@ def test_pools_split_the_budget_without_lm_head_until_an_adapter_targets_it() ->
     split = LoraGeometry.of(plain).split_width
     head = plain.get_output_embeddings()
     assert split == sum(
-        m.in_features + m.out_features for m in plain.modules() if isinstance(m, torch.nn.Linear) and m is not head
+        m.in_features + m.out_features
+        for m in plain.modules()
+        if isinstance(m, torch.nn.Linear) and m is not head
     )
     targets = ["q_proj", "lm_head"]
     model.add("a", (LoraConfig(r=4, target_modules=targets), lora_state(tiny_llama(), targets, 4)))
     layers = model._layers
     tables = 2 * (8 + 3) * 8
     q = plain.model.layers[0].self_attn.q_proj
-    assert layers["model.layers.0.self_attn.q_proj"].lora.budget_bytes == tables + total * (
-        q.in_features + q.out_features
-    ) // split
+    assert (
+        layers["model.layers.0.self_attn.q_proj"].lora.budget_bytes
+        == tables + total * (q.in_features + q.out_features) // split
+    )
     head_width = head.in_features + head.out_features
     assert layers["lm_head"].lora.budget_bytes == tables + total * head_width // (split + head_width)
     assert layers["model.layers.0.self_attn.k_proj"].lora is None  # untargeted modules allocate nothing
@@ -117,7 +120,10 @@ def test_load_base_sizes_the_adapter_pools_from_free_memory(
     settings = Settings(base_model=str(base_dir), device="cpu", adapter_device_bytes=explicit, max_adapters=4)
     multi = modeling.load_base(settings, str(base_dir)).model
     expected = device_budgets(
-        free, LoraGeometry.of(AutoModelForCausalLM.from_pretrained(base_dir)), max_adapters=4, max_rank=settings.max_adapter_rank
+        free,
+        LoraGeometry.of(AutoModelForCausalLM.from_pretrained(base_dir)),
+        max_adapters=4,
+        max_rank=settings.max_adapter_rank,
     ).adapter_bytes
     budget = multi._layers["model.layers.0.self_attn.q_proj"]._budget
     assert budget.total_bytes == (explicit or expected)
