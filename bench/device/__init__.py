@@ -7,7 +7,8 @@ every GPU measurement in sections, each in its own process with its own time lim
   replay with a cold L2, eager, CPU µs per call) and per-kernel device times from the profiler.
 - `env.py`: versions, and which of the project's dependencies this machine lacks (sections skip on them).
 - `tests.py`: the GPU-marked tests (compiled kernels), with a per-test timeout.
-- `kernels.py`: the LoRA kernels against measured copy bandwidth (bench/gpu_check.py's table, reworked).
+- `kernels.py`: the LoRA kernels against measured copy bandwidth (the table bench/gpu_check.py printed, reworked;
+  gpu_check.py now runs the sections env, tests and kernels).
 - `llama.py`: the Llama-3-8B-geometry model with adapters that `decode.py` and `graphs.py` step.
 - `decode.py`: one decode step's milliseconds by kind (GEMM, LoRA, attention, KV) and against base-only.
 - `serving.py`: S-LoRA's setting (100 rank-8 q/v adapters) through the real engine, against base-only.

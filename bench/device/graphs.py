@@ -92,14 +92,16 @@ def main(argv: list[str] | None = None) -> None:
         "| rows | eager ms | graph ms | eager / graph | max abs logit diff | graph from |",
         "|---|---|---|---|---|---|",
     )
+    refused = ""  # a failed capture is not retried: it can leave the CUDA context unusable for another try
     for rows in batches:
         plan = bench.plan(rows, bench.names_for(rows, adapters))
         eager = wall_ms(lambda plan=plan: bench.step(plan), bench, 2 if smoke else 10)
         if dev.type != "cuda":
             section.add(f"| {rows} | {eager:.2f} | n/a | n/a | n/a | CUDA graphs need CUDA (smoke run) |")
             continue
-        graphed, how = graphed_step(bench, plan)
+        graphed, how = graphed_step(bench, plan) if not refused else (None, refused)
         if graphed is None:
+            refused = how
             section.add(f"| {rows} | {eager:.2f} | n/a | n/a | n/a | {how} |")
             continue
         expected = bench.step(plan).float()
