@@ -12,6 +12,7 @@ index and copy kernels: the paged cache's reads and writes, and casts), other (n
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from bench.device.common import Goal, Section, device, kernel_times, section_args, skip_unless_importable
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for rows, adapters in settings:
         plan = bench.plan(rows, bench.names_for(rows, adapters))
         ms = bench.step_ms(plan, reps)
-        kernels = kernel_times(lambda plan=plan: bench.step(plan), dev, calls=1 if smoke else PROFILED)
+        kernels = kernel_times(partial(bench.step, plan), dev, calls=1 if smoke else PROFILED)
         parts = breakdown(kernels)
         if adapters == 0:
             base_ms[rows] = ms

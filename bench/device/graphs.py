@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from bench.device.common import Section, device, section_args, skip_unless_importable
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     refused = ""  # a failed capture is not retried: it can leave the CUDA context unusable for another try
     for rows in batches:
         plan = bench.plan(rows, bench.names_for(rows, adapters))
-        eager = wall_ms(lambda plan=plan: bench.step(plan), bench, 2 if smoke else 10)
+        eager = wall_ms(partial(bench.step, plan), bench, 2 if smoke else 10)
         if dev.type != "cuda":
             section.add(f"| {rows} | {eager:.2f} | n/a | n/a | n/a | CUDA graphs need CUDA (smoke run) |")
             continue

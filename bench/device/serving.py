@@ -16,7 +16,7 @@ import asyncio
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.device.common import Goal, Section, device, section_args, skip_unless_importable
 
@@ -50,7 +50,7 @@ def build(root: Path, smoke: bool, n_adapters: int) -> Any:
     from server.settings import Settings
 
     dev = "cpu" if smoke else "cuda"
-    dtype = "float32" if smoke else "bfloat16"
+    dtype: Literal["float32", "bfloat16"] = "float32" if smoke else "bfloat16"
     spec = (
         BaseSpec(
             vocab_size=256,
@@ -115,7 +115,11 @@ async def measure(engine: Any, smoke: bool, n_adapters: int, section: Section) -
             "| run | system | requests | new tokens | wall s | tokens/s |", "|---|---|---|---|---|---|"
         )
         for rep in range(2):
-            for system, rows in (("base-only", [None] * n), ("100 adapters", list(names))):
+            systems: list[tuple[str, list[str | None]]] = [
+                ("base-only", [None] * n),
+                ("100 adapters", list(names)),
+            ]
+            for system, rows in systems:
                 run = await serve(engine, prompts, rows, new)
                 made = sum(len(t) for t in run.tokens)
                 if made != n * new:
