@@ -1,7 +1,7 @@
 """The device check's driver: `python -m bench.device RESULTS_DIR [--smoke-cpu] [--only a,b]` (what
 bench/device_check.sh runs).
 
-On a GPU every section runs in its own process group with its own time limit (`SECTIONS`, 520 s together:
+On a GPU every section runs in its own process group with its own time limit (`SECTIONS`, 530 s together:
 the 9-minute budget less start-up), its output in `RESULTS_DIR/<section>.log`; a section that crashes or
 runs out of time is reported as such and the next one runs. `--smoke-cpu` runs the same sections in this
 process (one torch import instead of six) on tiny CPU shapes. Then report.py writes `RESULTS_DIR/<card>.md`.
@@ -26,7 +26,7 @@ from bench.device import report
 from bench.device.common import Section
 
 # section -> seconds it may take on the GPU machine
-SECTIONS = {"env": 30, "tests": 140, "kernels": 110, "decode": 80, "serving": 110, "graphs": 50}
+SECTIONS = {"env": 25, "tests": 120, "kernels": 130, "decode": 80, "serving": 125, "graphs": 50}
 
 
 def run_child(name: str, out: Path, limit: float) -> str:

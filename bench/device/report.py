@@ -36,7 +36,7 @@ def load(out: Path, name: str, outcome: str) -> Section:
     if path.exists():
         return Section.load(path)
     log = out / f"{name}.log"
-    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else ["(no log)"]
+    tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no log)"]
     section = Section(name, SECTIONS.get(name, name), status=outcome or "failed")
     section.lines = ["no result: the section's last log lines:", "```", *tail, "```"]
     return section
@@ -49,7 +49,7 @@ def write(out: Path, outcomes: dict[str, str], smoke: bool, seconds: float) -> P
     lines = [
         f"# Device check: {card}",
         "",
-        f"`bash bench/device_check.sh {out.name}{' --smoke-cpu' if smoke else ''}`, "
+        f"`bash bench/device_check.sh {out}{' --smoke-cpu' if smoke else ''}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s.",
     ]
     if smoke:

@@ -97,3 +97,14 @@ def test_gpu_tests_include_every_gpu_marked_file() -> None:
     assert "tests/server/test_sampling_batched.py" in files  # test_cuda_rows_draw_the_cpus_tokens
     marked = [f for f in files if f != "tests/kernels"]
     assert all("mark.gpu" in (ROOT / f).read_text() for f in marked)
+
+
+def test_kernel_check_names_a_wrong_answer() -> None:
+    """The kernel table times only methods that equal the reference: one that leaves y alone is WRONG."""
+    import torch
+
+    from bench.device.kernels import check, make_case, methods
+
+    case = make_case(torch.device("cpu"), 32, 16, [1, 1, 1], 3, seed=0)
+    assert check(case, methods(case)["bgmv"]) == ""  # the real kernel (interpreter) passes
+    assert check(case, lambda: None).startswith("WRONG: max abs err")
