@@ -15,4 +15,4 @@ bench:
 	$(VENV)/bin/python bench/bench_kernels_cpu.py
 
 gpu-check:
-	$(VENV)/bin/python bench/gpu_check.py
+	PYTHON=$(VENV)/bin/python bash bench/device_check.sh bench/results/device

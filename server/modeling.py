@@ -8,6 +8,7 @@ its own image processor (`AutoImageProcessor`, saved next to it) and has no toke
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,9 +25,12 @@ from transformers import (
 
 from adapters_core.multi import MultiAdapterModel
 
+from .budget import LoraGeometry, device_budgets, free_device_bytes
 from .settings import Settings
 from .tokenization import Tokenization
 from .vision import IMAGE_KINDS, ImageBaseTokenization
+
+log = logging.getLogger("swapyard.engine")
 
 BaseKind = Literal["causal-lm", "seq2seq-lm", "seq-cls", "image-cls", "semantic-seg"]
 # Architecture name suffix -> kind (checked in this order; the rest are causal LMs unless encoder-decoder).
@@ -95,10 +99,20 @@ def load_base(settings: Settings, base_model: str) -> LoadedBase:
     tokenization.add_eos_ids(getattr(config, "eos_token_id", None))
     device = pick_device(settings.device)
     model.to(device)
+    adapter_bytes = settings.adapter_device_bytes
+    if adapter_bytes is None:  # the default: a share of what the device has free (server/budget.py)
+        budgets = device_budgets(
+            free_device_bytes(device),
+            LoraGeometry.of(model),
+            max_adapters=settings.max_adapters,
+            max_rank=settings.max_adapter_rank,
+        )
+        adapter_bytes = budgets.adapter_bytes
+        log.info("adapter pools: %d MiB (--adapter-device-bytes default)", adapter_bytes >> 20)
     multi = MultiAdapterModel(
         model,
         max_adapters=settings.max_adapters,
-        adapter_memory_bytes=settings.adapter_device_bytes,
+        adapter_memory_bytes=adapter_bytes,
         rank_capacity=settings.max_adapter_rank,
     )
     return LoadedBase(

@@ -122,8 +122,12 @@ class Settings(BaseSettings):
         "last token for causal LMs, the mean of the encoder for T5",
     )
     # -- adapter store (server/store): tiers, sources, limits ---------------------------------------
-    adapter_device_bytes: int = Field(
-        default=256 << 20, ge=1, description="device budget for resident adapters, in bytes"
+    adapter_device_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="device budget for resident adapters' LoRA pools, in bytes (default: a quarter of the GPU "
+        "memory free after the base loads, capped at what --max-adapters adapters of --max-adapter-rank on every "
+        "linear layer would take; 256 MiB on the CPU; server/budget.py)",
     )
     adapter_host_bytes: int = Field(
         default=1 << 30, ge=1, description="host RAM cache of validated adapters, in bytes (LRU)"

@@ -1,7 +1,8 @@
 """The serving form of adapters: per-row adapters of any method in one batch (MultiAdapterModel)."""
 
+from .layers import lora_split_width
 from .model import LoadedAdapter, MultiAdapterModel
 from .parsed import ParsedAdapter
 from .steps import DecodeState
 
-__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel", "ParsedAdapter"]
+__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel", "ParsedAdapter", "lora_split_width"]

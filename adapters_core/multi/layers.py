@@ -46,17 +46,58 @@ def _pad_labels(t: torch.Tensor, dim: int, width: int) -> torch.Tensor:
     return F.pad(t, (0, 0) * (-1 - dim) + (0, missing), value=float("-inf"))
 
 
+def linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
+    """Every `nn.Linear` / GPT-2 `Conv1D` of the base by path: the modules that get a LoRA pool when targeted."""
+    return {p: m for p, m in base_model.named_modules() if p and (isinstance(m, nn.Linear) or is_conv1d(m))}
+
+
+def output_embedding_paths(base_model: nn.Module) -> frozenset[str]:
+    """Paths of the base's output embedding (a causal LM's `lm_head`), which the LoRA budget is not split over."""
+    get = getattr(base_model, "get_output_embeddings", None)
+    try:
+        head = get() if callable(get) else None
+    except NotImplementedError:
+        head = None
+    if head is None:
+        return frozenset()
+    return frozenset(p for p, m in base_model.named_modules() if p and m is head)
+
+
+def lora_split_width(base_model: nn.Module) -> int:
+    """Sum of `in + out` over the linear modules the LoRA budget is split over (all but the output embedding):
+    one rank unit of an adapter on all of them takes this many elements."""
+    outside = output_embedding_paths(base_model)
+    return sum(
+        int(weight_rows(m).shape[0] + weight_rows(m).shape[1])
+        for p, m in linear_modules(base_model).items()
+        if p not in outside
+    )
+
+
 class PoolBudget:
     """How many bytes one module's pools may take: the model-wide budget split in proportion to the
-    module's `in + out` (an adapter of rank r costs r·(in+out) elements in every module it targets)."""
+    module's `in + out` (an adapter of rank r costs r·(in+out) elements in every module it targets) over the
+    modules of the split, `total_width` wide. The output embedding (`lm_head`: vocab + hidden wide, rarely
+    targeted) is left out of the split, so it takes no share of every adapter's room; its pool, made only
+    when an adapter targets it, gets the share it would have had in the split, on top of the budget."""
 
-    def __init__(self, total_bytes: int, total_width: int, num_slots: int, rank_capacity: int) -> None:
+    def __init__(
+        self,
+        total_bytes: int,
+        total_width: int,
+        num_slots: int,
+        rank_capacity: int,
+        outside: frozenset[str] = frozenset(),
+    ) -> None:
         self.total_bytes, self.total_width = total_bytes, max(total_width, 1)
         self.num_slots, self.rank_capacity = num_slots, rank_capacity
+        self.outside = outside
 
-    def lora_bytes(self, in_features: int, out_features: int) -> int:
+    def lora_bytes(self, path: str, in_features: int, out_features: int) -> int:
         tables = self.num_slots * (self.rank_capacity + 3) * 8
-        return tables + self.total_bytes * (in_features + out_features) // self.total_width
+        width = in_features + out_features
+        split = self.total_width + (width if path in self.outside else 0)
+        return tables + self.total_bytes * width // split
 
     def vector_bytes(self, features: int, dtype: torch.dtype) -> int:
         return self.num_slots * 8 + self.num_slots * features * torch.finfo(dtype).bits // 8
@@ -147,7 +188,7 @@ class MultiLinear(_MultiBase):
             self.lora = LoraPool(
                 self.in_features,
                 self.out_features,
-                budget_bytes=self._budget.lora_bytes(self.in_features, self.out_features),
+                budget_bytes=self._budget.lora_bytes(self.path, self.in_features, self.out_features),
                 num_slots=self._budget.num_slots,
                 rank_capacity=self._budget.rank_capacity,
                 dtype=torch.float32 if w.dtype == torch.float32 else w.dtype,

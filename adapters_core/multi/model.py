@@ -42,8 +42,9 @@ from .layers import (
     MultiOverride,
     PoolBudget,
     _MultiBase,
-    is_conv1d,
-    weight_rows,
+    linear_modules,
+    lora_split_width,
+    output_embedding_paths,
 )
 from .parsed import ParsedAdapter, parse_adapter
 from .pooling import DEFAULT_POOLING, Pooling, embed_rows
@@ -96,7 +97,8 @@ class MultiAdapterModel(nn.Module):
         base_model: a transformers model (causal LM, seq2seq, sequence classification, or an image classifier
             or semantic segmenter that takes `pixel_values`: multi/vision.py); frozen here.
         max_adapters: slots, i.e. adapters resident at once.
-        adapter_memory_bytes: LoRA weight budget for all layers together (split by layer width).
+        adapter_memory_bytes: LoRA weight budget for all layers together (split by layer width; lm_head is left
+            out of the split and its pool, made only when an adapter targets it, comes on top: layers.PoolBudget).
         rank_capacity: the largest LoRA rank one adapter may have.
         unpooled_memory_bytes: budget of what resident adapters hold outside the pools (full-module copies:
             modules_to_save heads, saved embeddings, trained biases; prompt tables); default
@@ -123,9 +125,7 @@ class MultiAdapterModel(nn.Module):
         )
         self._holder = ContextHolder()
         self._base_modules: dict[str, nn.Module] = dict(base_model.named_modules())
-        linear = {
-            p: m for p, m in self._base_modules.items() if p and (isinstance(m, nn.Linear) or is_conv1d(m))
-        }
+        linear = linear_modules(base_model)
         quantized = [p for p, m in linear.items() if not m.weight.dtype.is_floating_point]
         if quantized:
             # bitsandbytes (and other) quantized layers keep integer weights: the pools and kernels are float.
@@ -134,8 +134,13 @@ class MultiAdapterModel(nn.Module):
                 "weights: the serving form runs over float bases only. Serve a float16/bfloat16/float32 base, or "
                 "use AdapterModel, which runs LoRA, IA3 and AdaLoRA over bitsandbytes layers."
             )
-        width = sum(int(weight_rows(m).shape[0] + weight_rows(m).shape[1]) for m in linear.values())
-        budget = PoolBudget(adapter_memory_bytes, width, max_adapters, rank_capacity)
+        budget = PoolBudget(
+            adapter_memory_bytes,
+            lora_split_width(base_model),
+            max_adapters,
+            rank_capacity,
+            outside=output_embedding_paths(base_model),
+        )
         self._layers: dict[str, _MultiBase] = {}
         for path, module in self._base_modules.items():
             if path in linear:

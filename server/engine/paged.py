@@ -2,8 +2,8 @@
 (engine/scheduler.py) and the `StepPlan` each step hands to `model.paged_step` (adapters_core/paged/plan.py).
 
 How big the pool is (`PagingConfig.num_blocks`): `--kv-cache-bytes` when given; else, on a GPU, half of the
-device memory free once the base and the adapter pools are loaded (the rest stays for activations and the
-adapters loaded later), and on the CPU 1 GiB. Without an explicit `--kv-cache-bytes`, the pool is capped at
+device memory free once the base is loaded (server/budget.py splits it with the adapter pools), and on the
+CPU 1 GiB. Without an explicit `--kv-cache-bytes`, the pool is capped at
 what `max_batch_size` rows of `--max-total-tokens` positions need, twice over (the second half keeps prompt
 prefixes cached): more could never be used at once.
 """
@@ -21,6 +21,7 @@ import torch
 from adapters_core.paged.blocks import BlockPool, KVBlocks
 from adapters_core.paged.plan import VIRTUAL, SeqChunk, StepPlan
 
+from ..budget import free_device_bytes, kv_default_bytes
 from ..errors import InvalidInputError
 from ..settings import Settings
 from .batch import Row
@@ -28,10 +29,6 @@ from .fairness import VirtualTokenCounter
 from .scheduler import Chunk, Scheduler, SeqState, StepSchedule
 
 log = logging.getLogger("swapyard.engine")
-GPU_FREE_SHARE = (
-    0.5  # of the device memory free at start-up, for the KV pool (when --kv-cache-bytes is unset)
-)
-CPU_KV_CACHE_BYTES = 1 << 30
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 512, 2048  # --max-batch-tokens defaults
 # --max-prefill-tokens-while-decoding on the CPU (bench/README.md "The engine end to end": 64 keeps the running
 # rows' inter-token p99 within 2x while a 1,500-token prompt is admitted, 128 does not; throughput unchanged)
@@ -78,11 +75,7 @@ class PagingConfig:
         if self.kv_cache_bytes is not None:
             num = self.kv_cache_bytes // block_bytes
         else:
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                budget = int(free * GPU_FREE_SHARE)
-            else:
-                budget = CPU_KV_CACHE_BYTES
+            budget = kv_default_bytes(free_device_bytes(device))  # the split: server/budget.py
             per_row = -(-max_total_tokens // self.block_size)
             num = min(budget // block_bytes, reserved + 2 * max_rows * per_row)
         if num <= reserved:

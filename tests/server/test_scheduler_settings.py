@@ -7,13 +7,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.engine.paged import (
-    CPU_BATCH_TOKENS,
-    CPU_KV_CACHE_BYTES,
-    CPU_PREFILL_WHILE_DECODING,
-    GPU_BATCH_TOKENS,
-    PagingConfig,
-)
+from server.budget import CPU_KV_CACHE_BYTES
+from server.engine.paged import CPU_BATCH_TOKENS, CPU_PREFILL_WHILE_DECODING, GPU_BATCH_TOKENS, PagingConfig
 from server.settings import Settings
 from swapyard.serve_cli import parse_settings
 
