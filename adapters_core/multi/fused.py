@@ -96,6 +96,8 @@ class SiblingGroup:
         the caller runs `lora_apply` itself. x: (T, in) the member's input; y: (T, out) its base output."""
         if not self.enabled or member.lora is None:
             return False
+        if x.is_inference():  # no version counter (torch.inference_mode): an in-place write could not be seen
+            return False
         key = _input_key(x, meta)
         stash = self._stash
         if stash is not None and stash.pending:

@@ -33,7 +33,13 @@ def graphed_step(bench: Any, plan: Any) -> tuple[Step | None, str]:
         graphs = None
     runner_cls = getattr(graphs, "DecodeGraphRunner", None)
     if runner_cls is not None:
-        runner = runner_cls(bench.model)
+        # One bucket exactly the plan's size: rows, and blocks of its longest row.
+        rows, blocks = len(plan.chunks), max(len(c.block_table) for c in plan.chunks)
+        runner = runner_cls(bench.model, max_batch=rows, max_blocks=blocks, use_graphs=True)
+        why = runner.why_not(plan)
+        if why is not None:
+            return None, f"DecodeGraphRunner refuses this plan: {why}"
+        runner.capture([rows])
         return (lambda: runner.step(plan)), "adapters_core.paged.graphs.DecodeGraphRunner"
     # No runner in this checkout: capture the eager step as it is.
     dev = bench.device

@@ -113,3 +113,21 @@ def test_siblings_with_other_inputs_stop_fusing_and_stay_exact(peft_models, monk
         assert torch.equal(attn.k_proj(other), k_other)
         base_k = attn.k_proj.base_layer(other)
         assert float((k_other - base_k).abs().max()) > 1e-3  # k's own adapter applied to `other`
+
+
+def test_inference_mode_runs_unfused_and_exact(peft_models, monkeypatch) -> None:
+    """Inference tensors have no version counter, so the group cannot prove its siblings read unchanged
+    values: under torch.inference_mode every member runs its own path (it used to raise)."""
+    monkeypatch.setenv("SWAPYARD_KERNELS", "triton")
+    multi = MultiAdapterModel(BUILDERS["llama"]())
+    for name, (path, _) in peft_models.items():
+        multi.add(name, path)
+    want = run(multi)
+    launches: list[int] = []
+    real = fused.lora_shrink_slices
+    monkeypatch.setattr(fused, "lora_shrink_slices", lambda *a, **kw: launches.append(1) or real(*a, **kw))
+    with torch.inference_mode():
+        got = run(multi)
+    assert launches == []
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
