@@ -22,7 +22,7 @@ from bench.device.common import Section, device, section_args, skip_unless_impor
 Step = Callable[[], Any]
 
 
-def graphed_step(bench: Any, plan: Any) -> tuple[Step | None, str]:
+def graphed_step(bench: Any, plan: Any, use_graphs: bool = True) -> tuple[Step | None, str]:
     """A callable that runs `plan`'s decode step from a CUDA graph, and how it was made; (None, why) when
     there is none."""
     import torch
@@ -35,12 +35,17 @@ def graphed_step(bench: Any, plan: Any) -> tuple[Step | None, str]:
     if runner_cls is not None:
         # One bucket exactly the plan's size: rows, and blocks of its longest row.
         rows, blocks = len(plan.chunks), max(len(c.block_table) for c in plan.chunks)
-        runner = runner_cls(bench.model, max_batch=rows, max_blocks=blocks, use_graphs=True)
+        runner = runner_cls(bench.model, max_batch=rows, max_blocks=blocks, use_graphs=use_graphs)
         why = runner.why_not(plan)
         if why is not None:
             return None, f"DecodeGraphRunner refuses this plan: {why}"
         runner.capture([rows])
-        return (lambda: runner.step(plan)), "adapters_core.paged.graphs.DecodeGraphRunner"
+        how = (
+            "DecodeGraphRunner"
+            if use_graphs
+            else "DecodeGraphRunner's static step, eager (no CUDA: smoke run)"
+        )
+        return (lambda: runner.step(plan)), how
     # No runner in this checkout: capture the eager step as it is.
     dev = bench.device
     try:
@@ -103,8 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     for rows in batches:
         plan = bench.plan(rows, bench.names_for(rows, adapters))
         eager = wall_ms(partial(bench.step, plan), bench, 2 if smoke else 10)
-        if dev.type != "cuda":
-            section.add(f"| {rows} | {eager:.2f} | n/a | n/a | n/a | CUDA graphs need CUDA (smoke run) |")
+        if dev.type != "cuda":  # the smoke run checks the runner's static step against the eager one
+            static, how = graphed_step(bench, plan, use_graphs=False)
+            if static is None:
+                raise RuntimeError(how)
+            diff = (static().float() - bench.step(plan).float()).abs().max().item()
+            if diff > 1e-3:
+                raise RuntimeError(f"the static decode step differs from paged_step by {diff:.3g}")
+            ms = wall_ms(static, bench, 2)
+            section.add(f"| {rows} | {eager:.2f} | {ms:.2f} | {eager / ms:.2f}x | {diff:.3g} | {how} |")
             continue
         graphed, how = graphed_step(bench, plan) if not refused else (None, refused)
         if graphed is None:
