@@ -8,10 +8,19 @@ tests run the kernels); it is an error otherwise, never a silent fall-back.
 Shapes: `T` tokens (`BatchMeta.num_tokens`), `S` slots, `R` = `LoraWeights.rank_capacity`. Activations are
 2-D `(T, H)` with any strides (a column slice of a fused projection works), or N-D `(..., H)` when a view to
 `(T, H)` exists; N-D inputs are updated through that view, so in-place ops stay in place.
+
+Devices: Triton launches on the *current* CUDA device, so every Triton launch group runs under
+`device_guard(tensors' device)`; a pool on cuda:1 never launches on cuda:0 whatever the calling thread set.
+
+Cost per call: whether Triton is installed is looked up once (the environment variable is still read on
+every call, so changing it takes effect); `lora_apply` validates once and lets the Triton
+shrink write its `u` without zeroing it first (no split-K: nothing accumulates into it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 from typing import Literal
@@ -36,7 +45,7 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> Backend
         raise BackendError(
             f"unknown kernels backend {choice!r} (from backend= or {ENV_VAR}); use auto, triton or torch"
         )
-    has_triton = importlib.util.find_spec("triton") is not None
+    has_triton = _has_triton()
     if choice == "torch" or (choice == "auto" and not (device.type == "cuda" and has_triton)):
         return "torch"
     if not has_triton:
@@ -52,6 +61,20 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> Backend
                 "importing kernels (tests do), or use backend 'torch'"
             )
     return "triton"
+
+
+@functools.cache
+def _has_triton() -> bool:
+    """Looked up once: `find_spec` scans the import path (tens of microseconds, on every op before)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """What a Triton launch group runs under: `torch.cuda.device(device)` for CUDA tensors (Triton launches
+    on the current device, which need not be the tensors'), nothing otherwise (CPU, the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 # -- validation -----------------------------------------------------------------------------------------
@@ -142,7 +165,8 @@ def lora_shrink(
         return reference.lora_shrink(x, w, meta, out)
     from kernels import triton_lora
 
-    return triton_lora.lora_shrink(x, w, meta, out)
+    with device_guard(w.device):
+        return triton_lora.lora_shrink(x, w, meta, out)
 
 
 def lora_expand(
@@ -172,7 +196,8 @@ def lora_expand(
     else:
         from kernels import triton_lora
 
-        triton_lora.lora_expand(y2, u, w, meta)
+        with device_guard(w.device):
+            triton_lora.lora_expand(y2, u, w, meta)
     return y
 
 
@@ -185,7 +210,8 @@ def lora_apply(
         y[t] += scale[s] * (x[t] @ A[s].T) @ B[s].T    for s = meta.token_slots[t] >= 0 (rounding as in the two ops)
 
     On the torch backend the batch runs through `kernels.grouped` (two batched matmuls for all segments)
-    unless padding would more than double the work; then through the per-segment reference.
+    unless padding would more than double the work; then through the per-segment reference. On Triton both
+    launches share one device guard and `u` is not zeroed (the shrink writes every entry the expand reads).
 
     Args:
         y: (T, H_out) base-layer output, updated in place; x: (T, H_in) the layer's input.
@@ -193,14 +219,21 @@ def lora_apply(
         y (the same tensor).
     """
     w = _lora_weights(weights)
+    _check_meta(meta, w.num_slots, w.device)
+    x2 = _rows(x, "x", w.in_features, meta, w.device)
+    y2 = _rows(y, "y", w.out_features, meta, w.device)
     if resolve_backend(w.device, backend) == "torch":
-        _check_meta(meta, w.num_slots, w.device)
-        x2 = _rows(x, "x", w.in_features, meta, w.device)
-        y2 = _rows(y, "y", w.out_features, meta, w.device)
-        if grouped.lora_apply_grouped(y2, x2, w, meta):
-            return y
-    u = lora_shrink(x, weights, meta, backend=backend)  # (T, R)
-    return lora_expand(y, u, weights, meta, backend=backend)
+        if not grouped.lora_apply_grouped(y2, x2, w, meta):
+            u = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=w.device)  # (T, R)
+            reference.lora_expand(y2, reference.lora_shrink(x2, w, meta, u), w, meta)
+        return y
+    from kernels import triton_lora
+
+    u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=w.device)  # (T, R)
+    with device_guard(w.device):
+        triton_lora.lora_shrink(x2, w, meta, u)
+        triton_lora.lora_expand(y2, u, w, meta)
+    return y
 
 
 # -- IA3 ------------------------------------------------------------------------------------------------
@@ -219,7 +252,8 @@ def _ia3(
     else:
         from kernels import triton_ia3
 
-        triton_ia3.ia3_scale(t2, w, meta, out)
+        with device_guard(device):
+            triton_ia3.ia3_scale(t2, w, meta, out)
     return t if inplace else out.view(t.shape)
 
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply
+from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply, resolve_backend
+from kernels.variants import LoraGeometry
 
 from ..attr_forwarding import ForwardingModule
 from .context import ContextHolder, RowContext
@@ -138,6 +139,11 @@ class MultiLinear(_MultiBase):
             device=w.device,
         )
 
+    def kernel_geometry(self) -> LoraGeometry:
+        """What this layer's pools look like to the kernels (what `warm_up_kernels` compiles for)."""
+        dtype = self.base_layer.weight.dtype
+        return LoraGeometry(self.in_features, self.out_features, self._budget.rank_capacity, dtype, dtype)
+
     # -- loading ---------------------------------------------------------------------------------
     def load_lora(self, slot: int, t: LoraTensors) -> None:
         w = self.base_layer.weight
@@ -232,6 +238,25 @@ class MultiLinear(_MultiBase):
             ia3_scale_output(y, self.ia3_out, meta)
         y = y.view(*lead, self.out_features)
         return self._apply_overrides(x, y, ctx) if self.overrides else y
+
+
+def warm_up_kernels(model: nn.Module, max_batch_tokens: int) -> int:
+    """Compile the Triton variants every adapted linear layer of `model` can launch (kernels/warmup.py), so
+    that no batch compiles inside an engine step; a no-op unless the layers run Triton (CUDA, compiled).
+    Returns the number of variants launched."""
+    layers = [m for m in model.modules() if isinstance(m, MultiLinear)]
+    if not layers:
+        return 0
+    device = layers[0].base_layer.weight.device
+    if device.type != "cuda" or resolve_backend(device) != "triton":
+        return 0
+    from kernels import triton_lora
+    from kernels.warmup import warmup
+
+    if triton_lora.INTERPRETED:
+        return 0
+    geometries = {layer.kernel_geometry() for layer in layers}
+    return len(warmup(geometries, max_batch_tokens=max_batch_tokens, device=device))
 
 
 class MultiEmbedding(_MultiBase):
