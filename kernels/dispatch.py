@@ -40,7 +40,10 @@ Backend = Literal["triton", "torch"]
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> Backend:
     """The backend an op on tensors of `device` runs with (see the module docstring for the rules)."""
-    choice = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    choice = backend or os.environ.get(ENV_VAR) or "auto"
+    if choice == "auto" and device.type == "cuda":  # the serving case, first: no string work, no import
+        return "triton" if _has_triton() else "torch"
+    choice = choice.strip().lower()
     if choice not in ("auto", "triton", "torch"):
         raise BackendError(
             f"unknown kernels backend {choice!r} (from backend= or {ENV_VAR}); use auto, triton or torch"
@@ -219,18 +222,19 @@ def lora_apply(
         y (the same tensor).
     """
     w = _lora_weights(weights)
-    _check_meta(meta, w.num_slots, w.device)
-    x2 = _rows(x, "x", w.in_features, meta, w.device)
-    y2 = _rows(y, "y", w.out_features, meta, w.device)
-    if resolve_backend(w.device, backend) == "torch":
+    device = w.device
+    _check_meta(meta, w.num_slots, device)
+    x2 = _rows(x, "x", w.in_features, meta, device)
+    y2 = _rows(y, "y", w.out_features, meta, device)
+    if resolve_backend(device, backend) == "torch":
         if not grouped.lora_apply_grouped(y2, x2, w, meta):
-            u = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=w.device)  # (T, R)
+            u = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
             reference.lora_expand(y2, reference.lora_shrink(x2, w, meta, u), w, meta)
         return y
     from kernels import triton_lora
 
-    u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=w.device)  # (T, R)
-    with device_guard(w.device):
+    u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
+    with device_guard(device):
         triton_lora.lora_shrink(x2, w, meta, u)
         triton_lora.lora_expand(y2, u, w, meta)
     return y

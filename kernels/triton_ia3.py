@@ -14,7 +14,7 @@ from torch import Tensor
 
 from kernels.ia3_pool import IA3Weights
 from kernels.metadata import BatchMeta
-from kernels.variants import ia3_variant_key
+from kernels.variants import cdiv, ia3_variant_key
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def ia3_scale(t: Tensor, w: IA3Weights, meta: BatchMeta, out: Tensor) -> Tensor:
         return out
     copy = out.data_ptr() != t.data_ptr()
     block_f = ia3_variant_key(w.features, w.vectors.dtype, t.dtype, copy=copy).block_f
-    f_blocks = triton.cdiv(w.features, block_f)
+    f_blocks = cdiv(w.features, block_f)
     grid = (meta.num_tokens * f_blocks,)
     _ia3_scale_kernel[grid](
         t, out, w.vectors, w.slot_page, meta.token_slots,

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
-from kernels.variants import BLOCK_R, Variant, variant_key
+from kernels.variants import BLOCK_R, Variant, cdiv, variant_key
 
 try:  # decided once, at import, exactly as `triton.jit` decides it
     from triton import knobs
@@ -256,8 +256,8 @@ def sgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tens
     if meta.num_segments == 0 or w.max_rank == 0:
         return out
     v = lora_variant("shrink", w, x.dtype, meta, decode=False)
-    m_blocks = triton.cdiv(meta.max_seg_len, v.block_m)
-    r_blocks = triton.cdiv(w.max_rank, BLOCK_R)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
+    r_blocks = cdiv(w.max_rank, BLOCK_R)
     grid = (meta.num_segments * m_blocks * r_blocks,)
     _sgmv_shrink_kernel[grid](
         x, w.a_pages, out, w.page_table, w.ranks,
@@ -275,8 +275,8 @@ def sgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
     if meta.num_segments == 0 or w.max_rank == 0:
         return y
     v = lora_variant("expand", w, y.dtype, meta, decode=False)
-    m_blocks = triton.cdiv(meta.max_seg_len, v.block_m)
-    n_blocks = triton.cdiv(w.out_features, v.block_f)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
+    n_blocks = cdiv(w.out_features, v.block_f)
     grid = (meta.num_segments * m_blocks * n_blocks,)
     _sgmv_expand_kernel[grid](
         u, w.bt_pages, y, w.page_table, w.ranks, w.scales,
@@ -294,7 +294,7 @@ def bgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tens
     if meta.num_segments == 0 or w.max_rank == 0:
         return out
     v = lora_variant("shrink", w, x.dtype, meta, decode=True)
-    r_blocks = triton.cdiv(w.max_rank, BLOCK_R)
+    r_blocks = cdiv(w.max_rank, BLOCK_R)
     grid = (meta.num_tokens * r_blocks,)
     _bgmv_shrink_kernel[grid](
         x, w.a_pages, out, w.page_table, w.ranks, meta.token_slots,
@@ -310,7 +310,7 @@ def bgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
     if meta.num_segments == 0 or w.max_rank == 0:
         return y
     v = lora_variant("expand", w, y.dtype, meta, decode=True)
-    n_blocks = triton.cdiv(w.out_features, v.block_f)
+    n_blocks = cdiv(w.out_features, v.block_f)
     grid = (meta.num_tokens * n_blocks,)
     _bgmv_expand_kernel[grid](
         u, w.bt_pages, y, w.page_table, w.ranks, w.scales, meta.token_slots,

@@ -18,6 +18,7 @@ imports no Triton: the engine and the tests can enumerate variants anywhere.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -40,6 +41,11 @@ class Variant(NamedTuple):
     copy: bool = False  # IA3 only: out of place (rows without an adapter are copied)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) on host ints (`triton.cdiv` is a jitted function: ~10 µs per call from Python)."""
+    return -(-a // b)
+
+
 def pow2_clamp(n: int, lo: int, hi: int) -> int:
     """The power of two >= n, clamped to [lo, hi]."""
     p = 1
@@ -53,6 +59,7 @@ def block_m_for(max_seg_len: int) -> int:
     return pow2_clamp(max_seg_len, BLOCK_M_CHOICES[0], BLOCK_M_CHOICES[-1])
 
 
+@functools.lru_cache(maxsize=1024)  # called on every launch: a lookup, not the arithmetic
 def variant_key(
     stage: Stage,
     features: int,
@@ -75,6 +82,7 @@ def variant_key(
     return Variant(f"sgmv_{stage}", features, block_m, pow2_clamp(features, 16, 128), weight_dtype, act_dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def ia3_variant_key(
     features: int, vector_dtype: torch.dtype, act_dtype: torch.dtype, *, copy: bool
 ) -> Variant:
