@@ -9,6 +9,9 @@ slot ids, and call the ops below from each module's forward:
     y = base_linear(x)                                              # x (T, in_f), y (T, out_f)
     lora_apply(y, x, pool, meta)                                    # in place; rows with slot -1 untouched
 
+Serving: `warmup(geometries, max_batch_tokens=..., device=...)` compiles every Triton variant a batch can ask
+for (`kernels.variants`), so none compiles mid-serving; decode outputs are batch-invariant (no split-K).
+
 Backends: Triton on CUDA tensors, the PyTorch reference elsewhere; `SWAPYARD_KERNELS=triton|torch|auto` or
 `backend=` forces one. Triton is imported only when a Triton backend runs, so this package imports without it.
 """
@@ -26,6 +29,8 @@ from kernels.errors import BackendError, KernelError, PoolFullError, ShapeError,
 from kernels.ia3_pool import IA3Pool, IA3Weights
 from kernels.metadata import BatchMeta, build_decode_meta, build_prefill_meta
 from kernels.pool import LoraPool, LoraWeights
+from kernels.variants import LoraGeometry, Variant, variant_key
+from kernels.warmup import warmup
 
 __all__ = [
     "ENV_VAR",
@@ -34,11 +39,13 @@ __all__ = [
     "IA3Pool",
     "IA3Weights",
     "KernelError",
+    "LoraGeometry",
     "LoraPool",
     "LoraWeights",
     "PoolFullError",
     "ShapeError",
     "SlotError",
+    "Variant",
     "build_decode_meta",
     "build_prefill_meta",
     "ia3_scale_input",
@@ -47,4 +54,6 @@ __all__ = [
     "lora_expand",
     "lora_shrink",
     "resolve_backend",
+    "variant_key",
+    "warmup",
 ]

@@ -240,23 +240,26 @@ class MultiLinear(_MultiBase):
         return self._apply_overrides(x, y, ctx) if self.overrides else y
 
 
-def warm_up_kernels(model: nn.Module, max_batch_tokens: int) -> int:
+def kernel_geometries(model: nn.Module) -> set[LoraGeometry]:
+    """The distinct shapes of `model`'s adapted linear layers, as the kernels see them."""
+    return {m.kernel_geometry() for m in model.modules() if isinstance(m, MultiLinear)}
+
+
+def warm_up_kernels(model: Any, max_batch_tokens: int) -> int:
     """Compile the Triton variants every adapted linear layer of `model` can launch (kernels/warmup.py), so
     that no batch compiles inside an engine step; a no-op unless the layers run Triton (CUDA, compiled).
     Returns the number of variants launched."""
-    layers = [m for m in model.modules() if isinstance(m, MultiLinear)]
-    if not layers:
+    if not isinstance(model, nn.Module):
         return 0
-    device = layers[0].base_layer.weight.device
-    if device.type != "cuda" or resolve_backend(device) != "triton":
+    layer = next((m for m in model.modules() if isinstance(m, MultiLinear)), None)
+    device = layer.base_layer.weight.device if layer is not None else None
+    if device is None or device.type != "cuda" or resolve_backend(device) != "triton":
         return 0
-    from kernels import triton_lora
-    from kernels.warmup import warmup
+    from kernels import triton_lora, warmup
 
     if triton_lora.INTERPRETED:
         return 0
-    geometries = {layer.kernel_geometry() for layer in layers}
-    return len(warmup(geometries, max_batch_tokens=max_batch_tokens, device=device))
+    return len(warmup(kernel_geometries(model), max_batch_tokens=max_batch_tokens, device=device))
 
 
 class MultiEmbedding(_MultiBase):

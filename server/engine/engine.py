@@ -153,7 +153,8 @@ class Engine(PagedPath, PaddedPath):
         else:
             log.info("padded engine path: %s", self.padded_reason)
         if self.device.type == "cuda":  # compile every kernel variant now, not inside a step (issue 18)
-            tokens = self.paging.batch_tokens(self.device) if self.paged else self.limits.max_total_tokens
+            padded_tokens = self.max_batch_size * self.limits.max_total_tokens
+            tokens = self.paging.batch_tokens(self.device) if self.paged else padded_tokens
             log.info("warmed up %d kernel variants", warm_up_kernels(self.model, tokens))
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()

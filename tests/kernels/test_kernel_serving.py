@@ -29,7 +29,7 @@ from kernels import (
 from kernels import triton_ia3 as ti
 from kernels import triton_lora as tk
 from kernels.metadata import BatchMeta
-from kernels.variants import LoraGeometry, serving_variants, variant_key
+from kernels.variants import LoraGeometry, Stage, serving_variants, variant_key
 from kernels.warmup import warmup
 
 interpreted = pytest.mark.skipif(not tk.INTERPRETED, reason="CPU Triton tests need TRITON_INTERPRET=1")
@@ -186,15 +186,11 @@ def test_variant_keys_of_every_batch_are_in_the_serving_set() -> None:
     """The pure form of the test above: the key the launchers compute, for every batch, is enumerated."""
     g = GEOMETRY
     allowed = serving_variants(g, MAX_BATCH_TOKENS)
+    stages: list[tuple[Stage, int]] = [("shrink", g.in_features), ("expand", g.out_features)]
     for meta in engine_batches(MAX_BATCH_TOKENS):
-        for stage, features in (("shrink", g.in_features), ("expand", g.out_features)):
+        for stage, features in stages:
             key = variant_key(
-                stage,  # type: ignore[arg-type]
-                features,
-                g.weight_dtype,
-                g.act_dtype,
-                decode=meta.decode,
-                max_seg_len=meta.max_seg_len,
+                stage, features, g.weight_dtype, g.act_dtype, decode=meta.decode, max_seg_len=meta.max_seg_len
             )
             assert key in allowed, (meta.num_tokens, meta.max_seg_len, key)
     assert {v.block_m for v in allowed} == {0, 16, 32, 64}
