@@ -6,8 +6,8 @@ Three timings, medians of interleaved repetitions, on a tiny layer (so the arith
 - launch path: `kernels.lora_apply(..., backend="triton")` with the Triton kernels replaced by no-op
   recorders: everything a GPU call does on the host except Triton's own launch (backend choice, pool views,
   validation, the `u` buffer and its memset, launch sizing, the device guard);
-- layer, launch path: a `MultiLinear` (q_proj-like, LoRA only) forward in a decode batch, same stubs, minus
-  the bare `F.linear` (so: the wrapper's own host work plus the LoRA call);
+- layer, launch path: a `MultiLinear` (q_proj-like, LoRA only) forward in a decode batch, same stubs, and
+  the same minus the bare `F.linear` (the wrapper's own host work plus the LoRA call);
 - ia3 launch path: `kernels.ia3_scale_output(..., backend="triton")`, stubbed likewise.
 
 Run (from the checkout to measure; PYTHONPATH picks the code):
@@ -61,15 +61,18 @@ def stub_kernels() -> None:
                 setattr(module, name, _NoLaunch())
 
 
-def median_us(fn: Callable[[], object], reps: int) -> float:
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median µs of each fn, repetitions interleaved so that load changes (a shared CPU) hit all alike."""
     for _ in range(50):
-        fn()
-    samples = []
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) * 1e6 for name, s in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,16 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     holder.current = RowContext(list(slots))
     x3 = x.view(rows, 1, h)
 
-    timings = {
-        "lora_apply (launch path)": median_us(
-            lambda: lora_apply(y, x, pool, meta, backend="triton"), args.reps
-        ),
-        "ia3_scale_output (launch path)": median_us(
-            lambda: ia3_scale_output(y, ia3, meta, backend="triton"), args.reps
-        ),
-        "MultiLinear forward - F.linear (launch path)": median_us(lambda: layer(x3), args.reps)
-        - median_us(lambda: F.linear(x3, base.weight), args.reps),
-    }
+    timings = interleaved_medians(
+        {
+            "lora_apply (launch path)": lambda: lora_apply(y, x, pool, meta, backend="triton"),
+            "ia3_scale_output (launch path)": lambda: ia3_scale_output(y, ia3, meta, backend="triton"),
+            "MultiLinear forward (launch path)": lambda: layer(x3),
+            "F.linear alone": lambda: F.linear(x3, base.weight),
+        },
+        args.reps,
+    )
+    timings["MultiLinear forward - F.linear"] = (
+        timings["MultiLinear forward (launch path)"] - timings["F.linear alone"]
+    )
     print(f"torch {torch.__version__}, 1 thread, decode batch of {rows} rows, hidden {h}, {args.reps} reps")
     print("| host work per call | median µs |")
     print("|---|---|")

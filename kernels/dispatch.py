@@ -115,7 +115,9 @@ def _check_meta(meta: BatchMeta, num_slots: int, device: torch.device) -> None:
 
 
 def _lora_weights(weights: LoraPool | LoraWeights) -> LoraWeights:
-    w = weights.weights if isinstance(weights, LoraPool) else weights
+    if isinstance(weights, LoraPool):
+        return weights.weights  # its arenas and tables are contiguous by construction
+    w = weights
     if w.a_pages.stride(1) != 1 or w.bt_pages.stride(1) != 1 or not w.page_table.is_contiguous():
         raise ShapeError("LoraWeights pages must have contiguous rows and page_table must be contiguous")
     return w
