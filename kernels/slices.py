@@ -9,8 +9,11 @@ equals the single-module op on its pool:
     ys[s][t, n] <- round( ys[s][t, n] + scale_s[slot] * sum_{j < r_s[slot]} u~[s, t, j] * B_s[slot][n, j] )
 
 Shapes: x (T, H_in) shared; u (n, T, R) float32 (R: the pools' common rank capacity); ys[s] (T, H_out_s),
-any strides. On the torch backend the ops run the reference once per slice (`reference_*`); on Triton one
-launch covers every slice (`kernels.triton_fused`).
+any strides. On the torch backend the ops run the reference once per slice (`reference_*`; static decode
+metadata is refused there, as by `lora_shrink`); on Triton one launch covers every slice
+(`kernels.triton_fused`, under the weights' `device_guard`), with the single-module launch's programs: a
+decode row's result is the single-module BGMV's bit for bit (batch-invariant), and static decode metadata
+runs the per-token programs with fixed shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from kernels import reference
-from kernels.dispatch import _check_meta, _lora_weights, _rows, resolve_backend
+from kernels.dispatch import _check_meta, _lora_weights, _not_static, _rows, device_guard, resolve_backend
 from kernels.errors import ShapeError
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraPool, LoraWeights
@@ -83,10 +86,12 @@ def lora_shrink_slices(
     else:
         out.zero_()
     if resolve_backend(w0.device, backend) == "torch":
+        _not_static(meta, "lora_shrink_slices")
         return reference_shrink_slices(x, ws, meta, out)
     from kernels import triton_fused
 
-    return triton_fused.lora_shrink_slices(x, ws, meta, out)
+    with device_guard(w0.device):
+        return triton_fused.lora_shrink_slices(x, ws, meta, out)
 
 
 def lora_expand_slices(
@@ -112,8 +117,10 @@ def lora_expand_slices(
             f"{tuple(u.shape)} on {u.device}"
         )
     if resolve_backend(w0.device, backend) == "torch":
+        _not_static(meta, "lora_expand_slices")
         reference_expand_slices(y2, u, ws, meta)
         return
     from kernels import triton_fused
 
-    triton_fused.lora_expand_slices(y2, u, ws, meta)
+    with device_guard(w0.device):
+        triton_fused.lora_expand_slices(y2, u, ws, meta)
