@@ -2,8 +2,10 @@
 
 - every Triton launch group runs under its tensors' device (`device_guard`), not the thread's current one;
 - no batch the engine can form launches a variant `kernels.warmup` did not compile (so nothing compiles
-  mid-serving): recorded on the real launch arguments, constexprs and Triton's integer specialisations;
-- a decode row's output is bit-identical alone and inside batches of 1..256 rows (reference and interpreter).
+  mid-serving): recorded on the real launch arguments, constexprs and Triton's integer specialisations, for
+  the single-module kernels, the multi-slice shrink of sibling groups and (opt-in policy) shared decode;
+- a decode row's output is bit-identical alone and inside batches of 1..256 rows (reference and interpreter),
+  through the multi-slice kernels too (bit-identical to the single-module BGMV).
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from kernels import (
     ia3_scale_input,
     ia3_scale_output,
     lora_apply,
+    lora_expand,
     reference,
+    variants,
 )
+from kernels import triton_fused as tf
 from kernels import triton_ia3 as ti
 from kernels import triton_lora as tk
+from kernels import triton_shared_decode as sd
 from kernels.metadata import BatchMeta
+from kernels.slices import lora_expand_slices, lora_shrink_slices
 from kernels.variants import LoraGeometry, Stage, serving_variants, variant_key
 from kernels.warmup import warmup
 
@@ -126,6 +133,8 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[tuple[Any, ...]]]
     seen: set[tuple[Any, ...]] = set()
     for module, names in (
         (tk, ("sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand")),
+        (sd, ("sgmv_shrink", "sgmv_expand")),  # imported by name there: the same compiled kernels
+        (tf, ("sgmv_shrink_slices", "bgmv_shrink_slices", "sgmv_expand_slices", "bgmv_expand_slices")),
         (ti, ("ia3_scale",)),
     ):
         for name in names:
@@ -160,16 +169,27 @@ def _ia3_pool(features: int) -> Any:
     return pool
 
 
-@interpreted
-def test_every_engine_batch_launches_a_warmed_up_variant(monkeypatch: pytest.MonkeyPatch) -> None:
-    g = GEOMETRY
-    with recording(monkeypatch) as warmed:
-        warmup([g], max_batch_tokens=MAX_BATCH_TOKENS, device="cpu")
-    pool = LoraPool.from_adapters(
-        [(torch.randn(r, g.in_features), torch.randn(g.out_features, r), 1.0) for r in (4, 20)],
+def _lora_pool(g: LoraGeometry, ranks: tuple[int, ...]) -> LoraPool:
+    return LoraPool.from_adapters(
+        [(torch.randn(r, g.in_features), torch.randn(g.out_features, r), 1.0) for r in ranks],
         dtype=g.weight_dtype,
         rank_capacity=g.rank_capacity,
     )
+
+
+@interpreted
+@pytest.mark.parametrize("policy", ["bgmv", "shared"])
+def test_every_engine_batch_launches_a_warmed_up_variant(
+    monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    """As a layer serves: the single-module ops, and a sibling group's multi-slice shrink followed by its
+    members' own expands (adapters_core/multi/fused.py); the warm-up saw the geometry as `sliced`."""
+    g = GEOMETRY._replace(sliced=True)
+    monkeypatch.setattr(variants, "_policy", policy)
+    with recording(monkeypatch) as warmed:
+        warmup([g], max_batch_tokens=MAX_BATCH_TOKENS, device="cpu")
+    monkeypatch.setattr(variants, "_policy", policy)  # recording() undoes every patch on exit
+    pool, sibling = _lora_pool(g, (4, 20)), _lora_pool(g, (20, 4))
     ia3_in, ia3_out = _ia3_pool(g.in_features), _ia3_pool(g.out_features)
     with recording(monkeypatch) as served:
         for meta in engine_batches(MAX_BATCH_TOKENS):
@@ -177,8 +197,13 @@ def test_every_engine_batch_launches_a_warmed_up_variant(monkeypatch: pytest.Mon
             y = torch.randn(meta.num_tokens, g.out_features, dtype=g.act_dtype)
             x = ia3_scale_input(x, ia3_in, meta, backend="triton")
             lora_apply(y, x, pool, meta, backend="triton")
+            u = lora_shrink_slices(x, [pool, sibling], meta, backend="triton")  # (2, T, R)
+            lora_expand(y, u[1], sibling, meta, backend="triton")
             ia3_scale_output(y, ia3_out, meta, backend="triton")
-    assert {s[0] for s in served} == {"sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand", "ia3_scale"}
+    kernels = {"sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand", "ia3_scale"}
+    assert {s[0] for s in served} == kernels | {"sgmv_shrink_slices", "bgmv_shrink_slices"}
+    wide = {s for s in served if ("BLOCK_R", 32) in s[2]}  # the shared decode's rank block (rank 20)
+    assert bool(wide) == (policy == "shared")
     assert served <= warmed, f"compiled mid-serving: {sorted(served - warmed, key=str)}"
 
 
@@ -203,6 +228,11 @@ def test_warmup_launches_the_serving_set_for_real() -> None:
     lora = {v for v in launched if v.kernel != "ia3_scale"}
     assert lora == serving_variants(GEOMETRY, MAX_BATCH_TOKENS)
     assert {(v.features, v.copy) for v in launched - lora} == {(24, True), (40, False)}
+    sliced = GEOMETRY._replace(sliced=True)
+    launched = warmup([sliced], max_batch_tokens=MAX_BATCH_TOKENS, device="cpu", ia3=False, policy="shared")
+    assert launched == serving_variants(sliced, MAX_BATCH_TOKENS, "shared")
+    assert {v.block_r for v in launched if v.block_m} == {16, 32}  # rank capacity 32: blocks of 16 and 32
+    assert {v.kernel for v in launched} >= {"sgmv_shrink_slices", "bgmv_shrink_slices"}
 
 
 # -- batch invariance -----------------------------------------------------------------------------------
@@ -276,3 +306,40 @@ def test_triton_decode_row_is_batch_invariant(dtype: torch.dtype) -> None:
         return lora_apply(y.clone(), x, pool, meta, backend="triton")
 
     assert_row_invariant(apply, pool, h_in, dtype)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_row_is_batch_invariant_and_equals_bgmv(dtype: torch.dtype) -> None:
+    """A sibling group's decode (multi-slice shrink, then each member's expand as fused.py runs it, and the
+    multi-slice expand) gives a row the same bits alone and in any batch, equal to the single-module BGMV."""
+    h_in, h_out = 16, 16
+    gen = torch.Generator().manual_seed(6)
+    sibling = [
+        (torch.randn(r, h_in, generator=gen), torch.randn(h_out, r, generator=gen), 2.0) for r in (5, 9, 2, 7)
+    ]
+    first = invariance_pool(h_in, h_out, dtype)
+    cap = first.weights.rank_capacity
+    # slices differ in every slot's weights and ranks (rank_pattern)
+    pools = [first, LoraPool.from_adapters([*sibling, None], dtype=dtype, rank_capacity=cap)]
+
+    def single(y: torch.Tensor, x: torch.Tensor, meta: BatchMeta) -> list[torch.Tensor]:
+        return [lora_apply(y.clone(), x, p, meta, backend="triton") for p in pools]
+
+    def fused(y: torch.Tensor, x: torch.Tensor, meta: BatchMeta) -> list[torch.Tensor]:
+        u = lora_shrink_slices(x, pools, meta, backend="triton")  # (2, T, R)
+        per_member = [lora_expand(y.clone(), u[s], p, meta, backend="triton") for s, p in enumerate(pools)]
+        sliced = [y.clone(), y.clone()]
+        lora_expand_slices(sliced, u, pools, meta, backend="triton")
+        for a, b in zip(per_member, sliced):
+            assert torch.equal(a, b)
+        return per_member
+
+    for slot in (1, 0):
+        alone = None
+        for meta, x, y, at in decode_batches(pools[0], h_in, slot, dtype):
+            rows = [out[at] for out in fused(y, x, meta)]
+            assert all(not torch.equal(r, y[at]) for r in rows)  # every slice's adapter changes the row
+            assert all(torch.equal(a[at], b) for a, b in zip(single(y, x, meta), rows)), "fused != BGMV"
+            alone = rows if alone is None else alone
+            assert all(torch.equal(r, a) for r, a in zip(rows, alone)), f"batch of {meta.num_tokens}"
