@@ -71,19 +71,24 @@ def lora_shrink_slices(
     *,
     out: Tensor | None = None,
     backend: str | None = None,
+    zeroed: bool = True,
 ) -> Tensor:
     """Shrink of every slice of a group in one launch. x: (T, H_in) or (..., H_in); returns u (n, T, R)
-    float32 (`out`, zeroed first, when given)."""
+    float32 (`out`, zeroed first, when given). `zeroed=False` skips the zeroing (a memset launch on a GPU):
+    then only the entries an expand reads are defined (tokens with a slot, j < r_s[slot]; every kernel and the
+    reference write at least those), which is all a sibling group needs (adapters_core/multi/fused.py)."""
     ws = group_weights(pools)
     w0 = ws[0]
     _check_meta(meta, min(w.num_slots for w in ws), w0.device)
     x = _rows(x, "x", w0.in_features, meta, w0.device)
     shape = (len(ws), meta.num_tokens, w0.rank_capacity)
     if out is None:
-        out = torch.zeros(shape, dtype=torch.float32, device=w0.device)  # (n, T, R)
+        out = (torch.zeros if zeroed else torch.empty)(
+            shape, dtype=torch.float32, device=w0.device
+        )  # (n, T, R)
     elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != w0.device:
         raise ShapeError(f"out must be float32 {shape} on {w0.device}, got {out.dtype} {tuple(out.shape)}")
-    else:
+    elif zeroed:
         out.zero_()
     if resolve_backend(w0.device, backend) == "torch":
         _not_static(meta, "lora_shrink_slices")
