@@ -12,6 +12,11 @@ The slice is the last grid axis; a program picks its slice's pointers (`_pick`) 
 body of the single-module kernel of `kernels.triton_lora` (same blocks, same order of operations), so a
 slice's result is bit-identical to the single-module launch. Slices may differ in output width and in each
 slot's rank (rank_pattern); they share `in_features`, the rank capacity `R` and the dtype.
+
+As in `kernels.triton_lora`: no split-K and no atomics (a decode row's u is the single-module BGMV's bit for
+bit, so batch-invariant), launch variants from `kernels.variants.variant_key` (`sliced=True`; `kernels.warmup`
+compiles them for `sliced` geometries), the batch-dependent integers (`m_blocks`, `r_blocks`, the slice
+stride `T * R` of u) not specialised on; decode takes the segment tiles only under the "shared" decode policy.
 """
 
 from __future__ import annotations
