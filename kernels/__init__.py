@@ -9,6 +9,11 @@ slot ids, and call the ops below from each module's forward:
     y = base_linear(x)                                              # x (T, in_f), y (T, out_f)
     lora_apply(y, x, pool, meta)                                    # in place; rows with slot -1 untouched
 
+Serving: `warmup(geometries, max_batch_tokens=..., device=...)` compiles every Triton variant a batch can ask
+for (`kernels.variants`), so none compiles mid-serving; decode outputs are batch-invariant (no split-K, and
+decode runs per-token BGMV). `set_decode_policy("shared")` (or `SWAPYARD_SHARED_DECODE=1`) opts into the
+shared-adapter decode kernels: faster when rows share adapters, not batch-invariant (kernels/variants.py).
+
 Backends: Triton on CUDA tensors, the PyTorch reference elsewhere; `SWAPYARD_KERNELS=triton|torch|auto` or
 `backend=` forces one. Triton is imported only when a Triton backend runs, so this package imports without it.
 """
@@ -26,6 +31,8 @@ from kernels.errors import BackendError, KernelError, PoolFullError, ShapeError,
 from kernels.ia3_pool import IA3Pool, IA3Weights
 from kernels.metadata import BatchMeta, build_decode_meta, build_prefill_meta
 from kernels.pool import LoraPool, LoraWeights
+from kernels.variants import LoraGeometry, Variant, decode_policy, set_decode_policy, variant_key
+from kernels.warmup import warmup
 
 __all__ = [
     "ENV_VAR",
@@ -34,17 +41,23 @@ __all__ = [
     "IA3Pool",
     "IA3Weights",
     "KernelError",
+    "LoraGeometry",
     "LoraPool",
     "LoraWeights",
     "PoolFullError",
     "ShapeError",
     "SlotError",
+    "Variant",
     "build_decode_meta",
     "build_prefill_meta",
+    "decode_policy",
     "ia3_scale_input",
     "ia3_scale_output",
     "lora_apply",
     "lora_expand",
     "lora_shrink",
     "resolve_backend",
+    "set_decode_policy",
+    "variant_key",
+    "warmup",
 ]

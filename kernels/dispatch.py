@@ -8,10 +8,19 @@ tests run the kernels); it is an error otherwise, never a silent fall-back.
 Shapes: `T` tokens (`BatchMeta.num_tokens`), `S` slots, `R` = `LoraWeights.rank_capacity`. Activations are
 2-D `(T, H)` with any strides (a column slice of a fused projection works), or N-D `(..., H)` when a view to
 `(T, H)` exists; N-D inputs are updated through that view, so in-place ops stay in place.
+
+Devices: Triton launches on the *current* CUDA device, so every Triton launch group runs under
+`device_guard(tensors' device)`; a pool on cuda:1 never launches on cuda:0 whatever the calling thread set.
+
+Cost per call: whether Triton is installed is looked up once (the environment variable is still read on
+every call, so changing it takes effect); `lora_apply` validates once and lets the Triton
+shrink write its `u` without zeroing it first (no split-K: nothing accumulates into it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 from typing import Literal
@@ -31,12 +40,15 @@ Backend = Literal["triton", "torch"]
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> Backend:
     """The backend an op on tensors of `device` runs with (see the module docstring for the rules)."""
-    choice = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    choice = backend or os.environ.get(ENV_VAR) or "auto"
+    if choice == "auto" and device.type == "cuda":  # the serving case, first: no string work, no import
+        return "triton" if _has_triton() else "torch"
+    choice = choice.strip().lower()
     if choice not in ("auto", "triton", "torch"):
         raise BackendError(
             f"unknown kernels backend {choice!r} (from backend= or {ENV_VAR}); use auto, triton or torch"
         )
-    has_triton = importlib.util.find_spec("triton") is not None
+    has_triton = _has_triton()
     if choice == "torch" or (choice == "auto" and not (device.type == "cuda" and has_triton)):
         return "torch"
     if not has_triton:
@@ -52,6 +64,20 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> Backend
                 "importing kernels (tests do), or use backend 'torch'"
             )
     return "triton"
+
+
+@functools.cache
+def _has_triton() -> bool:
+    """Looked up once: `find_spec` scans the import path (tens of microseconds, on every op before)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """What a Triton launch group runs under: `torch.cuda.device(device)` for CUDA tensors (Triton launches
+    on the current device, which need not be the tensors'), nothing otherwise (CPU, the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 # -- validation -----------------------------------------------------------------------------------------
@@ -97,7 +123,9 @@ def _not_static(meta: BatchMeta, op: str) -> None:
 
 
 def _lora_weights(weights: LoraPool | LoraWeights) -> LoraWeights:
-    w = weights.weights if isinstance(weights, LoraPool) else weights
+    if isinstance(weights, LoraPool):
+        return weights.weights  # its arenas and tables are contiguous by construction
+    w = weights
     if w.a_pages.stride(1) != 1 or w.bt_pages.stride(1) != 1 or not w.page_table.is_contiguous():
         raise ShapeError("LoraWeights pages must have contiguous rows and page_table must be contiguous")
     return w
@@ -151,7 +179,8 @@ def lora_shrink(
         return reference.lora_shrink(x, w, meta, out)
     from kernels import triton_lora
 
-    return triton_lora.lora_shrink(x, w, meta, out)
+    with device_guard(w.device):
+        return triton_lora.lora_shrink(x, w, meta, out)
 
 
 def lora_expand(
@@ -182,7 +211,8 @@ def lora_expand(
     else:
         from kernels import triton_lora
 
-        triton_lora.lora_expand(y2, u, w, meta)
+        with device_guard(w.device):
+            triton_lora.lora_expand(y2, u, w, meta)
     return y
 
 
@@ -195,7 +225,10 @@ def lora_apply(
         y[t] += scale[s] * (x[t] @ A[s].T) @ B[s].T    for s = meta.token_slots[t] >= 0 (rounding as in the two ops)
 
     On the torch backend the batch runs through `kernels.grouped` (two batched matmuls for all segments)
-    unless padding would more than double the work; then through the per-segment reference.
+    unless padding would more than double the work; then through the per-segment reference; static decode
+    metadata through `kernels.static_bgmv` (fixed shapes). On Triton both launches share one device guard and
+    `u` is not zeroed (the shrink writes every entry the expand reads); decode (static included) runs BGMV
+    unless the decode policy is "shared" (`kernels.variants`).
 
     Args:
         y: (T, H_out) base-layer output, updated in place; x: (T, H_in) the layer's input.
@@ -203,17 +236,25 @@ def lora_apply(
         y (the same tensor).
     """
     w = _lora_weights(weights)
-    if resolve_backend(w.device, backend) == "torch":
-        _check_meta(meta, w.num_slots, w.device)
-        x2 = _rows(x, "x", w.in_features, meta, w.device)
-        y2 = _rows(y, "y", w.out_features, meta, w.device)
+    device = w.device
+    _check_meta(meta, w.num_slots, device)
+    x2 = _rows(x, "x", w.in_features, meta, device)
+    y2 = _rows(y, "y", w.out_features, meta, device)
+    if resolve_backend(device, backend) == "torch":
         if meta.static:  # a step captured for replay: fixed shapes, no host reads of the slots
             static_bgmv.lora_apply_static(y2, x2, w, meta.token_slots)
-            return y
-        if grouped.lora_apply_grouped(y2, x2, w, meta):
-            return y
-    u = lora_shrink(x, weights, meta, backend=backend)  # (T, R)
-    return lora_expand(y, u, weights, meta, backend=backend)
+        elif not grouped.lora_apply_grouped(y2, x2, w, meta):
+            u = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
+            reference.lora_expand(y2, reference.lora_shrink(x2, w, meta, u), w, meta)
+        return y
+    from kernels import triton_lora
+
+    # Static metadata takes BGMV here (it reads token_slots alone; grid = T x rank blocks): fixed shapes.
+    u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
+    with device_guard(device):
+        triton_lora.lora_shrink(x2, w, meta, u)
+        triton_lora.lora_expand(y2, u, w, meta)
+    return y
 
 
 # -- IA3 ------------------------------------------------------------------------------------------------
@@ -232,7 +273,8 @@ def _ia3(
     else:
         from kernels import triton_ia3
 
-        triton_ia3.ia3_scale(t2, w, meta, out)
+        with device_guard(device):
+            triton_ia3.ia3_scale(t2, w, meta, out)
     return t if inplace else out.view(t.shape)
 
 

@@ -71,6 +71,7 @@ class IA3Pool:
         self.slot_page = torch.full((num_slots,), -1, dtype=torch.int64, device=dev)  # (S,)
         self._page_of: dict[int, int] = {}
         self._free = list(range(self.num_pages - 1, -1, -1))  # stack: lowest page first
+        self._weights = IA3Weights(vectors=self.vectors, slot_page=self.slot_page)  # views: built once
 
     @property
     def num_slots(self) -> int:
@@ -82,7 +83,7 @@ class IA3Pool:
 
     @property
     def weights(self) -> IA3Weights:
-        return IA3Weights(vectors=self.vectors, slot_page=self.slot_page)
+        return self._weights
 
     def page_of(self, slot: int) -> int | None:
         check_slot(slot, self.num_slots)

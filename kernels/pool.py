@@ -23,6 +23,7 @@ module's pool and share one `BatchMeta` across modules, even when the adapter ta
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,7 @@ class LoraWeights:
     def dtype(self) -> torch.dtype:
         return self.a_pages.dtype
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
         return self.a_pages.device
 
@@ -178,6 +179,7 @@ class LoraPool:
         self.page_start = torch.full((num_slots,), -1, dtype=torch.int64, device=dev)  # (S,)
         self._pages: dict[int, list[int]] = {}  # slot -> its pages, host side
         self._alloc = _PageAllocator(self.num_pages)
+        self._weights: LoraWeights | None = None  # the views, cached until the next load / evict
 
     @classmethod
     def from_adapters(
@@ -248,7 +250,12 @@ class LoraPool:
 
     @property
     def weights(self) -> LoraWeights:
-        """The views the ops read (no copy)."""
+        """The views the ops read (no copy); built once per load / evict, not on every op."""
+        if self._weights is None:
+            self._weights = self._views()
+        return self._weights
+
+    def _views(self) -> LoraWeights:
         return LoraWeights(
             a_pages=self.a_pages,
             bt_pages=self.bt_pages,
@@ -311,6 +318,7 @@ class LoraPool:
         self.page_start[slot] = pages[0] if contiguous else -1
         self.ranks[slot] = r
         self._pages[slot] = pages
+        self._weights = None
 
     def evict(self, slot: int) -> None:
         """Empty `slot`: its rank becomes 0 (the ops skip it) and its pages return to the free list.
@@ -324,3 +332,4 @@ class LoraPool:
         self.scales[slot] = 0.0
         self.page_start[slot] = -1
         self._alloc.free(self._pages.pop(slot))
+        self._weights = None

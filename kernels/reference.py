@@ -9,6 +9,12 @@ follow operation for operation:
 - the shrink result `u` is float32; expand rounds it to the weights' dtype before multiplying (as Punica and
   vLLM do), multiplies the float32 sum by `scale`, adds it to `y` in float32 and rounds once to `y.dtype`.
 
+Batch invariance: a token's result must not depend on its batch-mates (greedy decoding would diverge), but
+a BLAS matmul picks its kernel, and so its summation order, by the number of rows (MKL gives a row of an
+(n, H) @ (H, r) product different bits for n = 1 and n = 2). So on decode metadata every product is a
+batch of one-row matmuls (`_mm` with `rowwise`): each row is its own (1, K) @ (K, N) problem, computed the
+same way for any n. Prefill keeps whole-segment matmuls (2-3x faster on long segments).
+
 Work is done per segment on contiguous slices (one gather of the batch's rows up front, one scatter back),
 and an adapter whose pages form one run is read as a view, so no weights are copied in float32 pools. The
 LoRA ops read the pool's small slot tables on the host (`.tolist()`): free on CPU, a sync on CUDA, where
@@ -33,6 +39,17 @@ def _adapter_rows(arena: Tensor, w: LoraWeights, slot: int, rank: int, page_star
     return arena.index_select(0, w.page_table[slot, :rank])
 
 
+def _mm(rows: Tensor, mat: Tensor, rowwise: bool, out: Tensor | None = None) -> Tensor:
+    """rows (n, K) @ mat (K, N) -> (n, N); `rowwise`: as n one-row problems (see the module docstring)."""
+    if not rowwise:
+        return torch.mm(rows, mat, out=out)
+    n = rows.shape[0]
+    result = torch.bmm(rows.unsqueeze(1), mat.unsqueeze(0).expand(n, -1, -1)).squeeze(
+        1
+    )  # (n, N), no copy of mat
+    return result if out is None else out.copy_(result)
+
+
 def lora_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
     """Reference of `kernels.lora_shrink`: out[t, :r] = x[t] @ A[slot].T for tokens with an adapter.
 
@@ -49,7 +66,7 @@ def lora_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tens
         if r == 0:
             continue
         a = _adapter_rows(w.a_pages, w, slot, r, page_start).float()  # (r, H_in)
-        us[start : start + length, :r] = xs[start : start + length] @ a.t()
+        us[start : start + length, :r] = _mm(xs[start : start + length], a.t(), meta.decode)
     out.index_copy_(0, order, us)
     return out
 
@@ -72,7 +89,7 @@ def lora_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
             continue
         bt = _adapter_rows(w.bt_pages, w, slot, r, page_start).float()  # (r, H_out)
         rows = delta[start : start + length]  # (n, H_out), contiguous
-        torch.mm(us[start : start + length, :r], bt, out=rows).mul_(scales[slot])
+        _mm(us[start : start + length, :r], bt, meta.decode, out=rows).mul_(scales[slot])
         touched = True
     if touched:
         ys = y.index_select(0, order).float() + delta  # (Ta, H_out)

@@ -9,8 +9,11 @@ equals the single-module op on its pool:
     ys[s][t, n] <- round( ys[s][t, n] + scale_s[slot] * sum_{j < r_s[slot]} u~[s, t, j] * B_s[slot][n, j] )
 
 Shapes: x (T, H_in) shared; u (n, T, R) float32 (R: the pools' common rank capacity); ys[s] (T, H_out_s),
-any strides. On the torch backend the ops run the reference once per slice (`reference_*`); on Triton one
-launch covers every slice (`kernels.triton_fused`).
+any strides. On the torch backend the ops run the reference once per slice (`reference_*`; static decode
+metadata is refused there, as by `lora_shrink`); on Triton one launch covers every slice
+(`kernels.triton_fused`, under the weights' `device_guard`), with the single-module launch's programs: a
+decode row's result is the single-module BGMV's bit for bit (batch-invariant), and static decode metadata
+runs the per-token programs with fixed shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from kernels import reference
-from kernels.dispatch import _check_meta, _lora_weights, _rows, resolve_backend
+from kernels.dispatch import _check_meta, _lora_weights, _not_static, _rows, device_guard, resolve_backend
 from kernels.errors import ShapeError
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraPool, LoraWeights
@@ -68,25 +71,32 @@ def lora_shrink_slices(
     *,
     out: Tensor | None = None,
     backend: str | None = None,
+    zeroed: bool = True,
 ) -> Tensor:
     """Shrink of every slice of a group in one launch. x: (T, H_in) or (..., H_in); returns u (n, T, R)
-    float32 (`out`, zeroed first, when given)."""
+    float32 (`out`, zeroed first, when given). `zeroed=False` skips the zeroing (a memset launch on a GPU):
+    then only the entries an expand reads are defined (tokens with a slot, j < r_s[slot]; every kernel and the
+    reference write at least those), which is all a sibling group needs (adapters_core/multi/fused.py)."""
     ws = group_weights(pools)
     w0 = ws[0]
     _check_meta(meta, min(w.num_slots for w in ws), w0.device)
     x = _rows(x, "x", w0.in_features, meta, w0.device)
     shape = (len(ws), meta.num_tokens, w0.rank_capacity)
     if out is None:
-        out = torch.zeros(shape, dtype=torch.float32, device=w0.device)  # (n, T, R)
+        out = (torch.zeros if zeroed else torch.empty)(
+            shape, dtype=torch.float32, device=w0.device
+        )  # (n, T, R)
     elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != w0.device:
         raise ShapeError(f"out must be float32 {shape} on {w0.device}, got {out.dtype} {tuple(out.shape)}")
-    else:
+    elif zeroed:
         out.zero_()
     if resolve_backend(w0.device, backend) == "torch":
+        _not_static(meta, "lora_shrink_slices")
         return reference_shrink_slices(x, ws, meta, out)
     from kernels import triton_fused
 
-    return triton_fused.lora_shrink_slices(x, ws, meta, out)
+    with device_guard(w0.device):
+        return triton_fused.lora_shrink_slices(x, ws, meta, out)
 
 
 def lora_expand_slices(
@@ -112,8 +122,10 @@ def lora_expand_slices(
             f"{tuple(u.shape)} on {u.device}"
         )
     if resolve_backend(w0.device, backend) == "torch":
+        _not_static(meta, "lora_expand_slices")
         reference_expand_slices(y2, u, ws, meta)
         return
     from kernels import triton_fused
 
-    triton_fused.lora_expand_slices(y2, u, ws, meta)
+    with device_guard(w0.device):
+        triton_fused.lora_expand_slices(y2, u, ws, meta)

@@ -12,6 +12,11 @@ The slice is the last grid axis; a program picks its slice's pointers (`_pick`) 
 body of the single-module kernel of `kernels.triton_lora` (same blocks, same order of operations), so a
 slice's result is bit-identical to the single-module launch. Slices may differ in output width and in each
 slot's rank (rank_pattern); they share `in_features`, the rank capacity `R` and the dtype.
+
+As in `kernels.triton_lora`: no split-K and no atomics (a decode row's u is the single-module BGMV's bit for
+bit, so batch-invariant), launch variants from `kernels.variants.variant_key` (`sliced=True`; `kernels.warmup`
+compiles them for `sliced` geometries), the batch-dependent integers (`m_blocks`, `r_blocks`, the slice
+stride `T * R` of u) not specialised on; decode takes the segment tiles only under the "shared" decode policy.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
-from kernels.triton_lora import BLOCK_R, _dot_precision, _pow2_clamp, _split_k, _upcast_dot
-from kernels.triton_shared_decode import shared_block_r, use_shared_decode
+from kernels.triton_lora import _dot_precision, _upcast_dot
+from kernels.variants import BLOCK_R, Variant, cdiv, shared_block_r, takes_shared, variant_key
 
 MAX_SLICES = 3  # q/k/v: the widest group a model has
 T = TypeVar("T")
@@ -43,14 +49,14 @@ def _pick(sid, p0, p1, p2):
     return p
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m_blocks", "r_blocks", "stride_us"])  # stride_us = T * R varies
 def _sgmv_shrink_slices_kernel(
     x_ptr, a0_ptr, a1_ptr, a2_ptr, pt0_ptr, pt1_ptr, pt2_ptr, rk0_ptr, rk1_ptr, rk2_ptr, u_ptr,
     token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
-    in_features, m_blocks, r_blocks, k_per_split,
+    in_features, m_blocks, r_blocks,
     stride_xt, stride_xk, stride_ap, stride_pts, stride_us, stride_ut, stride_ur,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
     a_ptr = _pick(sid, a0_ptr, a1_ptr, a2_ptr)
@@ -76,12 +82,10 @@ def _sgmv_shrink_slices_kernel(
     mask_r = offs_r < rank
     page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
 
-    k_start = tl.program_id(1) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, in_features)
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(0, in_features, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < in_features
         x = tl.load(
             x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk,
             mask=mask_m[:, None] & mask_k[None, :],
@@ -97,20 +101,19 @@ def _sgmv_shrink_slices_kernel(
             acc += tl.dot(x.to(tl.float32), a.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(x, a, input_precision=DOT_PRECISION)
-    u_ptrs = u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur
-    mask = mask_m[:, None] & mask_r[None, :]
-    if SPLIT_K == 1:
-        tl.store(u_ptrs, acc, mask=mask)
-    else:
-        tl.atomic_add(u_ptrs, acc, mask=mask)
+    tl.store(
+        u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur,
+        acc,
+        mask=mask_m[:, None] & mask_r[None, :],
+    )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r_blocks", "stride_us"])
 def _bgmv_shrink_slices_kernel(
     x_ptr, a0_ptr, a1_ptr, a2_ptr, pt0_ptr, pt1_ptr, pt2_ptr, rk0_ptr, rk1_ptr, rk2_ptr, u_ptr,
-    token_slots_ptr, in_features, r_blocks, k_per_split,
+    token_slots_ptr, in_features, r_blocks,
     stride_xt, stride_xk, stride_ap, stride_pts, stride_us, stride_ut, stride_ur,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
     a_ptr = _pick(sid, a0_ptr, a1_ptr, a2_ptr)
@@ -130,12 +133,10 @@ def _bgmv_shrink_slices_kernel(
     mask_r = offs_r < rank
     page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
 
-    k_start = tl.program_id(1) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, in_features)
     acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(0, in_features, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < in_features
         x = tl.load(x_ptr + tok * stride_xt + offs_k * stride_xk, mask=mask_k, other=0.0)  # (BK,)
         x = x.to(a_ptr.dtype.element_ty).to(tl.float32)
         a = tl.load(
@@ -144,14 +145,10 @@ def _bgmv_shrink_slices_kernel(
             other=0.0,
         )  # (BR, BK)
         acc += tl.sum(a.to(tl.float32) * x[None, :], axis=1)
-    u_ptrs = u_ptr + tok * stride_ut + offs_r * stride_ur
-    if SPLIT_K == 1:
-        tl.store(u_ptrs, acc, mask=mask_r)
-    else:
-        tl.atomic_add(u_ptrs, acc, mask=mask_r)
+    tl.store(u_ptr + tok * stride_ut + offs_r * stride_ur, acc, mask=mask_r)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m_blocks", "stride_us"])
 def _sgmv_expand_slices_kernel(
     u_ptr, bt0_ptr, bt1_ptr, bt2_ptr, y0_ptr, y1_ptr, y2_ptr, pt0_ptr, pt1_ptr, pt2_ptr,
     rk0_ptr, rk1_ptr, rk2_ptr, sc0_ptr, sc1_ptr, sc2_ptr, nf0, nf1, nf2, syt0, syt1, syt2, syn0, syn1, syn2,
@@ -219,7 +216,7 @@ def _sgmv_expand_slices_kernel(
     tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_us"])
 def _bgmv_expand_slices_kernel(
     u_ptr, bt0_ptr, bt1_ptr, bt2_ptr, y0_ptr, y1_ptr, y2_ptr, pt0_ptr, pt1_ptr, pt2_ptr,
     rk0_ptr, rk1_ptr, rk2_ptr, sc0_ptr, sc1_ptr, sc2_ptr, nf0, nf1, nf2, syt0, syt1, syt2, syn0, syn1, syn2,
@@ -279,44 +276,62 @@ def _pad(items: Sequence[T]) -> list[T]:
     return [*items, *[items[0]] * (MAX_SLICES - len(items))]
 
 
-def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, out: Tensor) -> Tensor:
+def slices_variant(
+    stage: str, ws: Sequence[LoraWeights], act_dtype: torch.dtype, meta: BatchMeta, *, shared: bool
+) -> Variant:
+    """The variant a multi-slice launch uses (`kernels.variants.variant_key`, sliced): per-token for decode,
+    segment tiles for prefill and, with `shared`, for decode rows sharing adapters (wide rank block)."""
+    max_rank = max(w.max_rank for w in ws)
+    features = ws[0].in_features if stage == "shrink" else max(w.out_features for w in ws)
+    return variant_key(
+        "shrink" if stage == "shrink" else "expand",
+        features,
+        ws[0].dtype,
+        act_dtype,
+        decode=meta.decode and not shared,
+        max_seg_len=meta.max_seg_len,
+        block_r=shared_block_r(max_rank) if shared else BLOCK_R,
+        sliced=True,
+    )
+
+
+def lora_shrink_slices(
+    x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, out: Tensor, *, shared: bool | None = None
+) -> Tensor:
     """out[s, t, :r_s] = x[t] @ A_s[slot].T for every slice s, one launch. x: (T, H_in); out: (n, T, R)
-    float32, zeroed. The programs of the single-module launch of the same batch: per-token (BGMV) for
-    decode, segment tiles (SGMV) for prefill and for decode rows that share adapters (`use_shared_decode`)."""
+    float32; writes exactly the entries expand reads. The programs of the single-module launch of the same
+    batch (same blocks, same reduction order): per-token (BGMV) for decode, so a decode row's u is the
+    single-module BGMV's bit for bit and batch-invariant; segment tiles (SGMV) for prefill and, under the
+    "shared" decode policy, for decode rows that share adapters (`kernels.variants.takes_shared`; `shared`
+    forces the choice: how `kernels.warmup` reaches the wide rank blocks)."""
     max_rank = max(w.max_rank for w in ws)
     if meta.num_segments == 0 or max_rank == 0:
         return out
     w0 = ws[0]
-    r_blocks = triton.cdiv(max_rank, BLOCK_R)
     a = _pad([w.a_pages for w in ws])
     pt = _pad([w.page_table for w in ws])
     rk = _pad([w.ranks for w in ws])
     common = (out.stride(0), out.stride(1), out.stride(2))
-    if meta.decode and not use_shared_decode(meta):
-        block_k = _pow2_clamp(w0.in_features, 16, 256)
-        splits, k_per_split = _split_k(
-            meta.token_order.shape[0] * r_blocks, w0.in_features, block_k, x.device, None
-        )
-        _bgmv_shrink_slices_kernel[(meta.num_tokens * r_blocks, splits, len(ws))](
-            x, *a, *pt, *rk, out, meta.token_slots, w0.in_features, r_blocks, k_per_split,
+    if shared is None:
+        shared = meta.decode and takes_shared(meta)
+    v = slices_variant("shrink", ws, x.dtype, meta, shared=shared)
+    if v.block_m == 0:  # per-token
+        r_blocks = cdiv(max_rank, BLOCK_R)
+        _bgmv_shrink_slices_kernel[(meta.num_tokens * r_blocks, 1, len(ws))](
+            x, *a, *pt, *rk, out, meta.token_slots, w0.in_features, r_blocks,
             x.stride(0), x.stride(1), w0.a_pages.stride(0), w0.page_table.stride(0), *common,
-            BLOCK_R=BLOCK_R, BLOCK_K=block_k, SPLIT_K=splits,
+            BLOCK_R=BLOCK_R, BLOCK_K=v.block_f,
         )  # fmt: skip
         return out
     # Prefill, or decode rows sharing adapters (kernels/triton_shared_decode.py): dot tiles of a segment's
-    # rows; in decode one rank block as wide as the largest rank (<= 64), so x is read once.
-    block_r = shared_block_r(max_rank) if meta.decode else BLOCK_R
-    r_blocks = triton.cdiv(max_rank, block_r)
-    block_m = _pow2_clamp(meta.max_seg_len, 16, 64)
-    block_k = _pow2_clamp(w0.in_features, 16, 128)
-    m_blocks = triton.cdiv(meta.max_seg_len, block_m)
-    tiles = sum(triton.cdiv(n, block_m) for n in meta.host_seg_lens) * r_blocks
-    splits, k_per_split = _split_k(tiles, w0.in_features, block_k, x.device, None)
-    _sgmv_shrink_slices_kernel[(meta.num_segments * m_blocks * r_blocks, splits, len(ws))](
+    # rows; in shared decode one rank block as wide as the largest rank (<= 64), so x is read once.
+    r_blocks = cdiv(max_rank, v.block_r)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
+    _sgmv_shrink_slices_kernel[(meta.num_segments * m_blocks * r_blocks, 1, len(ws))](
         x, *a, *pt, *rk, out, meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
-        w0.in_features, m_blocks, r_blocks, k_per_split,
+        w0.in_features, m_blocks, r_blocks,
         x.stride(0), x.stride(1), w0.a_pages.stride(0), w0.page_table.stride(0), *common,
-        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_K=block_k, SPLIT_K=splits, DOT_PRECISION=_dot_precision(w0),
+        BLOCK_M=v.block_m, BLOCK_R=v.block_r, BLOCK_K=v.block_f, DOT_PRECISION=_dot_precision(w0),
         UPCAST_DOT=_upcast_dot(w0),
     )  # fmt: skip
     return out
@@ -324,7 +339,7 @@ def lora_shrink_slices(x: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta, ou
 
 def lora_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights], meta: BatchMeta) -> None:
     """ys[s][t] += scale_s[slot] * u[s, t, :r_s] @ B_s[slot].T for every slice s, in place, one launch.
-    ys[s]: (T, H_out_s), any strides; u: (n, T, R) float32."""
+    ys[s]: (T, H_out_s), any strides; u: (n, T, R) float32. Programs as `lora_shrink_slices` chooses them."""
     max_rank = max(w.max_rank for w in ws)
     if meta.num_segments == 0 or max_rank == 0:
         return
@@ -341,22 +356,19 @@ def lora_expand_slices(ys: Sequence[Tensor], u: Tensor, ws: Sequence[LoraWeights
         *_pad([y.stride(1) for y in ys]),
         *_pad([w.bt_pages.stride(0) for w in ws]),
     )
-    if meta.decode and not use_shared_decode(meta):
-        block_n = _pow2_clamp(widest, 16, 256)
-        n_blocks = triton.cdiv(widest, block_n)
+    shared = meta.decode and takes_shared(meta)
+    v = slices_variant("expand", ws, ys[0].dtype, meta, shared=shared)
+    n_blocks = cdiv(widest, v.block_f)
+    if v.block_m == 0:
         _bgmv_expand_slices_kernel[(meta.num_tokens * n_blocks, len(ws))](
             u, *per_slice, meta.token_slots, n_blocks, u.stride(0), u.stride(1), u.stride(2),
-            w0.page_table.stride(0), BLOCK_N=block_n, BLOCK_R=BLOCK_R,
+            w0.page_table.stride(0), BLOCK_N=v.block_f, BLOCK_R=BLOCK_R,
         )  # fmt: skip
         return
-    block_m = _pow2_clamp(meta.max_seg_len, 16, 64)
-    block_n = _pow2_clamp(widest, 16, 128)
-    m_blocks = triton.cdiv(meta.max_seg_len, block_m)
-    n_blocks = triton.cdiv(widest, block_n)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
     _sgmv_expand_slices_kernel[(meta.num_segments * m_blocks * n_blocks, len(ws))](
         u, *per_slice, meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         m_blocks, n_blocks, u.stride(0), u.stride(1), u.stride(2), w0.page_table.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=shared_block_r(max_rank) if meta.decode else BLOCK_R,
-        DOT_PRECISION=_dot_precision(w0),
+        BLOCK_M=v.block_m, BLOCK_N=v.block_f, BLOCK_R=v.block_r, DOT_PRECISION=_dot_precision(w0),
         UPCAST_DOT=_upcast_dot(w0),
     )  # fmt: skip

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from kernels.ia3_pool import IA3Weights
 from kernels.metadata import BatchMeta
+from kernels.variants import cdiv, ia3_variant_key
 
 
 @triton.jit
@@ -45,13 +46,14 @@ def ia3_scale(t: Tensor, w: IA3Weights, meta: BatchMeta, out: Tensor) -> Tensor:
     """out[i] = t[i] * l[slot(i)] (float32 product); `out` may be `t`. t, out: (T, F); returns `out`."""
     if meta.num_tokens == 0:
         return out
-    block_f = max(16, min(1024, triton.next_power_of_2(w.features)))
-    f_blocks = triton.cdiv(w.features, block_f)
+    copy = out.data_ptr() != t.data_ptr()
+    block_f = ia3_variant_key(w.features, w.vectors.dtype, t.dtype, copy=copy).block_f
+    f_blocks = cdiv(w.features, block_f)
     grid = (meta.num_tokens * f_blocks,)
     _ia3_scale_kernel[grid](
         t, out, w.vectors, w.slot_page, meta.token_slots,
         w.features, f_blocks,
         t.stride(0), t.stride(1), out.stride(0), out.stride(1), w.vectors.stride(0),
-        BLOCK_F=block_f, COPY_UNSCALED=out.data_ptr() != t.data_ptr(),
+        BLOCK_F=block_f, COPY_UNSCALED=copy,
     )  # fmt: skip
     return out

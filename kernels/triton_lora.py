@@ -10,13 +10,21 @@ its float32 -> bfloat16 casts truncate instead of rounding to nearest, so CPU te
 
 Launch shapes (host-side, from `BatchMeta`'s host fields; no device sync):
 - SGMV: a program per (segment tile of BLOCK_M tokens, rank block | output block); tiles past a segment's
-  end exit at once. Shrink may split the reduction over H_in (SPLIT_K) and accumulate with atomics.
-- BGMV: a program per (token, rank block | output block); tokens without an adapter exit at once.
+  end exit at once.
+- BGMV: a program per (token, rank block | output block); tokens without an adapter exit at once. It reads
+  `token_slots` alone, so static decode metadata (a captured CUDA graph's) runs it with fixed shapes.
+  Decode metadata always runs BGMV unless the decode policy is "shared" (`kernels.variants`).
+
+Batch invariance: there is no split-K. Every program reduces over all of H_in (shrink) or the slot's rank
+(expand) itself, in an order fixed by the layer's geometry, and stores its result: no atomics, so a decode
+row's output is bit-identical alone or among any batch-mates, and `u` needs no zeroing (the kernels write
+every entry expand reads). Variants (the constexprs) come from `kernels.variants.variant_key`, a small fixed
+set that `kernels.warmup` compiles at start-up; the integer arguments that vary with the batch or the loaded
+ranks (`m_blocks`, `r_blocks`) are not specialised on, so no batch compiles mid-serving.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -26,6 +34,7 @@ from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
+from kernels.variants import BLOCK_R, Variant, cdiv, variant_key
 
 try:  # decided once, at import, exactly as `triton.jit` decides it
     from triton import knobs
@@ -34,17 +43,15 @@ try:  # decided once, at import, exactly as `triton.jit` decides it
 except ImportError:  # Triton < 3.3
     INTERPRETED = os.environ.get("TRITON_INTERPRET", "").lower() in {"1", "true", "on", "yes"}
 
-BLOCK_R = 16  # rank block: the padding a slot can cost is < 16 lanes, masked (no memory traffic)
 
-
-@triton.jit
+@triton.jit(do_not_specialize=["m_blocks", "r_blocks"])  # they vary with the batch / loaded ranks
 def _sgmv_shrink_kernel(
     x_ptr, a_ptr, u_ptr, page_table_ptr, ranks_ptr,
     token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
-    in_features, m_blocks, r_blocks, k_per_split,
+    in_features, m_blocks, r_blocks,
     stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     seg = pid // (m_blocks * r_blocks)
@@ -65,12 +72,10 @@ def _sgmv_shrink_kernel(
     mask_r = offs_r < rank
     page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
 
-    k_start = tl.program_id(1) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, in_features)
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(0, in_features, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < in_features
         x = tl.load(
             x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk,
             mask=mask_m[:, None] & mask_k[None, :],
@@ -87,14 +92,10 @@ def _sgmv_shrink_kernel(
         else:
             acc += tl.dot(x, a, input_precision=DOT_PRECISION)
     u_ptrs = u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur
-    mask = mask_m[:, None] & mask_r[None, :]
-    if SPLIT_K == 1:
-        tl.store(u_ptrs, acc, mask=mask)
-    else:
-        tl.atomic_add(u_ptrs, acc, mask=mask)
+    tl.store(u_ptrs, acc, mask=mask_m[:, None] & mask_r[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m_blocks"])
 def _sgmv_expand_kernel(
     u_ptr, bt_ptr, y_ptr, page_table_ptr, ranks_ptr, scales_ptr,
     token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
@@ -148,12 +149,12 @@ def _sgmv_expand_kernel(
     tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r_blocks"])
 def _bgmv_shrink_kernel(
     x_ptr, a_ptr, u_ptr, page_table_ptr, ranks_ptr, token_slots_ptr,
-    in_features, r_blocks, k_per_split,
+    in_features, r_blocks,
     stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     tok = (pid // r_blocks).to(tl.int64)
@@ -168,12 +169,10 @@ def _bgmv_shrink_kernel(
     mask_r = offs_r < rank
     page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
 
-    k_start = tl.program_id(1) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, in_features)
     acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(0, in_features, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < in_features
         x = tl.load(x_ptr + tok * stride_xt + offs_k * stride_xk, mask=mask_k, other=0.0)  # (BK,)
         x = x.to(a_ptr.dtype.element_ty).to(tl.float32)
         a = tl.load(
@@ -182,11 +181,7 @@ def _bgmv_shrink_kernel(
             other=0.0,
         )  # (BR, BK)
         acc += tl.sum(a.to(tl.float32) * x[None, :], axis=1)
-    u_ptrs = u_ptr + tok * stride_ut + offs_r * stride_ur
-    if SPLIT_K == 1:
-        tl.store(u_ptrs, acc, mask=mask_r)
-    else:
-        tl.atomic_add(u_ptrs, acc, mask=mask_r)
+    tl.store(u_ptr + tok * stride_ut + offs_r * stride_ur, acc, mask=mask_r)
 
 
 @triton.jit
@@ -230,29 +225,28 @@ def _bgmv_expand_kernel(
 # -- launchers ------------------------------------------------------------------------------------------
 
 
-def _pow2_clamp(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
-
-
-@functools.lru_cache(maxsize=8)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _split_k(
-    programs: int, in_features: int, block_k: int, device: torch.device, split_k: int | None
-) -> tuple[int, int]:
-    """(SPLIT_K, k_per_split): split the H_in reduction until ~2 programs per SM (CUDA only by default)."""
-    blocks_k = triton.cdiv(in_features, block_k)
-    if split_k is None:
-        split_k = 1
-        if device.type == "cuda":
-            split_k = min(
-                32, blocks_k, max(1, triton.cdiv(2 * _num_sms(device.index or 0), max(programs, 1)))
-            )
-    split_k = max(1, min(split_k, blocks_k))
-    k_per_split = triton.cdiv(blocks_k, split_k) * block_k
-    return triton.cdiv(in_features, k_per_split), k_per_split
+def lora_variant(
+    stage: str,
+    w: LoraWeights,
+    act_dtype: torch.dtype,
+    meta: BatchMeta,
+    decode: bool,
+    *,
+    block_r: int = BLOCK_R,
+    sliced: bool = False,
+) -> Variant:
+    """The variant a launch of `stage` uses: `kernels.variants.variant_key` on this pool and batch."""
+    features = w.in_features if stage == "shrink" else w.out_features
+    return variant_key(
+        "shrink" if stage == "shrink" else "expand",
+        features,
+        w.dtype,
+        act_dtype,
+        decode=decode,
+        max_seg_len=meta.max_seg_len,
+        block_r=block_r,
+        sliced=sliced,
+    )
 
 
 def _dot_precision(w: LoraWeights) -> str:
@@ -265,25 +259,23 @@ def _upcast_dot(w: LoraWeights) -> bool:
     return INTERPRETED and w.dtype == torch.bfloat16
 
 
-def sgmv_shrink(
-    x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor, *, split_k: int | None = None
-) -> Tensor:
-    """Segment shrink: out[t, :r] = x[t] @ A[slot].T. x: (T, H_in); out: (T, R) float32, zeroed."""
+def sgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
+    """Segment shrink: out[t, :r] = x[t] @ A[slot].T. x: (T, H_in); out: (T, R) float32.
+
+    Writes exactly the entries expand reads (tokens with a slot, j < r[slot]); leaves the rest as they are.
+    """
     if meta.num_segments == 0 or w.max_rank == 0:
         return out
-    block_m = _pow2_clamp(meta.max_seg_len, 16, 64)
-    block_k = _pow2_clamp(w.in_features, 16, 128)
-    m_blocks = triton.cdiv(meta.max_seg_len, block_m)
-    r_blocks = triton.cdiv(w.max_rank, BLOCK_R)
-    tiles = sum(triton.cdiv(n, block_m) for n in meta.host_seg_lens) * r_blocks
-    splits, k_per_split = _split_k(tiles, w.in_features, block_k, x.device, split_k)
-    grid = (meta.num_segments * m_blocks * r_blocks, splits)
+    v = lora_variant("shrink", w, x.dtype, meta, decode=False)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
+    r_blocks = cdiv(w.max_rank, BLOCK_R)
+    grid = (meta.num_segments * m_blocks * r_blocks,)
     _sgmv_shrink_kernel[grid](
         x, w.a_pages, out, w.page_table, w.ranks,
         meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
-        w.in_features, m_blocks, r_blocks, k_per_split,
+        w.in_features, m_blocks, r_blocks,
         x.stride(0), x.stride(1), w.a_pages.stride(0), w.page_table.stride(0), out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_R=BLOCK_R, BLOCK_K=block_k, SPLIT_K=splits, DOT_PRECISION=_dot_precision(w),
+        BLOCK_M=v.block_m, BLOCK_R=BLOCK_R, BLOCK_K=v.block_f, DOT_PRECISION=_dot_precision(w),
         UPCAST_DOT=_upcast_dot(w),
     )  # fmt: skip
     return out
@@ -293,39 +285,33 @@ def sgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
     """Segment expand: y[t] += scale[slot] * u[t, :r] @ B[slot].T in place. y: (T, H_out); u: (T, R)."""
     if meta.num_segments == 0 or w.max_rank == 0:
         return y
-    block_m = _pow2_clamp(meta.max_seg_len, 16, 64)
-    block_n = _pow2_clamp(w.out_features, 16, 128)
-    m_blocks = triton.cdiv(meta.max_seg_len, block_m)
-    n_blocks = triton.cdiv(w.out_features, block_n)
+    v = lora_variant("expand", w, y.dtype, meta, decode=False)
+    m_blocks = cdiv(meta.max_seg_len, v.block_m)
+    n_blocks = cdiv(w.out_features, v.block_f)
     grid = (meta.num_segments * m_blocks * n_blocks,)
     _sgmv_expand_kernel[grid](
         u, w.bt_pages, y, w.page_table, w.ranks, w.scales,
         meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         w.out_features, m_blocks, n_blocks,
         u.stride(0), u.stride(1), w.bt_pages.stride(0), w.page_table.stride(0), y.stride(0), y.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=BLOCK_R, DOT_PRECISION=_dot_precision(w),
+        BLOCK_M=v.block_m, BLOCK_N=v.block_f, BLOCK_R=BLOCK_R, DOT_PRECISION=_dot_precision(w),
         UPCAST_DOT=_upcast_dot(w),
     )  # fmt: skip
     return y
 
 
-def bgmv_shrink(
-    x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor, *, split_k: int | None = None
-) -> Tensor:
+def bgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
     """Per-token shrink, same math as `sgmv_shrink`; reads `meta.token_slots` (any order, no sort)."""
     if meta.num_segments == 0 or w.max_rank == 0:
         return out
-    block_k = _pow2_clamp(w.in_features, 16, 256)
-    r_blocks = triton.cdiv(w.max_rank, BLOCK_R)
-    splits, k_per_split = _split_k(
-        meta.token_order.shape[0] * r_blocks, w.in_features, block_k, x.device, split_k
-    )
-    grid = (meta.num_tokens * r_blocks, splits)
+    v = lora_variant("shrink", w, x.dtype, meta, decode=True)
+    r_blocks = cdiv(w.max_rank, BLOCK_R)
+    grid = (meta.num_tokens * r_blocks,)
     _bgmv_shrink_kernel[grid](
         x, w.a_pages, out, w.page_table, w.ranks, meta.token_slots,
-        w.in_features, r_blocks, k_per_split,
+        w.in_features, r_blocks,
         x.stride(0), x.stride(1), w.a_pages.stride(0), w.page_table.stride(0), out.stride(0), out.stride(1),
-        BLOCK_R=BLOCK_R, BLOCK_K=block_k, SPLIT_K=splits,
+        BLOCK_R=BLOCK_R, BLOCK_K=v.block_f,
     )  # fmt: skip
     return out
 
@@ -334,30 +320,32 @@ def bgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
     """Per-token expand, same math as `sgmv_expand`; reads `meta.token_slots`."""
     if meta.num_segments == 0 or w.max_rank == 0:
         return y
-    block_n = _pow2_clamp(w.out_features, 16, 256)
-    n_blocks = triton.cdiv(w.out_features, block_n)
+    v = lora_variant("expand", w, y.dtype, meta, decode=True)
+    n_blocks = cdiv(w.out_features, v.block_f)
     grid = (meta.num_tokens * n_blocks,)
     _bgmv_expand_kernel[grid](
         u, w.bt_pages, y, w.page_table, w.ranks, w.scales, meta.token_slots,
         w.out_features, n_blocks,
         u.stride(0), u.stride(1), w.bt_pages.stride(0), w.page_table.stride(0), y.stride(0), y.stride(1),
-        BLOCK_N=block_n, BLOCK_R=BLOCK_R,
+        BLOCK_N=v.block_f, BLOCK_R=BLOCK_R,
     )  # fmt: skip
     return y
 
 
-def lora_shrink(
-    x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor, *, split_k: int | None = None
-) -> Tensor:
-    """Decode metadata: `triton_shared_decode.decode_shrink` (grouped dot or BGMV); `sgmv_shrink` otherwise."""
+def lora_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
+    """Decode metadata: `triton_shared_decode.decode_shrink` (BGMV, or the shared-adapter kernels under the
+    "shared" decode policy); `sgmv_shrink` otherwise."""
+    if not meta.decode:
+        return sgmv_shrink(x, w, meta, out)
     from kernels.triton_shared_decode import decode_shrink
 
-    kernel = decode_shrink if meta.decode else sgmv_shrink
-    return kernel(x, w, meta, out, split_k=split_k)
+    return decode_shrink(x, w, meta, out)
 
 
 def lora_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
-    """Decode metadata: `triton_shared_decode.decode_expand` (grouped dot or BGMV); `sgmv_expand` otherwise."""
+    """Decode metadata: `triton_shared_decode.decode_expand` (as `lora_shrink`); `sgmv_expand` otherwise."""
+    if not meta.decode:
+        return sgmv_expand(y, u, w, meta)
     from kernels.triton_shared_decode import decode_expand
 
-    return (decode_expand if meta.decode else sgmv_expand)(y, u, w, meta)
+    return decode_expand(y, u, w, meta)

@@ -12,7 +12,11 @@ what is shareable without touching the base GEMMs:
   GEMM: a multi-slice expand would need all the members' base outputs at once, i.e. computing k's and v's
   GEMMs inside q_proj's forward, which is wrong wherever k/v read another input and breaks module hooks.
 
-Launches per decode step and block: q/k/v 9 -> 5, gate/up 6 -> 4 (memset + shrink + one expand each).
+Launches per decode step and block: q/k/v 6 -> 4, gate/up 4 -> 3 (a shrink and an expand per module
+unfused; no memset of u either way: the shrink writes every entry an expand reads). On decode batches the
+shared shrink runs the per-token programs of the single-module BGMV (same reduction order, bit-identical,
+batch-invariant) unless the decode policy is "shared" (kernels/variants.py); on static decode metadata (a
+captured CUDA graph) always the per-token programs, which read the slot buffer and never host segments.
 
 Safety: a member uses the stash only when its own `x` is the same storage, shape, strides and version as the
 first member's and the batch metadata is the same object; otherwise it runs its own `lora_apply`. When a
@@ -114,7 +118,8 @@ class SiblingGroup:
             parts = self._taking_part()
             if member not in parts:
                 return False
-            u = lora_shrink_slices(x, [m.lora for m in parts if m.lora is not None], meta)  # (n, T, R)
+            pools = [m.lora for m in parts if m.lora is not None]
+            u = lora_shrink_slices(x, pools, meta, zeroed=False)  # (n, T, R), read only where expand reads
             stash = _Stash(key, x, meta, u, parts, {id(m) for m in parts})
             self._stash = stash
         stash.pending.discard(id(member))

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply
+from kernels import IA3Pool, LoraPool, ia3_scale_input, ia3_scale_output, lora_apply, resolve_backend
+from kernels.variants import LoraGeometry
 
 from ..attr_forwarding import ForwardingModule
 from .context import ContextHolder, RowContext
@@ -181,6 +182,13 @@ class MultiLinear(_MultiBase):
             device=w.device,
         )
 
+    def kernel_geometry(self) -> LoraGeometry:
+        """What this layer's pools look like to the kernels (what `warm_up_kernels` compiles for); `sliced`
+        when it belongs to a sibling group (fused.py: its shrink may run as the multi-slice launch)."""
+        dtype = self.base_layer.weight.dtype
+        cap = self._budget.rank_capacity
+        return LoraGeometry(self.in_features, self.out_features, cap, dtype, dtype, self.group is not None)
+
     # -- loading ---------------------------------------------------------------------------------
     def load_lora(self, slot: int, t: LoraTensors) -> None:
         w = self.base_layer.weight
@@ -275,6 +283,28 @@ class MultiLinear(_MultiBase):
             ia3_scale_output(y, self.ia3_out, meta)
         y = y.view(*lead, self.out_features)
         return self._apply_overrides(x, y, ctx) if self.overrides else y
+
+
+def kernel_geometries(model: nn.Module) -> set[LoraGeometry]:
+    """The distinct shapes of `model`'s adapted linear layers, as the kernels see them."""
+    return {m.kernel_geometry() for m in model.modules() if isinstance(m, MultiLinear)}
+
+
+def warm_up_kernels(model: Any, max_batch_tokens: int) -> int:
+    """Compile the Triton variants every adapted linear layer of `model` can launch (kernels/warmup.py), so
+    that no batch compiles inside an engine step; a no-op unless the layers run Triton (CUDA, compiled).
+    Returns the number of variants launched."""
+    if not isinstance(model, nn.Module):
+        return 0
+    layer = next((m for m in model.modules() if isinstance(m, MultiLinear)), None)
+    device = layer.base_layer.weight.device if layer is not None else None
+    if device is None or device.type != "cuda" or resolve_backend(device) != "triton":
+        return 0
+    from kernels import triton_lora, warmup
+
+    if triton_lora.INTERPRETED:
+        return 0
+    return len(warmup(kernel_geometries(model), max_batch_tokens=max_batch_tokens, device=device))
 
 
 class MultiEmbedding(_MultiBase):

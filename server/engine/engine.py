@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from adapters_core.multi.layers import warm_up_kernels
+
 from ..adapters import AdapterRegistry
 from ..errors import (
     NotReadyError,
@@ -151,6 +153,10 @@ class Engine(JobQueue, PagedPath, PaddedPath):
             self._observe_blocks()
         else:
             log.info("padded engine path: %s", self.padded_reason)
+        if self.device.type == "cuda":  # compile every kernel variant now, not inside a step (issue 18)
+            padded_tokens = self.max_batch_size * self.limits.max_total_tokens
+            tokens = self.paging.batch_tokens(self.device) if self.paged else padded_tokens
+            log.info("warmed up %d kernel variants", warm_up_kernels(self.model, tokens))
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()
 
@@ -252,6 +258,8 @@ class Engine(JobQueue, PagedPath, PaddedPath):
     # -- the loop (engine thread) -----------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        if self.device.type == "cuda":  # kernels launch on the thread's current device (cuda:0 by default)
+            torch.cuda.set_device(self.device)
         while True:
             with self._cond:
                 if not self._has_work():

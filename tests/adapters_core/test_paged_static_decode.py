@@ -13,6 +13,7 @@ from arch_configs import FAMILIES, VOCAB
 from paged_helpers import MiniEngine, Oracles
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import adapters_core.multi.fused as fused
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.multi.layers import MultiLinear
 from adapters_core.paged import SeqChunk, StepPlan, attention
@@ -111,6 +112,35 @@ def test_static_bucket_equals_paged_step_with_padding_rows(oracles: Oracles) -> 
     plan = decode_plan(engine)
     assert runner.why_not(plan) is None
     compare_steps(engine, runner, steps=6)  # block size 4: every row starts a new block on the way
+
+
+@torch.no_grad()
+def test_static_step_on_triton_shares_sibling_shrinks(
+    oracles: Oracles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Triton backend (interpreter) q/k/v and gate/up share one multi-slice shrink on the static metadata
+    too (per-token programs; even under the "shared" decode policy, which would read host segments) and the
+    static step equals paged_step."""
+    if oracles.fam.name != "llama":
+        pytest.skip("the kernels are the same for every family")
+    pytest.importorskip("triton")
+    from kernels import triton_lora, variants
+
+    if not triton_lora.INTERPRETED:
+        pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    engine = prefilled(oracles.multi, ROWS)
+    monkeypatch.setenv("SWAPYARD_KERNELS", "triton")
+    monkeypatch.setattr(variants, "_policy", "shared")
+    static: list[bool] = []
+    real = fused.lora_shrink_slices
+    monkeypatch.setattr(
+        fused,
+        "lora_shrink_slices",
+        lambda x, p, meta, **kw: (static.append(meta.static), real(x, p, meta, **kw))[1],
+    )
+    compare_steps(engine, DecodeGraphRunner(oracles.multi, max_batch=8, use_graphs=False), steps=2)
+    assert set(static) == {True, False}  # the static step's groups fused, and the eager step's
+    assert all(g.enabled for g in oracles.multi._sibling_groups)
 
 
 @torch.no_grad()

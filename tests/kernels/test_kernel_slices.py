@@ -12,11 +12,11 @@ import pytest
 import torch
 from kernel_cases import EPS, assert_close
 
-from kernels import LoraPool, build_decode_meta, build_prefill_meta, lora_expand, lora_shrink
+from kernels import LoraPool, build_decode_meta, build_prefill_meta, lora_expand, lora_shrink, variants
 from kernels import triton_lora as tk
 from kernels.errors import ShapeError
 from kernels.slices import lora_expand_slices, lora_shrink_slices
-from kernels.triton_shared_decode import use_shared_decode
+from kernels.variants import use_shared_decode
 
 H_IN, OUTS, CAP = 48, (40, 24, 24), 32
 # Rank of every slot in every slice: slot 1 is empty in slice 2; slot 3 has rank 32 in slice 0 only.
@@ -85,10 +85,12 @@ def test_reference_slices_equal_the_single_module_reference(decode: bool) -> Non
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("decode", [False, True, "shared"], ids=["sgmv", "bgmv", "shared"])
 def test_triton_slices_equal_reference_and_single_module_launches(
-    decode: bool | str, dtype: torch.dtype
+    decode: bool | str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pools, meta = make_group(dtype), meta_of(decode)
     assert use_shared_decode(meta) == (decode == "shared")
+    if decode == "shared":  # opt-in (the default decode runs BGMV, batch-invariant)
+        monkeypatch.setattr(variants, "_policy", "shared")
     x, ys = inputs(meta, dtype)
     u_ref, y_ref = per_module(x, ys, pools, meta, "torch")
     u_one, y_one = per_module(x, ys, pools, meta, "triton")
