@@ -2,6 +2,5 @@
 
 from .model import LoadedAdapter, MultiAdapterModel
 from .parsed import ParsedAdapter
-from .steps import DecodeState
 
-__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel", "ParsedAdapter"]
+__all__ = ["LoadedAdapter", "MultiAdapterModel", "ParsedAdapter"]
