@@ -291,7 +291,7 @@ def main() -> None:
                 f"{computed * token_bytes / 2**20:.2f} MiB; ratio {used * block_bytes / (computed * token_bytes):.3f}"
             )
             print(
-                f"padded (N x longest at the end): {ROWS} x {longest} x {token_bytes} B = {ROWS * longest * token_bytes / 2**20:.2f} MiB; "
+                f"a static padded batch (N x longest at the end): {ROWS} x {longest} x {token_bytes} B = {ROWS * longest * token_bytes / 2**20:.2f} MiB; "
                 f"the paged rows' real tokens at the end: {sum(res['lengths']) + ROWS * NEW} -> ratio padded/real {ROWS * longest / (sum(res['lengths']) + ROWS * NEW):.2f}"
             )
         if "itl" not in args.skip:
