@@ -2,15 +2,15 @@
 
 1. throughput: 32 concurrent requests (prompts of 16-400 tokens, rows spread over the base and 4 LoRA
    adapters), 32 new greedy tokens each (EOS ignored), served in process through `Engine.submit_generate` by
-   the engine on the paged path at several `--max-batch-tokens`, by the same engine forced onto the padded
-   path, and by transformers' static batched `generate` (left padding) through PEFT's mixed batch
-   (`adapter_names`); base-only `generate` for scale. Every system's tokens are checked equal.
+   the engine at several `--max-batch-tokens`, and by transformers' static batched `generate` (left padding)
+   through PEFT's mixed batch (`adapter_names`); base-only `generate` for scale. Every system's tokens are
+   checked equal. (The engine's old padded path is gone; its recorded numbers stay in bench/README.md.)
 2. inter-token latency of running rows while a 1,500-token prompt is admitted (step times from the engine's
    emit stage): p99 during its admission vs steady p99.
-3. memory of one decode step at 256 and 2,048 tokens of context, paged step vs padded step: the peak of the
-   bytes alive at once among the storages the step's ops create (the transient memory above the steady state;
-   a TorchDispatchMode that follows each storage until its last tensor dies), the cumulative total, and what
-   is still alive after the step (kept by the model's state).
+3. memory of one decode step at 256 and 2,048 tokens of context, the paged step vs the bare base's step over
+   transformers' `DynamicCache`: the peak of the bytes alive at once among the storages the step's ops create
+   (the transient memory above the steady state; a TorchDispatchMode that follows each storage until its last
+   tensor dies), the cumulative total, and what is still alive after the step (kept by the model's state).
 4. KV memory of the 32 mixed rows: blocks used x block bytes vs their real tokens' KV, vs N x longest.
 
     .venv/bin/python bench/bench_engine_cpu.py --reps 3
@@ -86,10 +86,8 @@ def throughput(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, 
         paged_label(m, p): make_engine(base_dir, adapters, max_batch_tokens=m, prefill_while_decoding=p)
         for m, p in args.paged
     }
-    systems["padded (today)"] = make_engine(base_dir, adapters, max_batch_tokens=512, padded=True)
-    for label, engine in systems.items():
+    for engine in systems.values():
         loop.run_until_complete(start(engine))
-        assert engine.paged == label.startswith("paged"), engine.padded_reason
     peft_model = peft.PeftModel.from_pretrained(
         tf.AutoModelForCausalLM.from_pretrained(base_dir), str(adapters["a0"]), adapter_name="a0"
     ).eval()
@@ -137,11 +135,8 @@ def itl(loop: asyncio.AbstractEventLoop, base_dir: Path, adapters: dict, args: A
     short = [torch.randint(4, VOCAB, (64,), generator=g).tolist() for _ in range(8)]
     long = torch.randint(4, VOCAB, (1500,), generator=g).tolist()
     out = {}
-    configs = [(paged_label(m, p), m, p, False) for m, p in args.itl_paged]
-    for label, mbt, pwd, padded in [*configs, ("padded (today)", 512, None, True)]:
-        engine = make_engine(
-            base_dir, adapters, max_batch_tokens=mbt, padded=padded, prefill_while_decoding=pwd
-        )
+    for label, mbt, pwd in [(paged_label(m, p), m, p) for m, p in args.itl_paged]:
+        engine = make_engine(base_dir, adapters, max_batch_tokens=mbt, prefill_while_decoding=pwd)
         loop.run_until_complete(start(engine))
         run = Run()
         record_steps(engine, run)
@@ -250,13 +245,16 @@ def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> 
             StepPlan([SeqChunk(r, None, [nxt[r]], context, tables[r]) for r in range(rows)])
         )
     paged.alive = paged.retained()  # while the step's results are held, as the engine holds them
-    logits, state = model.prefill(prompts, [None] * rows)
-    padded = AllocCounter()
-    with padded:
-        kept = model.decode(state, logits.argmax(-1))
-    padded.alive = padded.retained()
+    base = tf.AutoModelForCausalLM.from_pretrained(base_dir).eval()  # transformers alone, DynamicCache
+    first = base(input_ids=torch.tensor(prompts), use_cache=True)
+    dynamic = AllocCounter()
+    with dynamic:
+        kept = base(
+            input_ids=first.logits[:, -1:].argmax(-1), past_key_values=first.past_key_values, use_cache=True
+        )
+    dynamic.alive = dynamic.retained()
     del kept
-    return {"paged": paged, "padded": padded}
+    return {"paged": paged, "transformers DynamicCache": dynamic}
 
 
 @torch.no_grad()
@@ -381,7 +379,7 @@ def main() -> None:
                 f"{computed * token_bytes / 2**20:.2f} MiB; ratio {used * block_bytes / (computed * token_bytes):.3f}"
             )
             print(
-                f"padded (N x longest at the end): {ROWS} x {longest} x {token_bytes} B = {ROWS * longest * token_bytes / 2**20:.2f} MiB; "
+                f"a static padded batch (N x longest at the end): {ROWS} x {longest} x {token_bytes} B = {ROWS * longest * token_bytes / 2**20:.2f} MiB; "
                 f"the paged rows' real tokens at the end: {sum(res['lengths']) + ROWS * NEW} -> ratio padded/real {ROWS * longest / (sum(res['lengths']) + ROWS * NEW):.2f}"
             )
         if "itl" not in args.skip:

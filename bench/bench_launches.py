@@ -1,7 +1,8 @@
 """Device launches of the LoRA ops in one decode step, with and without sibling fusion (issue 18).
 
 Builds a Llama from a config (default 32 layers, tiny widths: launch counts do not depend on widths), adds
-all-linear LoRA adapters, runs one prefill and counts what one decode step launches inside the LoRA ops:
+all-linear LoRA adapters, runs one paged prefill step and counts what one paged decode step launches inside the
+LoRA ops:
 Triton kernels by name (memsets and other torch ops by aten name, counted by a dispatch mode, are launches
 too). Runs the Triton backend: on CUDA when there is one, else under TRITON_INTERPRET=1 (set here).
 
@@ -38,6 +39,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import adapters_core.multi.fused as fused
 import adapters_core.multi.layers as layers
 from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged import SeqChunk, StepPlan
 
 # aten ops that launch nothing on a device (metadata, views, allocation without a fill)
 NO_LAUNCH = {
@@ -135,10 +137,17 @@ def build(args: argparse.Namespace, workdir: str) -> tuple[MultiAdapterModel, li
 def decode_launches(multi: MultiAdapterModel, names: list[str | None], fuse: bool) -> Counter[str]:
     for g in multi._sibling_groups:
         g.enabled, g._stash = fuse, None
+    rows = len(names)
+    multi.init_kv_cache(multi.reserved_blocks + rows, block_size=4)  # one block per row: 3 prompt tokens + 1
+    tables = [[multi.reserved_blocks + r] for r in range(rows)]
     with torch.no_grad():
-        logits, state = multi.prefill([[3, 4, 5]] * len(names), names)
+        logits = multi.paged_step(
+            StepPlan([SeqChunk(r, names[r], [3, 4, 5], 0, tables[r]) for r in range(rows)])
+        )
+        nxt = logits.argmax(-1).tolist()
+        decode = StepPlan([SeqChunk(r, names[r], [nxt[r]], 3, tables[r]) for r in range(rows)])
         with counting() as counter:
-            multi.decode(state, logits.argmax(-1))
+            multi.paged_step(decode)
     return counter.ops
 
 

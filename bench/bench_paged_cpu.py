@@ -1,10 +1,11 @@
 """One decode step of R rows at C tokens of context: Swapyard's paged step vs transformers' continuous batching
-(its PagedAttentionCache + scheduler, `generate_batch`) vs today's padded step API (DynamicCache), on this CPU.
+(its PagedAttentionCache + scheduler, `generate_batch`), on this CPU. (The engine's old padded step API is gone;
+its recorded numbers stay in bench/README.md as history.)
 
 transformers' per-step time is taken from two `generate_batch` runs of the same prompts that differ only in new
 tokens: (t(n2) - t(n1)) / (n2 - n1), i.e. its decode steps with their scheduling, everything else cancelled.
 Swapyard's steps are timed directly. CPU time of this process, minimum over repeats (robust to a shared
-machine). Greedy tokens of the three are compared.
+machine). Greedy tokens of the two are compared.
 
     .venv/bin/python bench/bench_paged_cpu.py --rows 32 --context 400
 """
@@ -118,21 +119,6 @@ def ours(prompts: list[list[int]], steps: int, block: int) -> tuple[float, list[
     return min(times), tokens
 
 
-@torch.no_grad()
-def padded(prompts: list[list[int]], steps: int) -> tuple[float, list[list[int]]]:
-    model = MultiAdapterModel(base())
-    logits, state = model.prefill(prompts, [None] * len(prompts))
-    tokens = [[int(t)] for t in logits.argmax(-1)]
-    times = []
-    for _ in range(steps):
-        t0 = clock()
-        logits, state = model.decode(state, torch.tensor([t[-1] for t in tokens]))
-        times.append(clock() - t0)
-        for r, t in enumerate(logits.argmax(-1)):
-            tokens[r].append(int(t))
-    return min(times), tokens
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=32)
@@ -156,11 +142,6 @@ def main() -> None:
     mine, mine_tok = ours(prompts, args.steps, args.block)
     print(
         f"swapyard paged step:   {mine * 1e3:8.1f} ms CPU / decode step ({args.rows} rows x {args.context} tokens)"
-    )
-    old, old_tok = padded(prompts, args.steps)
-    print(f"padded step API:       {old * 1e3:8.1f} ms / decode step   (x{old / mine:.2f} of paged)")
-    print(
-        f"greedy tokens paged == padded: {[t[: args.steps] for t in mine_tok] == [t[: args.steps] for t in old_tok]}"
     )
     if not args.skip_transformers:
         hf, hf_tok = theirs(prompts, 1, 1 + args.steps, args.block, args.repeats)

@@ -65,13 +65,11 @@ def make_engine(
     adapters: dict[str, Path],
     *,
     max_batch_tokens: int,
-    padded: bool = False,
     kv_cache_bytes: int = 256 << 20,
     prefill_while_decoding: int | None = None,
 ) -> Engine:
-    """An engine as `swapyard serve` builds it (not started). `padded`: force today's padded path by making
-    the model report a reason not to page — the benchmark's hook; the engine itself is unchanged.
-    `prefill_while_decoding`: --max-prefill-tokens-while-decoding (None: the default)."""
+    """An engine as `swapyard serve` builds it (not started). `prefill_while_decoding`:
+    --max-prefill-tokens-while-decoding (None: the default)."""
     settings = Settings(
         base_model=str(base_dir),
         adapters=[f"{n}={p}" for n, p in adapters.items()],
@@ -86,10 +84,7 @@ def make_engine(
         kv_cache_bytes=kv_cache_bytes,
         log_level="warning",
     )
-    engine = build_engine(settings)
-    if padded:
-        engine.model.paged_support = lambda: "forced by bench_engine_cpu.py (padded baseline)"
-    return engine
+    return build_engine(settings)
 
 
 @dataclass

@@ -112,7 +112,7 @@ class GenerateParameters(BaseModel):
     decoder_input_details: bool = Field(
         default=False,
         description="the prompt tokens' logprobs in details.prefill (needs details; not when streaming, as "
-        "TGI; causal bases on the paged engine path only)",
+        "TGI; decoder-only bases: an encoder-decoder's prompt is its encoder's input)",
     )
     frequency_penalty: float | None = Field(default=None, description="not supported yet: only 0")
     watermark: bool = Field(default=False, description="not supported yet: only false")

@@ -3,6 +3,5 @@
 from .layers import lora_split_width
 from .model import LoadedAdapter, MultiAdapterModel
 from .parsed import ParsedAdapter
-from .steps import DecodeState
 
-__all__ = ["DecodeState", "LoadedAdapter", "MultiAdapterModel", "ParsedAdapter", "lora_split_width"]
+__all__ = ["LoadedAdapter", "MultiAdapterModel", "ParsedAdapter", "lora_split_width"]

@@ -1,7 +1,6 @@
 """Sliding-window attention for rows whose tokens do not sit in consecutive cache columns.
 
-A mixed batch leaves gaps inside a row (prompts.py layout: `[pad][prefix m][pad][virtual v][own pads][real …]`,
-and `DecodeState.concat` left-pads shorter caches). A full-attention layer does not mind: keys are masked or
+A mixed batch leaves gaps inside a row (prompts.py layout: `[pad][prefix m][pad][virtual v][own pads][real …]`). A full-attention layer does not mind: keys are masked or
 not, and order is all that counts. A sliding-window layer (Mistral, Gemma 2, Gemma 3) does: transformers
 measures the window in cache columns, so a gap would push keys out of the window that the row alone attends
 to. Here the window is measured in each row's own token positions instead — the rank of a column among the

@@ -9,11 +9,9 @@ no recompilation, no effect on any other adapter's rows.
     model.add("fr", "path/to/lora-fr"); model.add("sql", "org/ia3-sql")
     out = model(input_ids=ids, attention_mask=mask, adapter_names=["fr", None, "sql"])   # None = base
 
-Serving (continuous batching) runs in steps over a `DecodeState` (multi/steps.py): rows join with `prefill`
-and `DecodeState.concat`, advance one token per `decode`, and leave with `DecodeState.select`:
-
-    logits, state = model.prefill([[1, 5, 9], [1, 7]], ["fr", None])    # (B, V), the first new token's
-    logits, state = model.decode(state, logits.argmax(-1))              # one (B, 1) forward with the cache
+Serving (continuous batching) runs in steps over a paged KV cache (adapters_core/paged/, the contract in
+paged/plan.py): `init_kv_cache` once, then one `paged_step(StepPlan)` per step, a packed stream of every row's
+prefill chunk or decode token, each row under its own adapter.
 """
 
 from __future__ import annotations
@@ -50,9 +48,7 @@ from .parsed import ParsedAdapter, parse_adapter
 from .pooling import DEFAULT_POOLING, Pooling, embed_rows
 from .prompt_layout import run_forward
 from .prompts import PromptStore
-from .steps import DecodeState, pad_rows, run_generate
-from .steps import decode as decode_step
-from .steps import prefill as prefill_step
+from .steps import pad_rows, run_generate
 from .vision import ImagePromptStore, refuse_prompt_method, split_label_logits, takes_pixels
 
 AdapterSource = str | os.PathLike[str] | tuple[AdapterConfig, dict[str, torch.Tensor]] | ParsedAdapter | Any
@@ -156,7 +152,7 @@ class MultiAdapterModel(nn.Module):
         store = ImagePromptStore if self.takes_pixels else PromptStore
         self._prompts = store(base_model, self._holder)
         self._adapters: dict[str, LoadedAdapter] = {}
-        # Bumped by add/remove: a DecodeState made at another epoch re-checks its rows' adapters (decode()).
+        # Bumped by add/remove: the CUDA-graph decode runner re-checks which adapters it can serve (paged/graphs.py).
         self._epoch = 0
 
     # -- adapters ---------------------------------------------------------------------------------
@@ -332,6 +328,8 @@ class MultiAdapterModel(nn.Module):
         """Greedy or sampled decoding, row i under adapter `adapter_names[i]`; each row's greedy result equals
         that row generated alone. Batches with prompt tuning, P-tuning or prefix rows use Swapyard's loop
         (steps.py, the kwargs of prompt_learning/generation.py); others use `transformers` generate."""
+        if self.takes_pixels:
+            raise ValueError(f"{type(self.model).__name__} does not generate; use classify_images().")
         batch = self._batch_size(kwargs)
         slots = self.row_slots(adapter_names if adapter_names is not None else [None] * batch, batch)
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
@@ -344,57 +342,15 @@ class MultiAdapterModel(nn.Module):
                 return run_generate(self._prompts, ctx, kwargs)
             return self.model.generate(**kwargs)  # type: ignore[operator]
 
-    # -- steps (the serving engine's continuous batching, multi/steps.py) -----------------------------------
     def _device(self) -> torch.device:
         if self.takes_pixels:  # no token embeddings
             return next(self.model.parameters()).device
         return self._prompts.embed.weight.device
 
-    @torch.no_grad()
-    def prefill(
-        self, input_ids: Sequence[Sequence[int]], adapter_names: Sequence[str | None]
-    ) -> tuple[torch.Tensor, DecodeState]:
-        """Run each row's prompt (any lengths, any method per row) and return (B, V) logits of each row's last
-        real position — the distribution of its first new token — and the state to `decode` from.
-
-        Virtual tokens and prefixes enter here, once. For T5 the encoder runs here and so does the first
-        decoder step (from `decoder_start_token_id`): the logits are those of the first decoder token.
-        """
-        if self._prompts.kind in ("encoder", "image"):
-            what = "classify_images()" if self.takes_pixels else "classify()"
-            raise ValueError(f"{type(self.model).__name__} does not generate; use {what}.")
-        if not input_ids or any(len(r) == 0 for r in input_ids):
-            raise ValueError("prefill() needs at least one row, and at least one token in every row.")
-        slots = self.row_slots(adapter_names, len(input_ids))
-        ids, mask = pad_rows(input_ids, left=self._prompts.kind == "causal", device=self._device())
-        adapters = tuple(None if n is None else self._adapters[n] for n in adapter_names)
-        with self.rows(slots) as ctx:
-            return prefill_step(self._prompts, ctx, ids, mask, adapters=adapters, epoch=self._epoch)
-
-    @torch.no_grad()
-    def decode(self, state: DecodeState, next_tokens: torch.Tensor) -> tuple[torch.Tensor, DecodeState]:
-        """Feed one token per row, `next_tokens` (B,), and return (B, V) logits for each row's next token and
-        the advanced state (one forward of (B, 1) tokens with the cache). `state` is consumed."""
-        if state.epoch != self._epoch:
-            self._check_rows(state)
-        with self.rows(state.ctx):
-            return decode_step(self._prompts, state, next_tokens)
-
-    def _check_rows(self, state: DecodeState) -> None:
-        """Adapters changed since the state was made: every row's adapter must still be the one it started with
-        (same object, same slot) — a removed or replaced adapter is an error, never another adapter's rows."""
-        for row, loaded in enumerate(state.adapters):
-            if loaded is not None and self._adapters.get(loaded.name) is not loaded:
-                raise AdapterNotFoundError(
-                    f"adapter {loaded.name!r} of row {row} was removed (or replaced) while the row was decoding; "
-                    "drop the row (DecodeState.select) or prefill it again."
-                )
-        state.epoch = self._epoch
-
     # -- the paged engine core (issue 16, adapters_core/paged/) ----------------------------------------
     def paged_support(self) -> str | None:
-        """None when this base runs on the paged path (`paged_step`); else why it does not (the engine keeps
-        the padded step API for it)."""
+        """None when this base runs on the paged core (`paged_step`); else why it does not (the server then
+        refuses to serve it: it generates on the paged core only)."""
         return paged.support(self)
 
     def stream_prefix_length(self, adapter: str | None) -> int:

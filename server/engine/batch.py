@@ -1,14 +1,9 @@
-"""One `Row` per generation request, and the padded path's running batch (rows aligned with the model's
-`DecodeState` rows). The paged path's running rows are engine/paged.py's `PagedBatch`.
-
-Invariant of `RunningBatch`: `rows[i]` is row i of `state`. Rows only ever leave through `keep`
-(DecodeState.select) and join through `extend` (DecodeState.concat), so the two can never drift apart.
-"""
+"""One `Row` per generation request, from the queue to its last event. The running rows and their KV blocks
+are engine/paged.py's `PagedBatch`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..sampling import RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
@@ -28,8 +23,7 @@ from .types import (
 class Row:
     """One generation request, from the queue to its last event.
 
-    `seq` is its stream as the paged scheduler sees it (the engine appends every accepted token to
-    `seq.stream`); the padded path only uses its fairness fields."""
+    `seq` is its stream as the scheduler sees it (the engine appends every accepted token to `seq.stream`)."""
 
     request: GenerationRequest
     handle: RequestHandle
@@ -62,11 +56,6 @@ class Row:
     def done(self) -> bool:
         """It leaves the batch at the next schedule."""
         return self.ended or self.handle.cancelled
-
-    @property
-    def last_token(self) -> int:
-        """The token the next decode step feeds for this row."""
-        return self.generated[-1]
 
     def accept(self, token_id: int, logprob: float, tok: Tokenization) -> TokenEvent:
         """Record a sampled token, decide whether the row is finished, and return its event.
@@ -122,33 +111,3 @@ class Row:
             prompt_tokens=len(self.request.input_ids),
             seed=self.sampler.seed,
         )
-
-
-class RunningBatch:
-    """Rows being decoded and the model state that holds their KV cache."""
-
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.state: Any = None  # the model's DecodeState; None while the batch is empty
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def clear(self) -> None:
-        """Forget every row (the step failed or the engine stopped: they got their events)."""
-        self.rows = []
-        self.state = None
-
-    def keep(self, keep: list[int]) -> None:
-        """Keep only rows `keep` (indices into the current rows), in that order."""
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        self.state = self.state.select(keep) if keep else None
-
-    def extend(self, rows: list[Row], state: Any) -> None:
-        """Append freshly prefilled rows; `state` holds exactly them."""
-        if not rows:
-            return
-        self.state = state if self.state is None else type(self.state).concat([self.state, state])
-        self.rows.extend(rows)

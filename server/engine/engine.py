@@ -1,7 +1,7 @@
 """The engine: an actor thread that owns the queue, the running batch and the model state.
 
 Handlers call `submit_generate` / `submit_classify` / `submit_embed` from the event loop and await events;
-they never touch the model. The thread repeats one step, a short named pipeline:
+they never touch the model. The thread repeats one step, a short named pipeline (engine/paged_path.py):
 
     schedule  drop finished and cancelled rows, pick this step's work (engine/scheduler.py)
     classify  run waiting classification and embedding jobs, one dynamic batch per kind (engine/jobs.py)
@@ -9,29 +9,26 @@ they never touch the model. The thread repeats one step, a short named pipeline:
     sample    pick the next token of each row whose stream the step completed, with its own sampler
     emit      send tokens, detect EOS / stop sequences / length, send finish events
 
-Two paths, chosen at `start()` by `model.paged_support()`:
+One engine core serves every generating base (causal LMs, and encoder-decoders, whose rows' streams are their
+decoders' and whose prompts go to the encoder once at admission: adapters_core/paged/seq2seq.py): a token
+budget per step (`--max-batch-tokens`), decodes first, then prefill chunks; rows hold blocks of a paged KV cache
+(`--kv-cache-bytes`, `--kv-block-size`), shared by prompt prefixes of the same adapter version; when blocks run
+out a row is preempted and recomputed later. A generating base the paged core does not cover
+(`model.paged_support()` names the reason: MPT's and Baichuan's ALiBi) is refused at `start()`: the server does
+not start, rather than serve it some other way.
 
-* paged (causal LMs and encoder-decoders, whose rows' streams are their decoders' and whose prompts go to the
-  encoder once at admission: adapters_core/paged/seq2seq.py): a token budget per step (`--max-batch-tokens`), decodes first, then prefill chunks;
-  rows hold blocks of a paged KV cache (`--kv-cache-bytes`, `--kv-block-size`), shared by prompt prefixes of
-  the same adapter version; when blocks run out a row is preempted and recomputed later;
-* padded (the bases `paged_support` names a reason for: MPT's ALiBi): the running rows decode one
-  token in a (B, 1) step over a `DecodeState`, admitted rows are prefilled whole and concatenated. It goes when
-  the paged core covers those bases (issue 16).
+Waiting requests are admitted in the fair order of engine/fairness.py (S-LoRA's virtual token counter). The
+rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a row that asks for its
+prompt's logprobs gets every prompt position's logits (`SeqChunk.all_logits`) and takes no prefix-cache hit.
 
-Both admit waiting requests in the fair order of engine/fairness.py (S-LoRA's virtual token counter).
-On the paged path the rows of one request's `n` / `best_of` compute its prompt once (engine/siblings.py), and a
-row that asks for its prompt's logprobs gets every prompt position's logits (`SeqChunk.all_logits`) and takes no
-prefix-cache hit.
-
-So a new request joins between two decode steps and a finished row leaves before the next one: nobody waits
-for anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
+So a new request joins between two steps and a finished row leaves before the next one: nobody waits for
+anybody else to finish. A client that disconnects sets `cancelled`; its row leaves at the next schedule
 with a last `ErrorEvent(RequestCancelledError)`, so whoever still awaits its events stops waiting.
 
 A per-row failure (sampling, stop handling, detokenization, pushing its event) fails that row alone: it gets
 an `ErrorEvent`, releases its lease and leaves at the next schedule; the step goes on for the others. A
-failed paged step is run again chunk by chunk, so that only the rows at fault fail (on the padded path a failed
-batched decode fails the rows it ran). A row's KV blocks go back to the pool when it leaves.
+failed step is run again chunk by chunk, so that only the rows at fault fail. A row's KV blocks go back to the
+pool when it leaves.
 
 `hold()` is an explicit hook for tests and operations: no step starts while it is held, so a test can fill
 the queue or put requests into one step deterministically, without waiting on the clock.
@@ -50,6 +47,7 @@ from typing import Any
 
 import torch
 
+from adapters_core.errors import UnsupportedError
 from adapters_core.multi.layers import warm_up_kernels
 
 from ..adapters import AdapterRegistry
@@ -63,11 +61,10 @@ from ..metrics import Metrics
 from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
-from .batch import Row, RunningBatch
+from .batch import Row
 from .fairness import VirtualTokenCounter
 from .jobs import JobQueue
 from .limits import TokenLimits, prompt_positions
-from .padded import PaddedPath
 from .paged import PagedBatch, PagingConfig, new_seq
 from .paged_path import PagedPath
 from .siblings import SiblingGroups
@@ -81,11 +78,12 @@ from .types import (
 )
 
 log = logging.getLogger("swapyard.engine")
+GENERATING = ("causal-lm", "seq2seq-lm")  # the base kinds whose rows generate (on the paged core)
 IDLE_WAIT_S = 0.5  # the thread sleeps on a condition; this only bounds how late it notices a stop
 
 
-class Engine(JobQueue, PagedPath, PaddedPath):
-    """Continuous batching over a MultiAdapterModel: `paged_step` (or `prefill`/`decode`) and `classify`."""
+class Engine(JobQueue, PagedPath):
+    """Continuous batching over a MultiAdapterModel: `paged_step`, `classify` and `embed`."""
 
     def __init__(
         self,
@@ -113,9 +111,8 @@ class Engine(JobQueue, PagedPath, PaddedPath):
         self.paging = paging or PagingConfig()
         self.fairness = VirtualTokenCounter()
         self.siblings = SiblingGroups()  # rows of one `n` waiting for their leader's prompt (siblings.py)
-        # The running rows: a PagedBatch on the paged path (decided at start()), else a RunningBatch.
-        self._batch: RunningBatch | PagedBatch = RunningBatch()
-        self.padded_reason: str | None = "not started"
+        # The running rows and their KV blocks: made at start() for a generating base, else None.
+        self._batch: PagedBatch | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -133,15 +130,17 @@ class Engine(JobQueue, PagedPath, PaddedPath):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
-    @property
-    def paged(self) -> bool:
-        return isinstance(self._batch, PagedBatch)
-
     def start(self) -> None:
-        """Choose the path (paged if the model supports it), allocate the KV pool, start the thread."""
-        support = getattr(self.model, "paged_support", None)
-        self.padded_reason = "the model has no paged_step" if support is None else support()
-        if self.padded_reason is None:
+        """Allocate the KV pool (generating bases) and start the thread. A generating base the paged core does
+        not cover is refused here (UnsupportedError, naming the base and why): the server does not start."""
+        if self.base.kind in GENERATING:
+            reason = self.model.paged_support()
+            if reason is not None:
+                raise UnsupportedError(
+                    f"cannot serve {type(self.model.model).__name__}: {reason} Swapyard generates on its paged "
+                    "engine only; serve a base of the tested architectures (docs/architectures.md), or run "
+                    "this one through the library (MultiAdapterModel.generate)."
+                )
             self._batch = PagedBatch(
                 self.model,
                 self.paging,
@@ -151,14 +150,15 @@ class Engine(JobQueue, PagedPath, PaddedPath):
                 max_total=self.limits.max_total_tokens,
             )
             self._observe_blocks()
-        else:
-            log.info("padded engine path: %s", self.padded_reason)
         if self.device.type == "cuda":  # compile every kernel variant now, not inside a step (issue 18)
-            padded_tokens = self.max_batch_size * self.limits.max_total_tokens
-            tokens = self.paging.batch_tokens(self.device) if self.paged else padded_tokens
+            # The most tokens a forward can carry: a paged step's budget, or a classify/embed job's padded rows.
+            tokens = max(self.paging.batch_tokens(self.device), self.max_batch_size * self.limits.max_total_tokens)
             log.info("warmed up %d kernel variants", warm_up_kernels(self.model, tokens))
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()
+
+    def _running_rows(self) -> list[Row]:
+        return self._batch.rows if self._batch is not None else []
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread; every request still waiting or running gets a 503 error event."""
@@ -168,7 +168,7 @@ class Engine(JobQueue, PagedPath, PaddedPath):
         if self._thread is not None:
             self._thread.join(timeout)
         gone = NotReadyError("the server is shutting down")
-        for row in [*self._waiting, *self.siblings.followers(), *self._batch.rows]:
+        for row in [*self._waiting, *self.siblings.followers(), *self._running_rows()]:
             row.handle.push(ErrorEvent(gone))
             release_lease(row.request.lease)
         for job in self._classify:
@@ -176,7 +176,8 @@ class Engine(JobQueue, PagedPath, PaddedPath):
             release_lease(job.lease)
         self._waiting.clear()
         self._classify.clear()
-        self._batch.clear()
+        if self._batch is not None:
+            self._batch.clear()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[EngineHold]:
@@ -220,22 +221,18 @@ class Engine(JobQueue, PagedPath, PaddedPath):
         limit counting the positions its adapter adds (resident: the caller holds its lease)."""
         virtual = prompt_positions(self.model, request.model_name)
         self.limits.check(len(request.input_ids), request.max_new_tokens, virtual)
-        if request.prompt_logprobs and not self.paged:
-            raise UnsupportedParameterError(
-                "the prompt's logprobs (echo with logprobs, decoder_input_details) are computed on the paged "
-                f"engine path only, and this base runs on the padded one ({self.padded_reason}); drop them"
-            )
-        if request.prompt_logprobs and isinstance(self._batch, PagedBatch) and self._batch.encoder_decoder:
+        batch = self._batch
+        if batch is None:  # not started, or a base that does not generate (its routes refuse first)
+            self._admit_check()
+            raise UnsupportedParameterError(f"this {self.base.kind} base does not generate text")
+        if request.prompt_logprobs and batch.encoder_decoder:
             raise UnsupportedParameterError(
                 "the prompt's logprobs (echo with logprobs, decoder_input_details) score a decoder-only model's "
                 "prompt; an encoder-decoder's prompt is its encoder's input, which it does not score; drop them"
             )
         handle = RequestHandle(loop)
-        seq = new_seq(
-            self.model, handle.id, request.input_ids, request.model_name, self.paged, request.prompt_logprobs
-        )
-        if isinstance(self._batch, PagedBatch):
-            self._batch.check_fits(len(seq.stream), request.max_new_tokens)
+        seq = new_seq(self.model, handle.id, request.input_ids, request.model_name, request.prompt_logprobs)
+        batch.check_fits(len(seq.stream), request.max_new_tokens)
         row = Row(
             request,
             handle,
@@ -248,7 +245,7 @@ class Engine(JobQueue, PagedPath, PaddedPath):
         with self._cond:
             self._admit_check()
             self.rate_limit(len(request.input_ids) + request.max_new_tokens)
-            if not (self.paged and self.siblings.attach(row)):
+            if not self.siblings.attach(row):
                 self._waiting.append(row)
             self.metrics.queue_depth.set(len(self._waiting) + len(self._classify))
             self.metrics.observe_request(request.adapter)
@@ -273,8 +270,9 @@ class Engine(JobQueue, PagedPath, PaddedPath):
                 self.step()
             except Exception as exc:  # a bug or device error: fail what is running, keep serving others
                 log.exception("engine step failed")
-                self._fail(self._batch.rows, exc)
-                self._batch.clear()
+                self._fail(self._running_rows(), exc)
+                if self._batch is not None:
+                    self._batch.clear()
             finally:
                 self._step_lock.release()
 
@@ -283,15 +281,17 @@ class Engine(JobQueue, PagedPath, PaddedPath):
         return len(self._waiting) + len(self.siblings.followers()) + len(self._classify)
 
     def _has_work(self) -> bool:
-        return bool(self._waiting or self._classify or self._batch.rows)
+        return bool(self._waiting or self._classify or self._running_rows())
 
     def step(self) -> None:
         """One iteration: schedule -> classify -> forward -> sample -> emit."""
         with self.model_lock:
-            if isinstance(self._batch, PagedBatch):
+            if self._batch is not None:
                 self._paged_step(self._batch)
-            else:
-                self._padded_step(self._batch)
+            else:  # a classifier base: no rows generate, only jobs run
+                with self._cond:
+                    jobs = self._take_classify_jobs()
+                self._run_jobs(jobs)
 
     def _drop_cancelled(self) -> None:
         """Waiting rows whose client went away leave the queue (called under the condition)."""
@@ -328,8 +328,6 @@ class Engine(JobQueue, PagedPath, PaddedPath):
 
     def _emit_row(self, row: Row, pick: Pick, now: float) -> None:
         """Record the row's token (detokenize, check stops), send its events."""
-        if not self.paged:  # the paged scheduler charges the tokens it feeds back
-            self.fairness.charge(row.tenant, output_tokens=1)
         event = row.accept(pick.token_id, pick.logprob, self.tok)
         if row.handle.first_token_at is None:
             row.handle.first_token_at = now

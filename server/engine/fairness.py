@@ -80,11 +80,5 @@ class VirtualTokenCounter:
                 best, best_key = i, key
         return best
 
-    def pop_next(self, waiting: collections.deque[T]) -> T:
-        i = self.next_index(waiting)
-        item = waiting[i]
-        del waiting[i]
-        return item
-
     def charge(self, tenant: str | None, prompt_tokens: int = 0, output_tokens: int = 0) -> None:
         self.counters[tenant] += PROMPT_WEIGHT * prompt_tokens + OUTPUT_WEIGHT * output_tokens

@@ -1,4 +1,4 @@
-"""The paged path's running rows: their KV blocks (adapters_core/paged/blocks.py), the scheduler's decisions
+"""The engine's running rows: their KV blocks (adapters_core/paged/blocks.py), the scheduler's decisions
 (engine/scheduler.py) and the `StepPlan` each step hands to `model.paged_step` (adapters_core/paged/plan.py).
 
 How big the pool is (`PagingConfig.num_blocks`): `--kv-cache-bytes` when given; else, on a GPU, half of the
@@ -37,7 +37,7 @@ CPU_PREFILL_WHILE_DECODING = 64
 
 @dataclass(frozen=True)
 class PagingConfig:
-    """The paged path's knobs: `--kv-cache-bytes` (None: see the module docstring), `--max-batch-tokens`
+    """The paged engine's knobs: `--kv-cache-bytes` (None: see the module docstring), `--max-batch-tokens`
     (None: 512 on the CPU, 2,048 on a GPU; more tokens per step is more throughput but a longer pause for the
     running rows while a prompt is prefilled), `--kv-block-size` and `--max-prefill-tokens-while-decoding`
     (None: 64 on the CPU, no cap on a GPU)."""
@@ -92,17 +92,16 @@ def new_seq(
     seq_id: int,
     input_ids: list[int],
     model_name: str | None,
-    paged: bool,
     prompt_logits: bool = False,
 ) -> SeqState:
-    """A row's stream: its adapter's virtual positions, then its prompt (the padded path: the prompt only).
+    """A row's stream: its adapter's virtual positions, then its prompt.
     An encoder-decoder's stream is its decoder's (`[decoder_start_token_id]`, then what it generates): the
     prompt goes to the encoder (`SeqChunk.encoder_ids`), and the prefix-cache key names the encoder input, since
     the decoder's keys and values depend on it."""
-    virtual = model.stream_prefix_length(model_name) if paged else 0
-    key = model.adapters[model_name].content_hash if paged and model_name is not None else ""
+    virtual = model.stream_prefix_length(model_name)
+    key = model.adapters[model_name].content_hash if model_name is not None else ""
     stream = [VIRTUAL] * virtual + list(input_ids)
-    decoder = _decoder_prompt(model) if paged else None
+    decoder = _decoder_prompt(model)
     if decoder is not None:
         stream = list(decoder)
         key += "|encoder:" + hashlib.sha256(repr(list(input_ids)).encode()).hexdigest()
@@ -116,7 +115,7 @@ def _decoder_prompt(model: Any) -> list[int] | None:
 
 
 class PagedBatch:
-    """The running rows of the paged path and the KV blocks they hold."""
+    """The running rows and the KV blocks they hold."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The paged path of the engine (a mixin of `Engine`), for every base `model.paged_support()` accepts:
+"""The engine's step (a mixin of `Engine`), over every generating base (`model.paged_support()` is None):
 
 schedule  rows that finished leave (their blocks go back), the scheduler picks this step's chunks under the
           token budget (decodes first, then prefill chunks; admission by free blocks, VTC order,
@@ -189,7 +189,7 @@ class PagedPath:
             seq.prompt_logits = False  # all collected: a recompute after preemption may reuse cached blocks
 
     def _observe_blocks(self: Engine) -> None:  # type: ignore[misc]
-        if isinstance(self._batch, PagedBatch):
+        if self._batch is not None:
             pool = self._batch.blocks.pool
             self.metrics.kv_blocks_used.set(pool.num_used)
             self.metrics.kv_blocks_free.set(pool.num_free)

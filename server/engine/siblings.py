@@ -1,4 +1,4 @@
-"""`n` > 1 rows of one prompt (OpenAI `n` / `best_of`, TGI `best_of`) compute that prompt once, on the paged path.
+"""`n` > 1 rows of one prompt (OpenAI `n` / `best_of`, TGI `best_of`) compute that prompt once.
 
 The first row of a group (`GenerationRequest.group`) queued is its *leader*; the rows queued after it, while it
 has not sampled yet, are its *followers*: they wait beside it, outside the queue. The step that completes the

@@ -39,7 +39,7 @@ class GenerationRequest:
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     lease: Lease | None = None
-    # The prompt tokens' logprobs too (echo / decoder_input_details; paged path only).
+    # The prompt tokens' logprobs too (echo / decoder_input_details; decoder-only bases).
     prompt_logprobs: bool = False
     group: int | None = None  # rows of one request's `n` / `best_of`: they share the prompt's prefill
 

@@ -29,11 +29,12 @@ from arch_matrix import (
     perturb,
     render_table,
 )
+from paged_helpers import GreedyEngine
 from safetensors.torch import load_file
 
 from adapters_core.config import AdapterConfig
 from adapters_core.errors import AdapterError
-from adapters_core.multi import DecodeState, MultiAdapterModel
+from adapters_core.multi import MultiAdapterModel
 
 TOL = 1e-4
 LENGTH, NEW, DECODER = 7, 4, 4
@@ -214,33 +215,26 @@ def test_docs_table_is_current() -> None:
 
 @torch.no_grad()
 def test_rows_joining_mid_decode_equal_peft(served: Served) -> None:
-    """The serving engine's step API: half the rows prefill and decode, the rest join (DecodeState.concat) and a
-    finished row leaves (select); every row's greedy tokens still equal PEFT's for that row alone."""
+    """The serving engine's steps (`paged_step`): half the rows prefill and decode, the rest join two steps later
+    (prefilled beside the running decodes) and row 0 leaves early, its blocks going back; every row's greedy
+    tokens still equal PEFT's for that row alone."""
     if served.fam.kind == "encoder":
         pytest.skip("sequence classifiers do not generate")
     names = served.row_names(seed=7)
     inputs = padded_batch(served.fam, len(names), seed=8)
     prompts = [ids[m.bool()].tolist() for ids, m in zip(inputs["input_ids"], inputs["attention_mask"])]
     half = len(prompts) // 2
-    got: dict[int, list[int]] = {r: [] for r in range(len(prompts))}
-    logits, state = served.multi.prefill(prompts[:half], names[:half])
-    order = list(range(half))
-    for step in range(NEW + 2):
-        tokens = logits.argmax(-1)
-        for i, r in enumerate(order):
-            got[r].append(int(tokens[i]))
-        if step == 1:  # the other rows join, with their own prefixes, virtual tokens and cache lengths
-            joined, late = served.multi.prefill(prompts[half:], names[half:])
-            logits, state = served.multi.decode(state, tokens)
-            state = DecodeState.concat([state, late])
-            logits, order = torch.cat([logits, joined]), order + list(range(half, len(prompts)))
-            continue
-        if step == 3:  # row 0 is done: it leaves
-            keep = [i for i, r in enumerate(order) if r != 0]
-            state, tokens, order = state.select(keep), tokens[keep], [order[i] for i in keep]
-        logits, state = served.multi.decode(state, tokens)
     eos = served.oracles[None].config.eos_token_id
+    engine = GreedyEngine(served.multi, eos)
+    limits = [3 if r == 0 else NEW for r in range(len(prompts))]  # row 0 is done after 3 tokens: it leaves
+    engine.admit(list(range(half)), prompts[:half], names[:half], limits[:half])
+    for step in range(NEW + 2):
+        if step == 2:  # the other rows join, with their own prefixes, virtual tokens and stream lengths
+            rest = list(range(half, len(prompts)))
+            engine.admit(rest, prompts[half:], names[half:], limits[half:])
+        if engine.running:
+            engine.step()
     for r, name in enumerate(names):
-        want = greedy_alone(served, name, row_alone(inputs, r))
-        upto = want.index(eos) + 1 if eos in want else NEW
-        assert got[r][:upto] == want[:upto], (r, name, got[r], want)
+        want = greedy_alone(served, name, row_alone(inputs, r))[: limits[r]]
+        upto = want.index(eos) + 1 if eos in want else len(want)
+        assert engine.tokens[r] == want[:upto], (r, name, engine.tokens[r], want)

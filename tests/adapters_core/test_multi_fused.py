@@ -1,7 +1,7 @@
 """Sibling groups (adapters_core/multi/fused.py): q/k/v and gate/up share one shrink launch on Triton.
 
-Run under TRITON_INTERPRET=1 with SWAPYARD_KERNELS=triton: prefill (segment kernels) and decode steps
-(per-token kernels) through the fused path must equal the unfused path and every row alone in real PEFT.
+Run under TRITON_INTERPRET=1 with SWAPYARD_KERNELS=triton: a paged prefill step (segment kernels) and decode
+steps (one token per row) through the fused path must equal the unfused path and every row alone in real PEFT.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tiny_models import BUILDERS, perturb_adapter_weights
 
 import adapters_core.multi.fused as fused
 from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged import SeqChunk, StepPlan
 
 pytest.importorskip("triton")
 from kernels import triton_lora
@@ -42,13 +43,21 @@ def peft_models(tmp_path_factory) -> dict[str, tuple[str, torch.nn.Module]]:
 
 
 def run(multi: MultiAdapterModel) -> list[torch.Tensor]:
-    """Logits (B, V) of the prefill and of every decode step."""
+    """Logits (B, V) of the prefill step and of every decode step: paged steps (one forward each) over a fresh
+    KV pool, every row's blocks its own."""
+    block = 4
+    per_row = -(-max(len(p) + len(STEPS) for p in PROMPTS) // block)
+    multi.init_kv_cache(num_blocks=multi.reserved_blocks + per_row * len(PROMPTS), block_size=block)
+    tables = [[multi.reserved_blocks + r * per_row + i for i in range(per_row)] for r in range(len(PROMPTS))]
     with torch.no_grad():
-        logits, state = multi.prefill(PROMPTS, NAMES)
-        outs = [logits]
-        for tokens in STEPS:
-            logits, state = multi.decode(state, torch.tensor(tokens))
-            outs.append(logits)
+        chunks = [SeqChunk(r, NAMES[r], PROMPTS[r], 0, tables[r]) for r in range(len(PROMPTS))]
+        outs = [multi.paged_step(StepPlan(chunks))]
+        for i, tokens in enumerate(STEPS):
+            chunks = [
+                SeqChunk(r, NAMES[r], [tokens[r]], len(PROMPTS[r]) + i, tables[r])
+                for r in range(len(PROMPTS))
+            ]
+            outs.append(multi.paged_step(StepPlan(chunks)))
     return outs
 
 

@@ -1,10 +1,11 @@
-"""The step API of MultiAdapterModel (prefill / decode / DecodeState.select+concat / classify).
+"""MultiAdapterModel's serving steps (`paged_step`), its `generate` and `classify`, across every method.
 
 On Llama (GQA), GPT-2 and T5, real PEFT makes ≥ 7 adapters of every method the base supports (LoRA, DoRA,
 AdaLoRA, IA3, prompt tuning, P-tuning, prefix tuning, LLaMA-Adapter on causal bases); one MultiAdapterModel
-serves them all. A small greedy engine (prefill → decode → select finished rows → concat new rows) must give
-every row exactly the tokens of `MultiAdapterModel.generate` of that row alone, and the logits of every step
-must equal the row's own solo steps — whatever rows share its batch, however long their caches.
+serves them all. A small greedy engine over `paged_step` (rows join, decode one token per step, leave and give
+their blocks back) must give every row exactly the tokens of `MultiAdapterModel.generate` of that row alone,
+and the logits of every step must equal the row's own steps run alone — whatever rows share its steps, however
+long their streams. `generate` itself is checked against PEFT (or the single-adapter model for prompt methods).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import random
 import peft
 import pytest
 import torch
+from paged_helpers import GreedyEngine
 from parity_table import CASES, prepare_adapter
 from tiny_models import BUILDERS, VOCAB, perturb_adapter_weights, tiny_bert
 
 from adapters_core import AdapterModel
 from adapters_core.errors import AdapterNotFoundError
-from adapters_core.multi import DecodeState, MultiAdapterModel
+from adapters_core.multi import MultiAdapterModel
 
 NEW = 10
 TOL = 1e-4
@@ -83,13 +85,12 @@ class Served:
 
     @torch.no_grad()
     def solo_logits(self, name: str | None, prompt: list[int], steps: int) -> list[torch.Tensor]:
-        """The step API on this row alone (B = 1, no padding): (V,) logits of every step."""
-        logits, state = self.multi.prefill([prompt], [name])
-        out = [logits[0]]
-        for _ in range(steps - 1):
-            logits, state = self.multi.decode(state, logits.argmax(-1))
-            out.append(logits[0])
-        return out
+        """The paged steps of this row alone: (V,) logits of every step."""
+        engine = GreedyEngine(self.multi, self.eos)
+        engine.admit([0], [prompt], [name], [steps])
+        while engine.running:
+            engine.step()
+        return engine.logits[0]
 
 
 def cut(tokens: torch.Tensor | list[int], eos: int) -> list[int]:
@@ -107,58 +108,13 @@ def prompts(seed: int, rows: int) -> list[list[int]]:
     return [[rng.randrange(3, VOCAB) for _ in range(rng.randint(2, 9))] for _ in range(rows)]
 
 
-class Engine:
-    """A minimal greedy continuous-batching loop over the step API, recording every row's tokens and logits."""
-
-    def __init__(self, model: MultiAdapterModel, eos: int) -> None:
-        self.model, self.eos = model, eos
-        self.state: DecodeState | None = None
-        self.running: list[int] = []  # request ids, in state row order
-        self.limit: dict[int, int] = {}
-        self.tokens: dict[int, list[int]] = {}
-        self.logits: dict[int, list[torch.Tensor]] = {}
-
-    def admit(self, rids: list[int], prompts: list[list[int]], names: list, limits: list[int]) -> None:
-        logits, state = self.model.prefill(prompts, names)
-        for rid, limit in zip(rids, limits):
-            self.limit[rid], self.tokens[rid], self.logits[rid] = limit, [], []
-        self._emit(rids, logits)
-        self.state = state if self.state is None else DecodeState.concat([self.state, state])
-        self.running += rids
-        self.retire()
-
-    def _emit(self, rids: list[int], logits: torch.Tensor) -> None:
-        for rid, row in zip(rids, logits):
-            self.tokens[rid].append(int(row.argmax()))
-            self.logits[rid].append(row.clone())
-
-    def step(self) -> None:
-        assert self.state is not None
-        last = torch.tensor([self.tokens[rid][-1] for rid in self.running])
-        logits, self.state = self.model.decode(self.state, last)
-        assert logits.shape[0] == len(self.running)
-        self._emit(self.running, logits)
-        self.retire()
-
-    def retire(self, reverse: bool = False) -> None:
-        """Finished rows (EOS or their token limit) leave the batch at once."""
-        assert self.state is not None
-        done = lambda rid: len(self.tokens[rid]) >= self.limit[rid] or self.tokens[rid][-1] == self.eos  # noqa: E731
-        keep = [i for i, rid in enumerate(self.running) if not done(rid)]
-        if reverse:
-            keep.reverse()
-        if keep != list(range(len(self.running))):
-            self.state = self.state.select(keep)
-            self.running = [self.running[i] for i in keep]
-
-
 @torch.no_grad()
-def test_prefill_decode_equals_each_row_alone(served: Served) -> None:
+def test_paged_steps_equal_each_row_alone(served: Served) -> None:
     """Every method and the base, two rows each, prompts of different lengths, one batch for NEW tokens."""
     names = [n for n in served.names for _ in range(2)]
     random.Random(0).shuffle(names)
     rows = prompts(1, len(names))
-    engine = Engine(served.multi, served.eos)
+    engine = GreedyEngine(served.multi, served.eos)
     engine.admit(list(range(len(rows))), rows, names, [NEW] * len(rows))
     while engine.running:
         engine.step()
@@ -183,22 +139,22 @@ def test_prefill_decode_equals_each_row_alone(served: Served) -> None:
 
 @torch.no_grad()
 def test_continuous_batching_rows_join_and_leave(served: Served) -> None:
-    """3 rows start; after 3 steps 3 more join (concat); more join later; rows leave (select) at various
-    steps, once in reverse order. Every row's tokens equal its solo run and every step's logits its solo step
-    (rows of the batch have caches of different lengths: the grouped kernels' decode metadata is per row)."""
+    """3 rows start; after 3 steps 3 more join (prefilled beside the running rows' decodes); more join later;
+    rows leave at various steps, and the running rows' order flips once. Every row's tokens equal its solo run
+    and every step's logits its solo steps (rows of different stream lengths and adapters share each step)."""
     rng = random.Random(2)
     names = [served.names[i % len(served.names)] for i in range(12)]
     rng.shuffle(names)
     rows = prompts(3, len(names))
     limits = [rng.randint(2, NEW) for _ in names]
-    engine = Engine(served.multi, served.eos)
+    engine = GreedyEngine(served.multi, served.eos)
     waves = {0: [0, 1, 2], 3: [3, 4, 5], 5: list(range(6, 10)), 6: [10, 11]}
     for t in range(3 * NEW):
         if t in waves:
             ids = waves[t]
             engine.admit(ids, [rows[i] for i in ids], [names[i] for i in ids], [limits[i] for i in ids])
         if t == 4 and engine.running:
-            engine.retire(reverse=True)  # any order: rows and their slots travel together
+            engine.running.reverse()  # any order: rows and their adapters travel together
         if engine.running:
             engine.step()
         elif t > max(waves):
@@ -211,35 +167,6 @@ def test_continuous_batching_rows_join_and_leave(served: Served) -> None:
         assert worst <= TOL, (rid, name, worst)
 
 
-@torch.no_grad()
-def test_state_bookkeeping(served: Served) -> None:
-    model = served.multi
-    _, a = model.prefill([[5, 6, 7, 8, 9, 10, 11]], ["prefix"])
-    _, b = model.prefill([[5, 6], [7, 8, 9]], [None, "prompt"])
-    both = DecodeState.concat([a, b])
-    assert both.rows == 3 and both.cache_length == max(a.cache_length, b.cache_length)
-    assert both.adapter_names == ["prefix", None, "prompt"]
-    assert both.ctx.row_slots == [*a.ctx.row_slots, *b.ctx.row_slots]
-    # the long row leaves: columns only it used are dropped, the others' mask is unchanged
-    short = both.select([2, 1])
-    assert short.cache_length == b.cache_length and short.ctx.row_slots == b.ctx.row_slots[::-1]
-    assert torch.equal(short.mask, b.mask.flip(0))
-    # decode is one forward of (B, 1) tokens
-    shapes = []
-    head = model.model.get_output_embeddings()
-    hook = head.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[:2])))
-    try:
-        _, after = model.decode(both, torch.tensor([1, 2, 3]))
-    finally:
-        hook.remove()
-    assert shapes == [(3, 1)] and after.cache_length == both.cache_length + 1
-    with pytest.raises(RuntimeError, match="consumed"):
-        model.decode(both, torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="one token per row"):
-        model.decode(after, torch.tensor([1, 2]))
-    assert after.select([]).rows == 0 and DecodeState.concat([after.select([]), short]).rows == 2
-
-
 def test_removed_adapter_is_an_error_for_its_rows(served: Served, tmp_path) -> None:
     model = served.multi
     cfg = peft.LoraConfig(r=2, target_modules=TARGETS[served.base], task_type=TASK[served.base])
@@ -247,12 +174,15 @@ def test_removed_adapter_is_an_error_for_its_rows(served: Served, tmp_path) -> N
     perturb_adapter_weights(pm, seed=5)
     pm.save_pretrained(tmp_path / "tmp")
     model.add("tmp", tmp_path / "tmp")
-    logits, state = model.prefill([[5, 6, 7], [8, 9]], ["tmp", "lora"])
+    engine = GreedyEngine(model, served.eos)
+    engine.admit([0, 1], [[5, 6, 7], [8, 9]], ["tmp", "lora"], [NEW, NEW])
+    engine.step()
     model.remove("tmp")
-    with pytest.raises(AdapterNotFoundError, match="'tmp' of row 0 was removed"):
-        model.decode(state, logits.argmax(-1))
-    _, rest = model.decode(state.select([1]), logits[1:].argmax(-1))  # the other row carries on
-    assert rest.rows == 1
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 'tmp'"):
+        engine.step()  # never the base model, or another adapter, for the removed adapter's row
+    engine.leave(0)
+    engine.step()  # the other row carries on
+    assert engine.tokens[1] == served.solo("lora", [8, 9])[:2]
 
 
 @torch.no_grad()
@@ -282,9 +212,10 @@ def test_classify_two_heads_of_different_widths_equal_peft(tmp_path) -> None:
 
 
 @torch.no_grad()
-def test_triton_kernels_on_rows_of_different_cache_lengths(tmp_path, monkeypatch) -> None:
-    """The Triton kernels (interpreted on CPU) read the decode metadata per row: after concat and select
-    they give the reference backend's logits."""
+def test_triton_kernels_on_rows_of_different_stream_lengths(tmp_path, monkeypatch) -> None:
+    """The Triton kernels (interpreted on CPU) read the segment metadata per row: rows that joined at different
+    steps (streams of different lengths, one decoding beside two prefilling) and leave in any order give the
+    reference backend's logits."""
     pytest.importorskip("triton")
     multi = MultiAdapterModel(BUILDERS["llama"]())
     for i, r in enumerate([2, 8]):
@@ -296,17 +227,16 @@ def test_triton_kernels_on_rows_of_different_cache_lengths(tmp_path, monkeypatch
 
     def run(backend: str) -> list[torch.Tensor]:
         monkeypatch.setenv("SWAPYARD_KERNELS", backend)
-        first, a = multi.prefill([[5, 6, 7, 8, 9, 10, 11, 12]], ["t0"])
-        first, a = multi.decode(a, first.argmax(-1))
-        joined, b = multi.prefill([[7, 8], [9, 10, 11]], ["t1", None])
-        state, tokens = DecodeState.concat([a, b]), torch.cat([first, joined]).argmax(-1)
-        outs = []
+        engine = GreedyEngine(multi, eos=-1)
+        engine.admit([0], [[5, 6, 7, 8, 9, 10, 11, 12]], ["t0"], [NEW])
+        engine.step()
+        engine.admit([1, 2], [[7, 8], [9, 10, 11]], ["t1", None], [NEW, NEW])
         for _ in range(3):
-            logits, state = multi.decode(state, tokens)
-            tokens = logits.argmax(-1)
-            outs.append(logits)
-        logits, state = multi.decode(state.select([2, 0]), tokens[[2, 0]])
-        return [*outs, logits]
+            engine.step()
+        engine.leave(1)
+        engine.running.reverse()
+        engine.step()
+        return [torch.stack(engine.logits[rid]) for rid in (0, 1, 2)]
 
     for want, got in zip(run("torch"), run("triton")):
         assert float((want - got).abs().max()) <= 1e-5

@@ -121,7 +121,7 @@ def test_text_entry_points_refuse_image_bases(kind: str) -> None:
     with pytest.raises(ValueError, match="takes images, not tokens"):
         multi.classify([[1, 2]], [None])
     with pytest.raises(ValueError, match="does not generate; use classify_images"):
-        multi.prefill([[1, 2]], [None])
+        multi.generate(input_ids=torch.tensor([[1, 2]]), adapter_names=[None])
 
 
 def test_docs_table_image_cells_are_what_these_tests_prove() -> None:

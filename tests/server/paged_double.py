@@ -3,12 +3,13 @@ and slow, for the engine's tests while (and beside) the real paged core.
 
 Its "KV cache" holds token ids: `paged_step` writes each chunk's tokens into the slots its block table names,
 and for a chunk that wants logits reads the row's whole stream back through the block table and runs one full
-uncached forward of it (`model.prefill` of that row alone: virtual tokens, prefixes and every method included).
+uncached forward of it (the wrapped model's forward of that row alone: virtual tokens, prefixes and every method
+included).
 So the answer is exactly the row's own, and any bookkeeping bug of the engine — a wrong or shared-and-
 overwritten block, a position never computed, a reserved block handed out, a stale stream after preemption —
 trips an assert or changes the tokens.
 
-Everything else (adapters, add/remove, classify, prefill/decode) is the wrapped model's.
+Everything else (adapters, add/remove, classify, embed) is the wrapped model's.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class ReferencePagedModel:
             assert UNWRITTEN not in stream, f"row {c.seq_id} reads positions never computed"
             v = self.stream_prefix_length(c.adapter)
             assert stream[:v] == [VIRTUAL] * v and VIRTUAL not in stream[v:], (c.seq_id, v, stream)
-            out, _ = self.inner.prefill([stream[v:]], [c.adapter])
-            logits.append(out[0].float())
+            with torch.no_grad():
+                out = self.inner(input_ids=torch.tensor([stream[v:]]), adapter_names=[c.adapter]).logits
+            logits.append(out[0, -1].float())
         if not logits:
             return torch.empty(0, 0)
         return torch.stack(logits)

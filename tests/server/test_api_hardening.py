@@ -249,14 +249,13 @@ def test_an_engine_failure_logs_one_traceback(
     with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
         engine = app.state.swapyard.engine
         model = engine.model
-        step_name = "paged_step" if engine.paged else "decode"  # the model call of a step with running rows
-        step = getattr(model, step_name)
+        step = model.paged_step  # the model call of every step with rows
 
         def failing_step(*args: Any, **kwargs: Any) -> Any:
-            monkeypatch.setattr(model, step_name, step)  # once
+            monkeypatch.setattr(model, "paged_step", step)  # once
             raise RuntimeError("injected device error")
 
-        monkeypatch.setattr(model, step_name, failing_step)
+        monkeypatch.setattr(model, "paged_step", failing_step)
         response = client.post("/generate", json={"inputs": "w1 w2", "parameters": {"max_new_tokens": 3}})
         assert response.status_code == 500 and "RuntimeError" in response.json()["error"]
         assert client.post("/generate", json=OK).status_code == 200

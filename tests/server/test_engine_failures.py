@@ -28,7 +28,7 @@ def test_a_decode_failure_fails_running_and_newly_admitted_rows(
     with TestClient(app, raise_server_exceptions=False) as client:
         engine = app.state.swapyard.engine
         # One step that both runs the first row and admits the second fails (every model call of that step:
-        # the paged path retries a failed step row by row); the server goes on with the next.
+        # the engine retries a failed step row by row); the server goes on with the next.
         armed = {"mixed_step": False, "fired": False, "step": 0, "fired_at": -1}
 
         def failing(call):
@@ -40,29 +40,17 @@ def test_a_decode_failure_fails_running_and_newly_admitted_rows(
 
             return wrapped
 
-        if engine.paged:
-            schedule = engine._schedule_paged
+        schedule = engine._schedule_paged
 
-            def spy_schedule(batch):
-                step, jobs = schedule(batch)
-                admitted = {id(row) for row in step.admitted}
-                armed["step"] += 1
-                armed["mixed_step"] = bool(admitted) and any(id(c.row) not in admitted for c in step.chunks)
-                return step, jobs
+        def spy_schedule(batch):
+            step, jobs = schedule(batch)
+            admitted = {id(row) for row in step.admitted}
+            armed["step"] += 1
+            armed["mixed_step"] = bool(admitted) and any(id(c.row) not in admitted for c in step.chunks)
+            return step, jobs
 
-            monkeypatch.setattr(engine, "_schedule_paged", spy_schedule)
-            monkeypatch.setattr(engine.model, "paged_step", failing(engine.model.paged_step))
-        else:
-            schedule = engine._schedule
-
-            def spy_schedule(batch):  # type: ignore[misc]
-                admitted, jobs = schedule(batch)
-                armed["step"] += 1
-                armed["mixed_step"] = bool(admitted) and bool(engine._batch.rows)
-                return admitted, jobs
-
-            monkeypatch.setattr(engine, "_schedule", spy_schedule)
-            monkeypatch.setattr(engine.model, "decode", failing(engine.model.decode))
+        monkeypatch.setattr(engine, "_schedule_paged", spy_schedule)
+        monkeypatch.setattr(engine.model, "paged_step", failing(engine.model.paged_step))
 
         out: dict = {}
         first = threading.Thread(target=_post, args=(client, out, "running", 400))

@@ -1,7 +1,8 @@
 """A BLOOM base (ALiBi position biases, its own attention code: adapters_core/paged/families.py) served by the
-engine takes the paged path, and its concurrent greedy answers — LoRA, IA3, prompt tuning, prefix tuning and the
-base, prefilled in chunks under a small token budget beside running decodes — are each PEFT's own answer for
-that adapter alone."""
+engine runs on its paged core, and its concurrent greedy answers — LoRA, IA3, prompt tuning, prefix tuning and
+the base, prefilled in chunks under a small token budget beside running decodes — are each PEFT's own answer for
+that adapter alone. An MPT base (ALiBi through the attention mask, which the paged core does not build) is
+refused at start-up, by name and with the reason: the server never serves it some other way."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from serve_helpers import build_tokenizer, prompt
 from test_engine_paged import all_at_once, body, paged_client, tokens
 from tiny_models import VOCAB, perturb_adapter_weights
-from transformers import AutoModelForCausalLM, BloomConfig, BloomForCausalLM
+from transformers import AutoModelForCausalLM, BloomConfig, BloomForCausalLM, MptConfig, MptForCausalLM
+
+from adapters_core.errors import UnsupportedError
+from server.app import create_app
+from server.engine import build_engine
+from server.settings import Settings
 
 NEW = 10
 BLOCK = 4
@@ -101,3 +108,22 @@ def test_bloom_rows_take_the_paged_path_and_equal_peft_alone(bloom: tuple[Path, 
     assert any(not c.want_logits for plan in plans for c in plan.chunks), "no prompt was chunked"
     mixed = [p for p in plans if any(len(c.tokens) > 1 for c in p.chunks)]
     assert any(any(len(c.tokens) == 1 for c in p.chunks) for p in mixed), "prefill never ran beside decodes"
+
+
+def test_an_mpt_base_is_refused_at_start_up(tmp_path: Path) -> None:
+    """The tiny MPT of tests/adapters_core/test_paged_cache.py: the app's start-up fails with an error that names
+    the base and why, and the engine thread never starts (no request is ever served on another path)."""
+    torch.manual_seed(0)
+    config = MptConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=VOCAB, expansion_ratio=2)
+    MptForCausalLM(config).eval().save_pretrained(tmp_path)
+    build_tokenizer().save_pretrained(tmp_path)
+    settings = Settings(base_model=str(tmp_path))
+    engine = build_engine(settings)
+    app = create_app(settings, engine=engine)
+    with (
+        pytest.raises(UnsupportedError, match=r"cannot serve MptForCausalLM: .*ALiBi") as refused,
+        TestClient(app),
+    ):
+        pass
+    assert "docs/architectures.md" in str(refused.value)  # what to do instead
+    assert not engine.running and engine._batch is None
