@@ -152,7 +152,9 @@ class Engine(JobQueue, PagedPath):
             self._observe_blocks()
         if self.device.type == "cuda":  # compile every kernel variant now, not inside a step (issue 18)
             # The most tokens a forward can carry: a paged step's budget, or a classify/embed job's padded rows.
-            tokens = max(self.paging.batch_tokens(self.device), self.max_batch_size * self.limits.max_total_tokens)
+            tokens = max(
+                self.paging.batch_tokens(self.device), self.max_batch_size * self.limits.max_total_tokens
+            )
             log.info("warmed up %d kernel variants", warm_up_kernels(self.model, tokens))
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()

@@ -17,6 +17,7 @@ from serve_helpers import prompt, reference_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
+from adapters_core.paged import StepPlan
 from server.engine import GenerationRequest
 from server.sampling import SamplingParams
 
