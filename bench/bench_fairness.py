@@ -86,8 +86,9 @@ def run_trace(
 
 
 class Log:
-    """What the engine did, from its emit stage: each step's (time, running rows), and each finished
-    request's (adapter, submitted, first token, finished) times."""
+    """What the engine did, from its emit stage: each step's (time, rows sampled in it: the running rows
+    that ran, paused ones not counted), and each finished request's (adapter, submitted, first token, finished)
+    times."""
 
     def __init__(self, engine: Engine) -> None:
         self.steps: list[tuple[float, int]] = []
@@ -95,7 +96,7 @@ class Log:
         emit, emit_row = engine._emit, engine._emit_row
 
         def on_emit(rows: list[Any], picks: list[Any]) -> None:
-            self.steps.append((time.perf_counter(), len(engine._batch.rows)))
+            self.steps.append((time.perf_counter(), len(rows)))
             emit(rows, picks)
 
         def on_emit_row(row: Any, pick: Any, now: float) -> None:
@@ -113,7 +114,7 @@ class Log:
 
     def breakdown(self, names: list[str]) -> tuple[float, float, float]:
         """Of `names`' requests: median seconds from submit to first token, median seconds from first token to
-        the last, and the mean running rows of the steps while they ran."""
+        the last, and the mean rows sampled in the steps while they ran."""
         mine = [r for r in self.requests if r[0] in names]
         rows = [n for t, n in self.steps for _, _, first, end in mine if first < t <= end]
         return (
@@ -123,7 +124,7 @@ class Log:
         )
 
     def step_ms(self) -> dict[int, float]:
-        """Median step time (between consecutive emits) by the running rows of the later step."""
+        """Median step time (between consecutive emits) by the rows sampled in the later step."""
         by: dict[int, list[float]] = {}
         for (a, _), (b, n) in zip(self.steps, self.steps[1:]):
             by.setdefault(n, []).append(b - a)
@@ -191,10 +192,13 @@ def main() -> None:
                     post(client, n, text, args.new) for n in others for _ in range(5)
                 )
                 alone = log.breakdown(others)
+                alone_steps = log.step_ms()
                 engine.fairness.fifo = policy == "fifo"
                 engine.fairness.counters.clear()  # each policy starts from nobody served
                 log.clear()
+                t0 = time.perf_counter()
                 got = run_trace(client, arrivals, text, args.new)
+                makespan = time.perf_counter() - t0
                 mine = [s for n in others for s in got.get(n, [])]
                 result = Result(
                     rep,
@@ -205,10 +209,15 @@ def main() -> None:
                     statistics.median(got[flooder]),
                     alone,
                     log.breakdown(others),
+                    len(arrivals) / makespan,
                 )
                 results.append(result)
                 steps = ", ".join(f"{n}: {ms:.1f}" for n, ms in log.step_ms().items())
-                print(f"{result.row()}  step ms by running rows: {steps}", flush=True)
+                print(
+                    f"{result.row()}  step ms by rows sampled: alone {alone_steps.get(1, 0):.1f}; under the "
+                    f"trace {steps}",
+                    flush=True,
+                )
     print(f"\n{Result.HEADER}")
     for result in results:
         print(result.row())
@@ -232,11 +241,12 @@ class Result:
     flood: float
     alone: tuple[float, float, float]
     loaded: tuple[float, float, float]
+    served: float  # requests per second, the trace's arrivals over its first arrival to its last response
 
     HEADER = (
         "| run | policy | U ms | others' requests | others' median ms | others' median / U (goal <= 1.5) | "
-        "flooder's median / U | others' wait, run ms: alone | under the trace | mean running rows |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "flooder's median / U | others' wait, run ms: alone | under the trace | mean rows per step | served req/s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
     def row(self) -> str:
@@ -244,7 +254,7 @@ class Result:
         return (
             f"| {self.rep} | {self.policy} | {self.unloaded * 1000:.0f} | {self.count} | {self.median * 1000:.0f} | "
             f"{self.median / self.unloaded:.2f} | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
-            f"{run0 * 1000:.0f} | {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} |"
+            f"{run0 * 1000:.0f} | {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} | {self.served:.2f} |"
         )
 
 
