@@ -385,6 +385,11 @@ class MultiAdapterModel(nn.Module):
         row's prompt goes to the encoder (`SeqChunk.encoder_ids`). None for decoder-only bases."""
         return paged.paged_decoder_prompt(self)
 
+    def paged_encoder_bytes(self, adapter: str | None, input_length: int) -> int:
+        """Bytes the model keeps outside the block pool for a row of `input_length` prompt tokens under `adapter`
+        while it runs: an encoder-decoder row's encoder keys/values (paged/seq2seq.py); 0 for other bases."""
+        return paged.paged_encoder_bytes(self, adapter, input_length)
+
     def paged_release(self, seq_id: int) -> None:
         """The row left (finished, failed or preempted): free what the model keeps for it outside the block pool
         (an encoder-decoder row's encoder keys/values, paged/seq2seq.py). Idempotent; a no-op for other rows."""

@@ -164,6 +164,9 @@ class KVBlocks:
         self.block_size = pool.block_size
         self._tables: dict[int, list[int]] = {}
         self._chains: dict[int, list[BlockHash]] = {}  # keys of the row's leading computed full blocks
+        # Blocks a row holds beside its table, never written: memory the model keeps for the row outside the
+        # pool (an encoder-decoder row's encoder keys/values), charged to the pool so admission counts it.
+        self._extra: dict[int, list[int]] = {}
         self.hit_positions = 0  # positions served from the prefix cache (admit)
         self.queried_positions = 0  # positions looked up in it (admit)
 
@@ -195,24 +198,34 @@ class KVBlocks:
         return hits, chain
 
     def admit(
-        self, seq_id: int, adapter_key: str, stream: Sequence[int], positions: int, reuse: bool = True
+        self,
+        seq_id: int,
+        adapter_key: str,
+        stream: Sequence[int],
+        positions: int,
+        reuse: bool = True,
+        extra: int = 0,
     ) -> int | None:
         """Give a row without blocks a table covering `positions` (>= len(stream)) stream positions, reusing
         the cached blocks of its prefix (unless not `reuse`: a row that needs its prompt's logits computes
-        every position). Returns how many leading positions are already computed (a multiple
-        of block_size, < len(stream)), or None if the free blocks do not suffice (then nothing is taken)."""
+        every position), and `extra` blocks held beside it until it is freed (a reservation, never written).
+        Returns how many leading positions are already computed (a multiple of block_size, < len(stream)), or
+        None if the free blocks do not suffice (then nothing is taken)."""
         if seq_id in self._tables:
             raise RuntimeError(f"row {seq_id} already holds KV blocks")
         hits, chain = self._prefix_hits(adapter_key, stream) if reuse else ([], [])
         fresh = self.blocks_for(positions) - len(hits)
         # Idle hits leave the free count when taken: they cannot also be allocated as fresh blocks.
-        if fresh > self.pool.num_free - sum(self.pool.is_idle(b) for b in hits):
+        if fresh + extra > self.pool.num_free - sum(self.pool.is_idle(b) for b in hits):
             return None
         for block in hits:
             self.pool.take(block)
         new = self.pool.allocate(fresh)
-        assert new is not None
+        reserved = self.pool.allocate(extra)
+        assert new is not None and reserved is not None
         self._tables[seq_id] = hits + new
+        if reserved:
+            self._extra[seq_id] = reserved
         self._chains[seq_id] = chain
         cached = len(hits) * self.block_size
         self.hit_positions += cached
@@ -232,18 +245,21 @@ class KVBlocks:
         table.extend(new)
         return True
 
-    def fork(self, parent: int, child: int, positions: int) -> tuple[int, int] | bool | None:
+    def fork(self, parent: int, child: int, positions: int, extra: int = 0) -> tuple[int, int] | bool | None:
         """Give `child` (holding no blocks) the parent's first `positions` computed positions: its full blocks
         shared (one more reference each), the partial last one, if any, a fresh block the caller fills with a
-        copy. Returns (source, copy) block ids for that copy, None when there is no partial block, or False
-        (nothing taken) when no block is free for it."""
+        copy; and `extra` reserved blocks of its own (as `admit`). Returns (source, copy) block ids for that
+        copy, None when there is no partial block, or False (nothing taken) when the free blocks do not suffice."""
         if child in self._tables:
             raise RuntimeError(f"row {child} already holds KV blocks")
         full, partial = divmod(positions, self.block_size)
         table = self._tables[parent]
-        new = self.pool.allocate(1 if partial else 0)
+        new = self.pool.allocate((1 if partial else 0) + extra)
         if new is None:
             return False
+        if extra:
+            self._extra[child] = new[len(new) - extra :]
+            new = new[: len(new) - extra]
         for block in table[:full]:
             self.pool.take(block)
         self._tables[child] = table[:full] + new
@@ -267,3 +283,6 @@ class KVBlocks:
         self._chains.pop(seq_id, None)
         if table:
             self.pool.release(table)
+        reserved = self._extra.pop(seq_id, None)
+        if reserved:
+            self.pool.release(reserved)

@@ -149,5 +149,11 @@ def paged_decoder_prompt(model: Any) -> list[int] | None:
     return seq2seq.decoder_prompt(model) if model._prompts.kind == "seq2seq" else None
 
 
+def paged_encoder_bytes(model: Any, adapter: str | None, input_length: int) -> int:
+    if model._prompts.kind != "seq2seq":
+        return 0
+    return seq2seq.row_encoder_bytes(model, adapter, input_length)
+
+
 def paged_release(model: Any, seq_id: int) -> None:
     seq2seq.release(model, seq_id)

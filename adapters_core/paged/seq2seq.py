@@ -14,7 +14,9 @@ Where they live: a per-row store keyed by seq_id (`EncoderStore`), not the block
 in length (no block rounding) and live exactly as long as the row: `paged_release(seq_id)` drops them when the row
 finishes, fails or is preempted (a preempted row is re-encoded when it comes back). Not in the pool because the
 pool's blocks are sized and hashed for the decoder stream (prefix caching keys blocks by tokens, which an encoder
-output is not), and a row's cross keys never grow. Their bytes are `encoder_kv_bytes(length)` per row.
+output is not), and a row's cross keys never grow. Their bytes are `encoder_kv_bytes(length)` per row; the engine
+charges them to the pool all the same (`paged_encoder_bytes`: the row holds that many bytes of blocks, never
+written, while it runs), so admission and preemption count them.
 
 Each step: the decoder tokens of all chunks packed as one (1, T) stream through the model's own forward, with the
 "swapyard_paged_s2s" attention (seq2seq_attention.py: paged self-attention with the row's own positions and T5
@@ -74,6 +76,17 @@ def encoder_kv_bytes(model: Any, length: int) -> int:
     """Bytes of one row's cross-attention keys and values for an encoder input of `length` positions."""
     width = torch.finfo(_dtype(model)).bits // 8
     return 2 * length * width * sum(h * d for h, d in heads(model))
+
+
+def row_encoder_bytes(model: Any, adapter: str | None, input_length: int) -> int:
+    """`encoder_kv_bytes` of a row of `input_length` prompt tokens under `adapter`: its encoder input is the
+    adapter's virtual tokens (prompt tuning), then the prompt."""
+    virtual = 0
+    if adapter is not None:
+        tensors = model._prompts.slots.get(model._get(adapter).slot)
+        if tensors is not None and tensors.kind == "virtual":
+            virtual = int(tensors.length)
+    return encoder_kv_bytes(model, virtual + input_length)
 
 
 def _dtype(model: Any) -> torch.dtype:

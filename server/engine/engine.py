@@ -65,7 +65,7 @@ from .batch import Row
 from .fairness import VirtualTokenCounter
 from .jobs import JobQueue
 from .limits import TokenLimits, prompt_positions
-from .paged import PagedBatch, PagingConfig, new_seq
+from .paged import PagedBatch, PagingConfig
 from .paged_path import PagedPath
 from .siblings import SiblingGroups
 from .types import (
@@ -233,8 +233,8 @@ class Engine(JobQueue, PagedPath):
                 "prompt; an encoder-decoder's prompt is its encoder's input, which it does not score; drop them"
             )
         handle = RequestHandle(loop)
-        seq = new_seq(self.model, handle.id, request.input_ids, request.model_name, request.prompt_logprobs)
-        batch.check_fits(len(seq.stream), request.max_new_tokens)
+        seq = batch.new_seq(handle.id, request.input_ids, request.model_name, request.prompt_logprobs)
+        batch.check_fits(seq, request.max_new_tokens)
         row = Row(
             request,
             handle,

@@ -140,6 +140,7 @@ class PagedBatch:
             prefill_while_decoding=config.prefill_tokens_while_decoding(device),
         )
         self.rows: list[Row] = []
+        self.block_bytes = model.kv_block_bytes(config.block_size)
         self.positions = self.blocks.pool.capacity * config.block_size
         log.info(
             "paged KV cache: %d blocks of %d positions (%d positions), %d tokens per step",
@@ -152,12 +153,25 @@ class PagedBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def check_fits(self, stream_positions: int, new_tokens: int) -> None:
+    def new_seq(
+        self, seq_id: int, input_ids: list[int], model_name: str | None, prompt_logits: bool = False
+    ) -> SeqState:
+        """`new_seq`, with an encoder-decoder row's encoder keys/values (kept by the model outside the pool)
+        charged to the pool as `reserved_blocks`: whole blocks of their bytes, held while the row runs."""
+        seq = new_seq(self.model, seq_id, input_ids, model_name, prompt_logits)
+        if self.encoder_decoder:
+            encoder = self.model.paged_encoder_bytes(model_name, len(input_ids))
+            seq.reserved_blocks = -(-encoder // self.block_bytes)
+        return seq
+
+    def check_fits(self, seq: SeqState, new_tokens: int) -> None:
         """422 when one row alone could never fit in the KV pool."""
-        need = stream_positions + new_tokens
+        bs = self.blocks.block_size
+        need = len(seq.stream) + new_tokens + seq.reserved_blocks * bs
         if need > self.positions:
+            encoder = " and its encoder's keys/values" if seq.reserved_blocks else ""
             raise InvalidInputError(
-                f"the request needs {need} positions of KV cache (its prompt and virtual tokens, plus "
+                f"the request needs {need} positions of KV cache (its prompt and virtual tokens{encoder}, plus "
                 f"max_new_tokens), more than the whole cache holds ({self.positions}); ask for fewer tokens, or "
                 "start the server with a larger --kv-cache-bytes"
             )

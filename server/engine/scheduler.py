@@ -25,8 +25,10 @@ with more is (re)prefilling. Each step, with `max_batch_tokens` tokens to spend:
 3. then admissions, while budget and row slots remain: the next row by the fair queue (engine/fairness.py:
    preempted rows first, then the tenants running the fewest rows, then the least-served adapter). A row is
    admitted only if blocks for its whole current stream can be had (cached prefix blocks are reused,
-   adapters_core/paged/blocks.py); if the chosen row does not fit, admission stops for this step rather than
-   let later rows pass it, so a long prompt is not starved by short ones.
+   adapters_core/paged/blocks.py), plus its `reserved_blocks` (an encoder-decoder row's encoder keys/values,
+   kept by the model outside the pool but charged to it: held while the row runs, freed with its blocks); if
+   the chosen row does not fit, admission stops for this step rather than let later rows pass it, so a long
+   prompt is not starved by short ones.
 
 Running rows are capped at min(max_rows, max_batch_tokens), so every decoding row gets its token every step.
 
@@ -65,6 +67,9 @@ class SeqState:
     charged: int = 0
     preemptions: int = 0
     prompt_logits: bool = False  # the prompt's logits are still wanted: no prefix-cache hits, every logit
+    # Blocks held beside the stream's while the row runs (taken at admission, freed with its blocks): what the
+    # model keeps for it outside the pool, charged to the pool (an encoder-decoder row's encoder keys/values).
+    reserved_blocks: int = 0
 
     @property
     def pending(self) -> int:
@@ -164,7 +169,12 @@ class Scheduler(Generic[R]):
             row = waiting[i]
             seq = row.seq
             cached = self.blocks.admit(
-                seq.seq_id, seq.adapter_key, seq.stream, len(seq.stream), reuse=not seq.prompt_logits
+                seq.seq_id,
+                seq.adapter_key,
+                seq.stream,
+                len(seq.stream),
+                reuse=not seq.prompt_logits,
+                extra=seq.reserved_blocks,
             )
             if cached is None:
                 if not running:  # even an empty pool cannot hold it: it would wait forever

@@ -72,7 +72,7 @@ def fork(
         if row.handle.cancelled or len(batch.rows) >= max_rows:
             queue.append(row)
             continue
-        copy = batch.blocks.fork(leader.seq.seq_id, row.seq.seq_id, computed)
+        copy = batch.blocks.fork(leader.seq.seq_id, row.seq.seq_id, computed, extra=row.seq.reserved_blocks)
         if copy is False:
             queue.append(row)
             continue

@@ -46,6 +46,24 @@ def test_row_free_is_idempotent_and_returns_every_block() -> None:
     assert blocks.pool.num_used == 0 and blocks.pool.num_free == 7
 
 
+def test_extra_blocks_are_held_beside_the_table_counted_at_admission_and_freed_with_the_row() -> None:
+    blocks = KVBlocks(BlockPool(8, 4, reserved=1))  # 7 usable
+    assert blocks.admit(1, "", [5], positions=1, extra=3) == 0
+    assert len(blocks.table(1)) == 1 and blocks.pool.num_used == 4  # 1 in the table, 3 reserved beside it
+    assert blocks.admit(2, "", [6], positions=1, extra=3) is None  # 1 + 3 > 3 free: nothing taken
+    assert blocks.pool.num_used == 4 and 2 not in blocks
+    assert blocks.admit(2, "", [6], positions=1, extra=2) == 0 and blocks.pool.num_free == 0
+    assert blocks.fork(1, 3, 1, extra=1) is False  # no block for the child's reservation
+    blocks.free(2)
+    assert blocks.fork(1, 3, 4, extra=2) is None  # the full block shared, 2 reserved of its own
+    assert blocks.pool.num_used == 6 and blocks.table(3) == blocks.table(1)
+    blocks.free(1)
+    blocks.free(1)
+    assert blocks.pool.num_used == 3
+    blocks.free(3)
+    assert blocks.pool.num_used == 0 and blocks.pool.num_free == 7
+
+
 def test_prefix_hits_share_blocks_with_refcounts() -> None:
     blocks = KVBlocks(BlockPool(16, 4))
     stream = [5, 6, 7, 8, 9, 10, 11, 12, 13]

@@ -91,3 +91,71 @@ def test_t5_is_served_paged_and_concurrent_answers_equal_each_adapter_alone(
             json={"inputs": texts[0], "parameters": {"max_new_tokens": 2, "decoder_input_details": True}},
         )
         assert response.status_code == 422 and "encoder" in response.json()["error"], response.text
+
+
+def held_blocks(engine: Any) -> tuple[int, int]:
+    """(blocks the pool says are held, blocks the running rows hold: their tables' and their reserved ones)."""
+    batch = engine._batch
+    tables = {b for row in batch.rows for b in batch.blocks.table(row.seq.seq_id)}
+    return batch.blocks.pool.num_used, len(tables) + sum(row.seq.reserved_blocks for row in batch.rows)
+
+
+@pytest.mark.timeout(600)
+def test_a_rows_encoder_keys_values_are_charged_to_the_kv_pool_and_decide_admission(
+    t5_setup: tuple[Path, Path],
+) -> None:
+    """Encoder keys/values live outside the pool (encoder_store.py) but are charged to it: a row holds
+    ceil(their bytes / block bytes) blocks from admission until it leaves. Two long-input rows cannot run
+    together in a pool where two short ones can; the pool's count always equals what the running rows hold."""
+    base, lora = t5_setup
+    tok = AutoTokenizer.from_pretrained(base)
+    long_texts, short_texts = (
+        [prompt(90 + i, length=22) for i in range(2)],
+        [prompt(95 + i, 2) for i in range(2)],
+    )
+    adapters = [None, "lora"]
+    lengths = [len(tok(t)["input_ids"]) for t in long_texts + short_texts]
+    reserve = [-(-n // BLOCK) for n in lengths]  # T5: cross keys/values per position = a block's per position
+    usable = 10
+    decoder = -(-(1 + NEW) // BLOCK)  # blocks of a decoder stream at its longest
+    assert all(decoder + r <= usable < 2 * (1 + r) for r in reserve[:2]), ("long inputs", lengths)
+    assert 2 * (decoder + max(reserve[2:])) <= usable, ("short inputs", lengths)
+    with paged_client(
+        "core",
+        kv_blocks=usable + 1,  # block 0 is the scratch block
+        base_model=str(base),
+        adapters=[f"lora={lora}"],
+        max_batch_size=8,
+        max_batch_tokens=16,
+        kv_block_size=BLOCK,
+    ) as (client, engine, plans):
+        model = engine.model
+        per_block = model.kv_block_bytes(BLOCK)
+        assert [-(-paged_s2s.encoder_kv_bytes(model, n) // per_block) for n in lengths] == reserve
+        counts: list[tuple[int, int]] = []
+        step = model.paged_step
+
+        def counting(plan: Any) -> Any:
+            counts.append(held_blocks(engine))
+            return step(plan)
+
+        model.paged_step = counting
+        for texts in (long_texts, short_texts):
+            before = len(plans)
+            out = all_at_once(client, engine, [body(t, n, NEW) for t, n in zip(texts, adapters)])
+            for name, text, response in zip(adapters, texts, out):
+                assert tokens(response) == peft_answer(base, lora if name else None, tok, text), (name, text)
+            together = [len({c.seq_id for c in plan.chunks}) for plan in plans[before:]]
+            if texts is long_texts:
+                assert max(together) == 1, (
+                    "two long-input rows ran together: their encoder keys were not charged"
+                )
+            else:
+                assert max(together) == 2, "two short-input rows should run together"
+        assert counts and all(used == held for used, held in counts), counts
+        engine.wait_idle()
+        assert engine._batch.blocks.pool.num_used == 0, "a row that left kept blocks"
+        assert not paged_s2s.store(model).rows
+        # 1 + 16 decoder positions (5 blocks) and 6 blocks of encoder keys/values: more than the 10 there are
+        response = client.post("/generate", json=body(long_texts[0], None, 16))
+        assert response.status_code == 422 and "encoder" in response.json()["error"], response.text

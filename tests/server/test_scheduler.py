@@ -207,6 +207,29 @@ def test_preemption_frees_blocks_and_the_row_resumes_with_exactly_its_own_tokens
     assert run.scheduler.blocks.pool.num_used == 0
 
 
+def test_reserved_blocks_decide_admission_and_leave_with_a_preempted_or_finished_row() -> None:
+    """An encoder-decoder row's encoder keys/values are charged as `reserved_blocks` (engine/paged.py): held
+    from admission until the row leaves, so they count against the free blocks and preemption frees them."""
+    run = Run.make(num_blocks=9, block_size=4, budget=16)  # 8 usable blocks
+    ps = prompts(2, [1])
+    rows = [item(i, p, max_new=9) for i, p in enumerate(ps)]  # streams grow to 10 positions: 3 blocks
+    for row in rows:
+        row.seq.reserved_blocks = 3
+    run.waiting.extend(rows)
+    schedule = run.step()
+    assert schedule.admitted == rows and run.scheduler.blocks.pool.num_used == 2 * (1 + 3)
+    preempted: list[Item] = []
+    while run.running or run.waiting:
+        schedule = run.step()
+        preempted += schedule.preempted
+        held = sum(len(run.scheduler.blocks.table(r.seq.seq_id)) + 3 for r in run.running)
+        assert run.scheduler.blocks.pool.num_used == held, "a row that left kept its reserved blocks"
+    assert preempted, "the reservations were meant to force a preemption (2 x (3 + 3) > 8)"
+    for row in run.finished:
+        assert row.generated == alone(ps[row.seq.seq_id], 9)
+    assert run.scheduler.blocks.pool.num_used == 0
+
+
 def test_a_row_that_does_not_fit_blocks_admission_so_a_long_prompt_is_not_passed() -> None:
     run = Run.make(num_blocks=9, block_size=4, budget=64)  # 8 usable blocks
     run.waiting.append(item(0, prompts(1, [17])[0], max_new=10))  # holds 5 blocks, at most 7
