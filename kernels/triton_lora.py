@@ -259,33 +259,34 @@ def _upcast_dot(w: LoraWeights) -> bool:
     return INTERPRETED and w.dtype == torch.bfloat16
 
 
-def sgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
-    """Segment shrink: out[t, :r] = x[t] @ A[slot].T. x: (T, H_in); out: (T, R) float32.
+def sgmv_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor, *, block_r: int = BLOCK_R) -> Tensor:
+    """Segment shrink: out[t, :r] = x[t] @ A[slot].T. x: (T, H_in); out: (T, R) float32. `block_r`: the rank
+    block (wider blocks read x once for more of the rank: kernels/triton_shared_decode.py).
 
     Writes exactly the entries expand reads (tokens with a slot, j < r[slot]); leaves the rest as they are.
     """
     if meta.num_segments == 0 or w.max_rank == 0:
         return out
-    v = lora_variant("shrink", w, x.dtype, meta, decode=False)
+    v = lora_variant("shrink", w, x.dtype, meta, decode=False, block_r=block_r)
     m_blocks = cdiv(meta.max_seg_len, v.block_m)
-    r_blocks = cdiv(w.max_rank, BLOCK_R)
+    r_blocks = cdiv(w.max_rank, block_r)
     grid = (meta.num_segments * m_blocks * r_blocks,)
     _sgmv_shrink_kernel[grid](
         x, w.a_pages, out, w.page_table, w.ranks,
         meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         w.in_features, m_blocks, r_blocks,
         x.stride(0), x.stride(1), w.a_pages.stride(0), w.page_table.stride(0), out.stride(0), out.stride(1),
-        BLOCK_M=v.block_m, BLOCK_R=BLOCK_R, BLOCK_K=v.block_f, DOT_PRECISION=_dot_precision(w),
+        BLOCK_M=v.block_m, BLOCK_R=block_r, BLOCK_K=v.block_f, DOT_PRECISION=_dot_precision(w),
         UPCAST_DOT=_upcast_dot(w),
     )  # fmt: skip
     return out
 
 
-def sgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
+def sgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta, *, block_r: int = BLOCK_R) -> Tensor:
     """Segment expand: y[t] += scale[slot] * u[t, :r] @ B[slot].T in place. y: (T, H_out); u: (T, R)."""
     if meta.num_segments == 0 or w.max_rank == 0:
         return y
-    v = lora_variant("expand", w, y.dtype, meta, decode=False)
+    v = lora_variant("expand", w, y.dtype, meta, decode=False, block_r=block_r)
     m_blocks = cdiv(meta.max_seg_len, v.block_m)
     n_blocks = cdiv(w.out_features, v.block_f)
     grid = (meta.num_segments * m_blocks * n_blocks,)
@@ -294,7 +295,7 @@ def sgmv_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor
         meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
         w.out_features, m_blocks, n_blocks,
         u.stride(0), u.stride(1), w.bt_pages.stride(0), w.page_table.stride(0), y.stride(0), y.stride(1),
-        BLOCK_M=v.block_m, BLOCK_N=v.block_f, BLOCK_R=BLOCK_R, DOT_PRECISION=_dot_precision(w),
+        BLOCK_M=v.block_m, BLOCK_N=v.block_f, BLOCK_R=block_r, DOT_PRECISION=_dot_precision(w),
         UPCAST_DOT=_upcast_dot(w),
     )  # fmt: skip
     return y

@@ -31,18 +31,14 @@ from torch import Tensor
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
 from kernels.triton_lora import (
-    _dot_precision,
-    _sgmv_expand_kernel,
-    _sgmv_shrink_kernel,
-    _upcast_dot,
     bgmv_expand,
     bgmv_shrink,
-    lora_variant,
+    sgmv_expand,
+    sgmv_shrink,
 )
 from kernels.variants import (
     MAX_BLOCK_R,
     SHARED_MIN_ROWS,
-    cdiv,
     shared_block_r,
     takes_shared,
     use_shared_decode,
@@ -61,46 +57,14 @@ __all__ = [
 
 
 def shared_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:
-    """out[t, :r] = x[t] @ A[slot].T, rows of a slot in dot tiles. x: (T, H_in); out: (T, R) float32.
-
-    Writes exactly the entries expand reads (tokens with a slot, j < r[slot]); leaves the rest as they are.
-    """
-    if meta.num_segments == 0 or w.max_rank == 0:
-        return out
-    block_r = shared_block_r(w.max_rank)
-    v = lora_variant("shrink", w, x.dtype, meta, decode=False, block_r=block_r)
-    m_blocks = cdiv(meta.max_seg_len, v.block_m)
-    r_blocks = cdiv(w.max_rank, block_r)
-    grid = (meta.num_segments * m_blocks * r_blocks,)
-    _sgmv_shrink_kernel[grid](
-        x, w.a_pages, out, w.page_table, w.ranks,
-        meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
-        w.in_features, m_blocks, r_blocks,
-        x.stride(0), x.stride(1), w.a_pages.stride(0), w.page_table.stride(0), out.stride(0), out.stride(1),
-        BLOCK_M=v.block_m, BLOCK_R=block_r, BLOCK_K=v.block_f, DOT_PRECISION=_dot_precision(w),
-        UPCAST_DOT=_upcast_dot(w),
-    )  # fmt: skip
-    return out
+    """out[t, :r] = x[t] @ A[slot].T, rows of a slot in dot tiles: the segment kernel with a rank block up to
+    MAX_BLOCK_R. x: (T, H_in); out: (T, R) float32; writes only the entries expand reads."""
+    return sgmv_shrink(x, w, meta, out, block_r=shared_block_r(w.max_rank))
 
 
 def shared_expand(y: Tensor, u: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
     """y[t] += scale[slot] * u[t, :r] @ B[slot].T in place, rows of a slot in dot tiles. y: (T, H_out)."""
-    if meta.num_segments == 0 or w.max_rank == 0:
-        return y
-    block_r = shared_block_r(w.max_rank)
-    v = lora_variant("expand", w, y.dtype, meta, decode=False, block_r=block_r)
-    m_blocks = cdiv(meta.max_seg_len, v.block_m)
-    n_blocks = cdiv(w.out_features, v.block_f)
-    grid = (meta.num_segments * m_blocks * n_blocks,)
-    _sgmv_expand_kernel[grid](
-        u, w.bt_pages, y, w.page_table, w.ranks, w.scales,
-        meta.token_order, meta.seg_starts, meta.seg_lens, meta.seg_slots,
-        w.out_features, m_blocks, n_blocks,
-        u.stride(0), u.stride(1), w.bt_pages.stride(0), w.page_table.stride(0), y.stride(0), y.stride(1),
-        BLOCK_M=v.block_m, BLOCK_N=v.block_f, BLOCK_R=block_r, DOT_PRECISION=_dot_precision(w),
-        UPCAST_DOT=_upcast_dot(w),
-    )  # fmt: skip
-    return y
+    return sgmv_expand(y, u, w, meta, block_r=shared_block_r(w.max_rank))
 
 
 def decode_shrink(x: Tensor, w: LoraWeights, meta: BatchMeta, out: Tensor) -> Tensor:

@@ -33,7 +33,6 @@ from kernels import (
 from kernels import triton_fused as tf
 from kernels import triton_ia3 as ti
 from kernels import triton_lora as tk
-from kernels import triton_shared_decode as sd
 from kernels.metadata import BatchMeta
 from kernels.slices import lora_expand_slices, lora_shrink_slices
 from kernels.variants import LoraGeometry, Stage, serving_variants, variant_key
@@ -133,7 +132,6 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[tuple[Any, ...]]]
     seen: set[tuple[Any, ...]] = set()
     for module, names in (
         (tk, ("sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand")),
-        (sd, ("sgmv_shrink", "sgmv_expand")),  # imported by name there: the same compiled kernels
         (tf, ("sgmv_shrink_slices", "bgmv_shrink_slices", "sgmv_expand_slices", "bgmv_expand_slices")),
         (ti, ("ia3_scale",)),
     ):
