@@ -11,6 +11,9 @@ Run it on the device the pools live on (it sets the device guard itself), after 
 (`kernels.set_decode_policy`: "shared" adds the shared-adapter decode variants). Geometries marked `sliced`
 (members of sibling groups) also warm the multi-slice shrink of `kernels.triton_fused`. It runs under the
 interpreter too (how the tests check it), where nothing compiles.
+
+`warmup_attention(variants, device)` does the same for the paged decode attention (kernels/paged_attention.py):
+one launch per `AttentionVariant` (a layer geometry, with or without a window / softcapping) on a scratch pool.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from kernels.dispatch import device_guard
 from kernels.ia3_pool import IA3Pool
 from kernels.metadata import build_decode_meta, build_prefill_meta
+from kernels.paged_attention import AttentionVariant, decode_attention
 from kernels.pool import LoraPool
 from kernels.variants import BLOCK_R, DecodePolicy, LoraGeometry, Variant, ia3_variant_key, serving_variants
 
@@ -129,4 +133,35 @@ def _warm_ia3(g: LoraGeometry, device: torch.device) -> set[Variant]:
         t = torch.zeros(1, features, dtype=g.act_dtype, device=device)
         triton_ia3.ia3_scale(t, pool.weights, meta, torch.empty_like(t) if copy else t)
         launched.add(ia3_variant_key(features, IA3_DTYPE, g.act_dtype, copy=copy))
+    return launched
+
+
+def warmup_attention(
+    variants: Iterable[AttentionVariant], *, device: torch.device | str
+) -> set[AttentionVariant]:
+    """Launch the paged decode attention once per variant (two rows, one block each, on a two-block scratch pool
+    of the variant's geometry): every variant serving launches is then compiled. Returns the variants."""
+    device = torch.device(device)
+    launched = set()
+    with device_guard(device):
+        for v in set(variants):
+            k = torch.zeros(v.kv_heads, 2 * v.block_size, v.head_dim, dtype=v.dtype, device=device)
+            q = torch.zeros(2, v.q_heads, v.head_dim, dtype=v.dtype, device=device)
+            tables = torch.tensor([[1], [0]], device=device)
+            lengths = torch.tensor([v.block_size, 1], device=device)
+            decode_attention(
+                q,
+                k,
+                k,
+                tables,
+                lengths,
+                block_size=v.block_size,
+                scale=1.0,
+                window=v.block_size if v.window else None,
+                softcap=1.0 if v.softcap else None,
+                partition=v.partition,
+            )
+            launched.add(v)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return launched

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from kernels import paged_attention as paged_kernel
+
 from .batch import Decode, Prefill
 from .kv_cache import StepCache
 
@@ -150,6 +152,34 @@ def _prefix_positions(dec: Decode) -> torch.Tensor:
     return torch.arange(max(dec.prefix), device=dec.blocks.device).expand(len(dec.prefix), -1)
 
 
+def _triton_decode(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    dec: Decode,
+    block_size: int,
+    window: int | None,
+    scale: float,
+    softcap: float | None,
+    alibi: Any,
+) -> bool:
+    """Write the decode rows' attention into `out` (1, T, Hq, hd) from the Triton kernel over their block
+    tables (no gather; kernels/paged_attention.py) and return True; False when the torch path must run (not
+    the Triton backend, or terms the kernel does not apply: prefix keys, ALiBi)."""
+    unsupported = max(dec.prefix) > 0 or alibi is not None
+    if not paged_kernel.takes_triton(
+        query[0, :, 0], k_pool, unsupported=unsupported
+    ):  # (Hq, hd): no copy yet
+        return False
+    q = query[0].transpose(0, 1)[dec.tokens]  # (B, Hq, hd)
+    out[0, dec.tokens] = paged_kernel.decode_attention(
+        q, k_pool, v_pool, dec.blocks, dec.lengths, block_size=block_size, scale=scale, window=window,
+        softcap=softcap,
+    )  # fmt: skip
+    return True
+
+
 def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -178,6 +208,8 @@ def paged_attention(
     k_pool, v_pool, bs = cache.pool.keys[layer], cache.pool.values[layer], cache.pool.block_size
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, T, Hq, hd)
     dec: Decode | None = batch.decode
+    if dec is not None and _triton_decode(out, query, k_pool, v_pool, dec, bs, window, scale, softcap, alibi):
+        dec = None
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
         if dec.width > KEY_TILE:

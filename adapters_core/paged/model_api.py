@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from kernels import paged_attention as paged_kernel
+
 from ..errors import UnsupportedError
 from . import families, seq2seq
 from .kv_cache import RESERVED_BLOCKS, KVPool, StepCache
@@ -112,6 +114,33 @@ def init_kv_cache(model: Any, num_blocks: int, block_size: int) -> None:
     state.pool = None  # free the old pool before the new one is allocated
     state.pool = KVPool(_heads(model), num_blocks, block_size, dtype=_dtype(model), device=model._device())
     mark_attention_modules(model.model, state.cell)
+    warm_up_attention(model, state.pool)
+
+
+def warm_up_attention(model: Any, pool: KVPool) -> int:
+    """Compile the Triton decode attention's variants for this pool's layers now (kernels/paged_attention.py;
+    CUDA with compiled Triton only), so that no step compiles one. Returns how many were launched."""
+    device = pool.keys[0].device
+    if device.type != "cuda" or model._prompts.kind != "causal":
+        return 0
+    if paged_kernel.attention_backend(device) != "triton":
+        return 0
+    from kernels import triton_lora
+    from kernels.warmup import warmup_attention
+
+    cfg = model.model.config.get_text_config()
+    q_heads = getattr(cfg, "num_attention_heads", None)
+    if triton_lora.INTERPRETED or not q_heads:
+        return 0
+    windows = {False, bool(getattr(cfg, "sliding_window", None))}  # Gemma 2-style models alternate
+    softcap = bool(getattr(cfg, "attn_logit_softcapping", None))
+    dtype = pool.keys[0].dtype
+    variants = {
+        paged_kernel.attention_variant(int(q_heads), hkv, hd, dtype, pool.block_size, window, softcap)
+        for hkv, hd in pool.heads
+        for window in windows
+    }
+    return len(warmup_attention(variants, device=device))
 
 
 def _chunk_info(model: Any, chunk: SeqChunk) -> tuple[int, int, int]:

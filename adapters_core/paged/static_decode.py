@@ -34,6 +34,7 @@ import torch
 from transformers import AttentionInterface
 
 from kernels import BatchMeta
+from kernels import paged_attention as paged_kernel
 from kernels.metadata import build_static_decode_meta
 
 from ..multi.context import TokenContext
@@ -189,6 +190,12 @@ def static_attention(
     k_pool, v_pool, bs = pool.keys[layer], pool.values[layer], pool.block_size
     q = query[0].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
     blocks = cache.inputs.block_tables  # (B, nb)
+    if paged_kernel.takes_triton(q[:, :, 0], k_pool):  # over the block tables, no gather (kernels/)
+        o = paged_kernel.decode_attention(
+            q[:, :, 0], k_pool, v_pool, blocks, cache.inputs.lengths, block_size=bs, scale=scale, window=window,
+            softcap=softcap,
+        )  # fmt: skip
+        return o[None], None
     if blocks.shape[1] * bs <= attention.KEY_TILE:
         k, v = (
             attention._gather(k_pool, blocks, bs),
