@@ -52,7 +52,7 @@ def _tanh(x):
                        "stride_mh", "stride_lb", "stride_lh"],
     do_not_specialize_on_alignment=["q_ptr", "tables_ptr", "lengths_ptr"],
 )  # fmt: skip
-def _partition_kernel(
+def _paged_attn_partition_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lengths_ptr, mid_ptr, lse_ptr,
     scale, softcap, window, head_dim,
     stride_qb, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, stride_tb,
@@ -132,7 +132,7 @@ def _partition_kernel(
     do_not_specialize=["window", "stride_ob", "stride_oh", "stride_mb", "stride_mh", "stride_lb", "stride_lh"],
     do_not_specialize_on_alignment=["lengths_ptr"],
 )  # fmt: skip
-def _merge_kernel(
+def _paged_attn_merge_kernel(
     mid_ptr, lse_ptr, lengths_ptr, out_ptr,
     window, head_dim,
     stride_mb, stride_mh, stride_mp, stride_lb, stride_lh, stride_ob, stride_oh,
@@ -187,7 +187,7 @@ def decode_attention(
     mid = torch.empty(rows, hq, parts, hd, dtype=torch.float32, device=q.device)  # (B, Hq, P, hd)
     lse = torch.empty(rows, hq, parts, dtype=torch.float32, device=q.device)  # (B, Hq, P)
     precision = "ieee" if k_pool.dtype == torch.float32 else "tf32"  # tf32 only matters for float32 operands
-    _partition_kernel[(rows, hkv, parts)](
+    _paged_attn_partition_kernel[(rows, hkv, parts)](
         q, k_pool, v_pool, block_tables, lengths, mid, lse,
         scale, softcap or 1.0, window or 0, hd,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
@@ -197,7 +197,7 @@ def decode_attention(
         BLOCK_SIZE=block_size, HAS_WINDOW=v.window, HAS_SOFTCAP=v.softcap, DOT_PRECISION=precision,
         UPCAST_DOT=INTERPRETED and k_pool.dtype == torch.bfloat16,
     )  # fmt: skip
-    _merge_kernel[(rows, hq)](
+    _paged_attn_merge_kernel[(rows, hq)](
         mid, lse, lengths, out,
         window or 0, hd,
         mid.stride(0), mid.stride(1), mid.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),

@@ -16,6 +16,8 @@ prefill metadata (SGMV):
 Every method's output is checked against the PyTorch reference before it is timed (a wrong one is listed
 as WRONG, not timed, and fails the section). Goal: >= 70% of copy at
 batch >= 64. Prefill rows (segments of 256 tokens) add the frozen layer's GEMM on the same tokens for scale.
+Then the paged decode attention table (bench/device/attention.py): the Triton kernel over block tables
+against gather + SDPA, 1-256 rows, 256-2,048 keys.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bench.device.attention import attention_rows
 from bench.device.common import (
     Goal,
     Section,
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     shares = decode_rows(section, dev, copy, args.smoke_cpu)
     prefill_rows(section, dev, args.smoke_cpu)
+    attention_rows(section, dev, copy, args.smoke_cpu)  # paged decode attention: Triton vs gather + SDPA
     worst = min(shares) if shares and not any(math.isnan(s) for s in shares) else math.nan
     section.goals.append(
         Goal(

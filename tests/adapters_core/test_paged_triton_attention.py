@@ -210,7 +210,7 @@ def test_cuda_steps_on_the_compiled_kernel_equal_torch_path(tmp_path_factory: An
         model.add(method, root / method)
     with attention_backend("triton"):
         engine = engine_with(model, ROWS, seed=4)  # init_kv_cache warms the attention variants up
-    kernels_ = [tpa._partition_kernel, tpa._merge_kernel]
+    kernels_ = [tpa._paged_attn_partition_kernel, tpa._paged_attn_merge_kernel]
     warmed = [_compiled(k) for k in kernels_]
     assert all(warmed)
     real = model.paged_step
