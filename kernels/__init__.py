@@ -14,6 +14,10 @@ for (`kernels.variants`), so none compiles mid-serving; decode outputs are batch
 decode runs per-token BGMV). `set_decode_policy("shared")` (or `SWAPYARD_SHARED_DECODE=1`) opts into the
 shared-adapter decode kernels: faster when rows share adapters, not batch-invariant (kernels/variants.py).
 
+Paged decode attention (`kernels.paged_attention`, `kernels.triton_paged_attention`): one query token per row
+over the KV pool's blocks, read in place through block tables; Triton only (its torch path is
+adapters_core/paged/attention.py's gather + SDPA), warmed up by `kernels.warmup.warmup_attention`.
+
 Backends: Triton on CUDA tensors, the PyTorch reference elsewhere; `SWAPYARD_KERNELS=triton|torch|auto` or
 `backend=` forces one. Triton is imported only when a Triton backend runs, so this package imports without it.
 """

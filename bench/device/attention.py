@@ -67,8 +67,13 @@ def paths(case: dict[str, Any]) -> dict[str, Any]:
 
 def attention_rows(section: Section, dev: Any, copy: float, smoke: bool) -> None:
     """The paged decode attention table and its goal (module docstring)."""
+    import importlib.util
+
     import torch
 
+    if importlib.util.find_spec("transformers") is None:  # the torch path lives in adapters_core
+        section.add("", "Paged decode attention: skipped (needs transformers for the gather + SDPA path).")
+        return
     geometry, shapes = (SMOKE_GEOMETRY, SMOKE_SHAPES) if smoke else (GPU_GEOMETRY, GPU_SHAPES)
     hq, hkv, hd, bs = geometry
     section.add(
