@@ -8,9 +8,10 @@ output with column offsets; here every slice keeps its own tensors):
 - shrink: `u[s, t, :r] = x[t] @ A_s[slot].T` for every slice s, one launch, `u` (n, T, R) float32;
 - expand: `y_s[t] += scale_s[slot] * u[s, t, :r] @ B_s[slot].T` for every slice s, one launch.
 
-The slice is the last grid axis; a program picks its slice's pointers (`_pick`) and then runs the very
-program the single-module kernel of `kernels.triton_lora` runs (`kernels.triton_lora_programs`: same blocks,
-same order of operations), so a slice's result is bit-identical to the single-module launch. Slices may differ in output width and in each
+The slice is the last grid axis; a program picks its slice's pointers (`_pick`) and then calls the
+single-module kernel of `kernels.triton_lora` as a function (a `@triton.jit` function may call another, kernels
+included: inlined when compiled; `tl.program_id(0)` there is this launch's), so a slice's program is the
+single-module program, and its result is bit-identical to the single-module launch. Slices may differ in output width and in each
 slot's rank (rank_pattern); they share `in_features`, the rank capacity `R` and the dtype.
 
 As in `kernels.triton_lora`: no split-K and no atomics (a decode row's u is the single-module BGMV's bit for
@@ -31,12 +32,13 @@ from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
-from kernels.triton_lora import _dot_precision, _upcast_dot
-from kernels.triton_lora_programs import (
-    bgmv_expand_program,
-    bgmv_shrink_program,
-    sgmv_expand_program,
-    sgmv_shrink_program,
+from kernels.triton_lora import (
+    _bgmv_expand_kernel,
+    _bgmv_shrink_kernel,
+    _dot_precision,
+    _sgmv_expand_kernel,
+    _sgmv_shrink_kernel,
+    _upcast_dot,
 )
 from kernels.variants import BLOCK_R, Variant, cdiv, shared_block_r, takes_shared, variant_key
 
@@ -65,8 +67,8 @@ def _sgmv_shrink_slices_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
-    sgmv_shrink_program(
-        tl.program_id(0), x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
+    _sgmv_shrink_kernel(
+        x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
         _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr), _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr),
         token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
         in_features, m_blocks, r_blocks,
@@ -83,8 +85,8 @@ def _bgmv_shrink_slices_kernel(
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
-    bgmv_shrink_program(
-        tl.program_id(0), x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
+    _bgmv_shrink_kernel(
+        x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
         _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr), _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), token_slots_ptr,
         in_features, r_blocks,
         stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
@@ -107,8 +109,8 @@ def _sgmv_expand_slices_kernel(
     out_features = _pick(sid, nf0, nf1, nf2)
     if pid % n_blocks * BLOCK_N >= out_features:  # an output block past a narrower slice (GQA k/v)
         return
-    sgmv_expand_program(
-        pid, u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
+    _sgmv_expand_kernel(
+        u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
         _pick(sid, y0_ptr, y1_ptr, y2_ptr), _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr),
         _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr),
         token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
@@ -132,8 +134,8 @@ def _bgmv_expand_slices_kernel(
     out_features = _pick(sid, nf0, nf1, nf2)
     if pid % n_blocks * BLOCK_N >= out_features:  # an output block past a narrower slice (GQA k/v)
         return
-    bgmv_expand_program(
-        pid, u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
+    _bgmv_expand_kernel(
+        u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
         _pick(sid, y0_ptr, y1_ptr, y2_ptr), _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr),
         _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr), token_slots_ptr,
         out_features, n_blocks,

@@ -8,9 +8,9 @@ the weights' dtype before expand; float32 weights use IEEE dots (no TF32). Under
 (Triton 3.9) bfloat16 needs two allowances: its `tl.dot` is done on float32 copies (`_upcast_dot`), and
 its float32 -> bfloat16 casts truncate instead of rounding to nearest, so CPU tests allow an ulp there.
 
-Each kernel runs one program of `kernels.triton_lora_programs` (the multi-slice kernels of
-`kernels.triton_fused` run the same ones). Launch shapes (host-side, from `BatchMeta`'s host fields; no
-device sync):
+The multi-slice kernels of `kernels.triton_fused` call these kernels as functions (after picking their
+slice's pointers), so there is one body per program. Launch shapes (host-side, from `BatchMeta`'s host fields;
+no device sync):
 - SGMV: a program per (segment tile of BLOCK_M tokens, rank block | output block); tiles past a segment's
   end exit at once.
 - BGMV: a program per (token, rank block | output block); tokens without an adapter exit at once. It reads
@@ -36,12 +36,6 @@ from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
-from kernels.triton_lora_programs import (
-    bgmv_expand_program,
-    bgmv_shrink_program,
-    sgmv_expand_program,
-    sgmv_shrink_program,
-)
 from kernels.variants import BLOCK_R, Variant, cdiv, variant_key
 
 try:  # decided once, at import, exactly as `triton.jit` decides it
@@ -61,13 +55,46 @@ def _sgmv_shrink_kernel(
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    sgmv_shrink_program(
-        tl.program_id(0), x_ptr, a_ptr, u_ptr, page_table_ptr, ranks_ptr,
-        token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
-        in_features, m_blocks, r_blocks,
-        stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
-        BLOCK_M, BLOCK_R, BLOCK_K, DOT_PRECISION, UPCAST_DOT,
-    )  # fmt: skip
+    pid = tl.program_id(0)
+    seg = pid // (m_blocks * r_blocks)
+    m0 = (pid // r_blocks) % m_blocks * BLOCK_M
+    r0 = pid % r_blocks * BLOCK_R
+    seg_len = tl.load(seg_lens_ptr + seg)
+    if m0 >= seg_len:
+        return
+    slot = tl.load(seg_slots_ptr + seg)
+    rank = tl.load(ranks_ptr + slot)
+    if r0 >= rank:
+        return
+    seg_start = tl.load(seg_starts_ptr + seg)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < seg_len
+    tok = tl.load(token_order_ptr + seg_start + offs_m, mask=mask_m, other=0)  # (BM,) int64
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < rank
+    page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
+
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k0 in range(0, in_features, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < in_features
+        x = tl.load(
+            x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
+        )  # (BM, BK)
+        a = tl.load(
+            a_ptr + page[None, :] * stride_ap + offs_k[:, None],
+            mask=mask_r[None, :] & mask_k[:, None],
+            other=0.0,
+        )  # (BK, BR) = A[slot].T tile
+        x = x.to(a_ptr.dtype.element_ty)  # operands in the weights' dtype
+        if UPCAST_DOT:
+            acc += tl.dot(x.to(tl.float32), a.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(x, a, input_precision=DOT_PRECISION)
+    u_ptrs = u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur
+    tl.store(u_ptrs, acc, mask=mask_m[:, None] & mask_r[None, :])
 
 
 @triton.jit(do_not_specialize=["m_blocks"])
@@ -79,13 +106,49 @@ def _sgmv_expand_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    sgmv_expand_program(
-        tl.program_id(0), u_ptr, bt_ptr, y_ptr, page_table_ptr, ranks_ptr, scales_ptr,
-        token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
-        out_features, m_blocks, n_blocks,
-        stride_ut, stride_ur, stride_bp, stride_pts, stride_yt, stride_yn,
-        BLOCK_M, BLOCK_N, BLOCK_R, DOT_PRECISION, UPCAST_DOT,
-    )  # fmt: skip
+    pid = tl.program_id(0)
+    seg = pid // (m_blocks * n_blocks)
+    m0 = (pid // n_blocks) % m_blocks * BLOCK_M
+    n0 = pid % n_blocks * BLOCK_N
+    seg_len = tl.load(seg_lens_ptr + seg)
+    if m0 >= seg_len:
+        return
+    slot = tl.load(seg_slots_ptr + seg)
+    rank = tl.load(ranks_ptr + slot)
+    if rank == 0:
+        return
+    scale = tl.load(scales_ptr + slot)
+    seg_start = tl.load(seg_starts_ptr + seg)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < seg_len
+    tok = tl.load(token_order_ptr + seg_start + offs_m, mask=mask_m, other=0)  # (BM,) int64
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < out_features
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, rank, BLOCK_R):  # this slot's rank only
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < rank
+        page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
+        u = tl.load(
+            u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur,
+            mask=mask_m[:, None] & mask_r[None, :],
+            other=0.0,
+        )  # (BM, BR) float32
+        bt = tl.load(
+            bt_ptr + page[:, None] * stride_bp + offs_n[None, :],
+            mask=mask_r[:, None] & mask_n[None, :],
+            other=0.0,
+        )  # (BR, BN) = B[slot].T tile
+        u = u.to(bt_ptr.dtype.element_ty)  # u rounded to the weights' dtype
+        if UPCAST_DOT:
+            acc += tl.dot(u.to(tl.float32), bt.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(u, bt, input_precision=DOT_PRECISION)
+    y_ptrs = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+    mask = mask_m[:, None] & mask_n[None, :]
+    y = tl.load(y_ptrs, mask=mask, other=0.0)
+    tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["r_blocks"])
@@ -95,12 +158,32 @@ def _bgmv_shrink_kernel(
     stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    bgmv_shrink_program(
-        tl.program_id(0), x_ptr, a_ptr, u_ptr, page_table_ptr, ranks_ptr, token_slots_ptr,
-        in_features, r_blocks,
-        stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
-        BLOCK_R, BLOCK_K,
-    )  # fmt: skip
+    pid = tl.program_id(0)
+    tok = (pid // r_blocks).to(tl.int64)
+    r0 = pid % r_blocks * BLOCK_R
+    slot = tl.load(token_slots_ptr + tok)
+    if slot < 0:
+        return
+    rank = tl.load(ranks_ptr + slot)
+    if r0 >= rank:
+        return
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < rank
+    page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
+
+    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for k0 in range(0, in_features, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < in_features
+        x = tl.load(x_ptr + tok * stride_xt + offs_k * stride_xk, mask=mask_k, other=0.0)  # (BK,)
+        x = x.to(a_ptr.dtype.element_ty).to(tl.float32)
+        a = tl.load(
+            a_ptr + page[:, None] * stride_ap + offs_k[None, :],
+            mask=mask_r[:, None] & mask_k[None, :],
+            other=0.0,
+        )  # (BR, BK)
+        acc += tl.sum(a.to(tl.float32) * x[None, :], axis=1)
+    tl.store(u_ptr + tok * stride_ut + offs_r * stride_ur, acc, mask=mask_r)
 
 
 @triton.jit
@@ -110,12 +193,35 @@ def _bgmv_expand_kernel(
     stride_ut, stride_ur, stride_bp, stride_pts, stride_yt, stride_yn,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    bgmv_expand_program(
-        tl.program_id(0), u_ptr, bt_ptr, y_ptr, page_table_ptr, ranks_ptr, scales_ptr, token_slots_ptr,
-        out_features, n_blocks,
-        stride_ut, stride_ur, stride_bp, stride_pts, stride_yt, stride_yn,
-        BLOCK_N, BLOCK_R,
-    )  # fmt: skip
+    pid = tl.program_id(0)
+    tok = (pid // n_blocks).to(tl.int64)
+    n0 = pid % n_blocks * BLOCK_N
+    slot = tl.load(token_slots_ptr + tok)
+    if slot < 0:
+        return
+    rank = tl.load(ranks_ptr + slot)
+    if rank == 0:
+        return
+    scale = tl.load(scales_ptr + slot)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < out_features
+
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for r0 in range(0, rank, BLOCK_R):  # this slot's rank only
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < rank
+        page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
+        u = tl.load(u_ptr + tok * stride_ut + offs_r * stride_ur, mask=mask_r, other=0.0)  # (BR,) float32
+        u = u.to(bt_ptr.dtype.element_ty).to(tl.float32)
+        bt = tl.load(
+            bt_ptr + page[:, None] * stride_bp + offs_n[None, :],
+            mask=mask_r[:, None] & mask_n[None, :],
+            other=0.0,
+        )  # (BR, BN)
+        acc += tl.sum(u[:, None] * bt.to(tl.float32), axis=0)
+    y_ptrs = y_ptr + tok * stride_yt + offs_n * stride_yn
+    y = tl.load(y_ptrs, mask=mask_n, other=0.0)
+    tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 # -- launchers ------------------------------------------------------------------------------------------
