@@ -8,9 +8,10 @@ output with column offsets; here every slice keeps its own tensors):
 - shrink: `u[s, t, :r] = x[t] @ A_s[slot].T` for every slice s, one launch, `u` (n, T, R) float32;
 - expand: `y_s[t] += scale_s[slot] * u[s, t, :r] @ B_s[slot].T` for every slice s, one launch.
 
-The slice is the last grid axis; a program picks its slice's pointers (`_pick`) and then runs exactly the
-body of the single-module kernel of `kernels.triton_lora` (same blocks, same order of operations), so a
-slice's result is bit-identical to the single-module launch. Slices may differ in output width and in each
+The slice is the last grid axis; a program picks its slice's pointers (`_pick`) and then calls the
+single-module kernel of `kernels.triton_lora` as a function (a `@triton.jit` function may call another, kernels
+included: inlined when compiled; `tl.program_id(0)` there is this launch's), so a slice's program is the
+single-module program, and its result is bit-identical to the single-module launch. Slices may differ in output width and in each
 slot's rank (rank_pattern); they share `in_features`, the rank capacity `R` and the dtype.
 
 As in `kernels.triton_lora`: no split-K and no atomics (a decode row's u is the single-module BGMV's bit for
@@ -31,7 +32,14 @@ from torch import Tensor
 
 from kernels.metadata import BatchMeta
 from kernels.pool import LoraWeights
-from kernels.triton_lora import _dot_precision, _upcast_dot
+from kernels.triton_lora import (
+    _bgmv_expand_kernel,
+    _bgmv_shrink_kernel,
+    _dot_precision,
+    _sgmv_expand_kernel,
+    _sgmv_shrink_kernel,
+    _upcast_dot,
+)
 from kernels.variants import BLOCK_R, Variant, cdiv, shared_block_r, takes_shared, variant_key
 
 MAX_SLICES = 3  # q/k/v: the widest group a model has
@@ -59,53 +67,14 @@ def _sgmv_shrink_slices_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
-    a_ptr = _pick(sid, a0_ptr, a1_ptr, a2_ptr)
-    page_table_ptr = _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr)
-    ranks_ptr = _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr)
-    u_ptr += sid.to(tl.int64) * stride_us
-    pid = tl.program_id(0)
-    seg = pid // (m_blocks * r_blocks)
-    m0 = (pid // r_blocks) % m_blocks * BLOCK_M
-    r0 = pid % r_blocks * BLOCK_R
-    seg_len = tl.load(seg_lens_ptr + seg)
-    if m0 >= seg_len:
-        return
-    slot = tl.load(seg_slots_ptr + seg)
-    rank = tl.load(ranks_ptr + slot)
-    if r0 >= rank:
-        return
-    seg_start = tl.load(seg_starts_ptr + seg)
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < seg_len
-    tok = tl.load(token_order_ptr + seg_start + offs_m, mask=mask_m, other=0)  # (BM,) int64
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    mask_r = offs_r < rank
-    page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
-
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, in_features, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < in_features
-        x = tl.load(
-            x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )  # (BM, BK)
-        a = tl.load(
-            a_ptr + page[None, :] * stride_ap + offs_k[:, None],
-            mask=mask_r[None, :] & mask_k[:, None],
-            other=0.0,
-        )  # (BK, BR) = A_s[slot].T tile
-        x = x.to(a_ptr.dtype.element_ty)
-        if UPCAST_DOT:
-            acc += tl.dot(x.to(tl.float32), a.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(x, a, input_precision=DOT_PRECISION)
-    tl.store(
-        u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur,
-        acc,
-        mask=mask_m[:, None] & mask_r[None, :],
-    )
+    _sgmv_shrink_kernel(
+        x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
+        _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr), _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr),
+        token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
+        in_features, m_blocks, r_blocks,
+        stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
+        BLOCK_M, BLOCK_R, BLOCK_K, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["r_blocks", "stride_us"])
@@ -116,36 +85,13 @@ def _bgmv_shrink_slices_kernel(
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(2)
-    a_ptr = _pick(sid, a0_ptr, a1_ptr, a2_ptr)
-    page_table_ptr = _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr)
-    ranks_ptr = _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr)
-    u_ptr += sid.to(tl.int64) * stride_us
-    pid = tl.program_id(0)
-    tok = (pid // r_blocks).to(tl.int64)
-    r0 = pid % r_blocks * BLOCK_R
-    slot = tl.load(token_slots_ptr + tok)
-    if slot < 0:
-        return
-    rank = tl.load(ranks_ptr + slot)
-    if r0 >= rank:
-        return
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    mask_r = offs_r < rank
-    page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
-
-    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(0, in_features, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < in_features
-        x = tl.load(x_ptr + tok * stride_xt + offs_k * stride_xk, mask=mask_k, other=0.0)  # (BK,)
-        x = x.to(a_ptr.dtype.element_ty).to(tl.float32)
-        a = tl.load(
-            a_ptr + page[:, None] * stride_ap + offs_k[None, :],
-            mask=mask_r[:, None] & mask_k[None, :],
-            other=0.0,
-        )  # (BR, BK)
-        acc += tl.sum(a.to(tl.float32) * x[None, :], axis=1)
-    tl.store(u_ptr + tok * stride_ut + offs_r * stride_ur, acc, mask=mask_r)
+    _bgmv_shrink_kernel(
+        x_ptr, _pick(sid, a0_ptr, a1_ptr, a2_ptr), u_ptr + sid.to(tl.int64) * stride_us,
+        _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr), _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), token_slots_ptr,
+        in_features, r_blocks,
+        stride_xt, stride_xk, stride_ap, stride_pts, stride_ut, stride_ur,
+        BLOCK_R, BLOCK_K,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["m_blocks", "stride_us"])
@@ -159,61 +105,20 @@ def _sgmv_expand_slices_kernel(
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(1)
-    bt_ptr = _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr)
-    y_ptr = _pick(sid, y0_ptr, y1_ptr, y2_ptr)
-    page_table_ptr = _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr)
-    ranks_ptr = _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr)
-    scales_ptr = _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr)
-    out_features = _pick(sid, nf0, nf1, nf2)
-    stride_yt = _pick(sid, syt0, syt1, syt2)
-    stride_yn = _pick(sid, syn0, syn1, syn2)
-    stride_bp = _pick(sid, sbp0, sbp1, sbp2)
-    u_ptr += sid.to(tl.int64) * stride_us
     pid = tl.program_id(0)
-    seg = pid // (m_blocks * n_blocks)
-    m0 = (pid // n_blocks) % m_blocks * BLOCK_M
-    n0 = pid % n_blocks * BLOCK_N
-    if n0 >= out_features:  # a narrower slice (GQA k/v)
+    out_features = _pick(sid, nf0, nf1, nf2)
+    if pid % n_blocks * BLOCK_N >= out_features:  # an output block past a narrower slice (GQA k/v)
         return
-    seg_len = tl.load(seg_lens_ptr + seg)
-    if m0 >= seg_len:
-        return
-    slot = tl.load(seg_slots_ptr + seg)
-    rank = tl.load(ranks_ptr + slot)
-    if rank == 0:
-        return
-    scale = tl.load(scales_ptr + slot)
-    seg_start = tl.load(seg_starts_ptr + seg)
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < seg_len
-    tok = tl.load(token_order_ptr + seg_start + offs_m, mask=mask_m, other=0)  # (BM,) int64
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < out_features
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(0, rank, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < rank
-        page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
-        u = tl.load(
-            u_ptr + tok[:, None] * stride_ut + offs_r[None, :] * stride_ur,
-            mask=mask_m[:, None] & mask_r[None, :],
-            other=0.0,
-        )  # (BM, BR) float32
-        bt = tl.load(
-            bt_ptr + page[:, None] * stride_bp + offs_n[None, :],
-            mask=mask_r[:, None] & mask_n[None, :],
-            other=0.0,
-        )  # (BR, BN) = B_s[slot].T tile
-        u = u.to(bt_ptr.dtype.element_ty)
-        if UPCAST_DOT:
-            acc += tl.dot(u.to(tl.float32), bt.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(u, bt, input_precision=DOT_PRECISION)
-    y_ptrs = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
-    mask = mask_m[:, None] & mask_n[None, :]
-    y = tl.load(y_ptrs, mask=mask, other=0.0)
-    tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask)
+    _sgmv_expand_kernel(
+        u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
+        _pick(sid, y0_ptr, y1_ptr, y2_ptr), _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr),
+        _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr),
+        token_order_ptr, seg_starts_ptr, seg_lens_ptr, seg_slots_ptr,
+        out_features, m_blocks, n_blocks,
+        stride_ut, stride_ur, _pick(sid, sbp0, sbp1, sbp2), stride_pts,
+        _pick(sid, syt0, syt1, syt2), _pick(sid, syn0, syn1, syn2),
+        BLOCK_M, BLOCK_N, BLOCK_R, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_us"])
@@ -225,47 +130,19 @@ def _bgmv_expand_slices_kernel(
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     sid = tl.program_id(1)
-    bt_ptr = _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr)
-    y_ptr = _pick(sid, y0_ptr, y1_ptr, y2_ptr)
-    page_table_ptr = _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr)
-    ranks_ptr = _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr)
-    scales_ptr = _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr)
-    out_features = _pick(sid, nf0, nf1, nf2)
-    stride_yt = _pick(sid, syt0, syt1, syt2)
-    stride_yn = _pick(sid, syn0, syn1, syn2)
-    stride_bp = _pick(sid, sbp0, sbp1, sbp2)
-    u_ptr += sid.to(tl.int64) * stride_us
     pid = tl.program_id(0)
-    tok = (pid // n_blocks).to(tl.int64)
-    n0 = pid % n_blocks * BLOCK_N
-    if n0 >= out_features:
+    out_features = _pick(sid, nf0, nf1, nf2)
+    if pid % n_blocks * BLOCK_N >= out_features:  # an output block past a narrower slice (GQA k/v)
         return
-    slot = tl.load(token_slots_ptr + tok)
-    if slot < 0:
-        return
-    rank = tl.load(ranks_ptr + slot)
-    if rank == 0:
-        return
-    scale = tl.load(scales_ptr + slot)
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < out_features
-
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for r0 in range(0, rank, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < rank
-        page = tl.load(page_table_ptr + slot * stride_pts + offs_r, mask=mask_r, other=0)  # (BR,) int64
-        u = tl.load(u_ptr + tok * stride_ut + offs_r * stride_ur, mask=mask_r, other=0.0)  # (BR,) float32
-        u = u.to(bt_ptr.dtype.element_ty).to(tl.float32)
-        bt = tl.load(
-            bt_ptr + page[:, None] * stride_bp + offs_n[None, :],
-            mask=mask_r[:, None] & mask_n[None, :],
-            other=0.0,
-        )  # (BR, BN)
-        acc += tl.sum(u[:, None] * bt.to(tl.float32), axis=0)
-    y_ptrs = y_ptr + tok * stride_yt + offs_n * stride_yn
-    y = tl.load(y_ptrs, mask=mask_n, other=0.0)
-    tl.store(y_ptrs, (y.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=mask_n)
+    _bgmv_expand_kernel(
+        u_ptr + sid.to(tl.int64) * stride_us, _pick(sid, bt0_ptr, bt1_ptr, bt2_ptr),
+        _pick(sid, y0_ptr, y1_ptr, y2_ptr), _pick(sid, pt0_ptr, pt1_ptr, pt2_ptr),
+        _pick(sid, rk0_ptr, rk1_ptr, rk2_ptr), _pick(sid, sc0_ptr, sc1_ptr, sc2_ptr), token_slots_ptr,
+        out_features, n_blocks,
+        stride_ut, stride_ur, _pick(sid, sbp0, sbp1, sbp2), stride_pts,
+        _pick(sid, syt0, syt1, syt2), _pick(sid, syn0, syn1, syn2),
+        BLOCK_N, BLOCK_R,
+    )  # fmt: skip
 
 
 # -- launchers ------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ the weights' dtype before expand; float32 weights use IEEE dots (no TF32). Under
 (Triton 3.9) bfloat16 needs two allowances: its `tl.dot` is done on float32 copies (`_upcast_dot`), and
 its float32 -> bfloat16 casts truncate instead of rounding to nearest, so CPU tests allow an ulp there.
 
-Launch shapes (host-side, from `BatchMeta`'s host fields; no device sync):
+The multi-slice kernels of `kernels.triton_fused` call these kernels as functions (after picking their
+slice's pointers), so there is one body per program. Launch shapes (host-side, from `BatchMeta`'s host fields;
+no device sync):
 - SGMV: a program per (segment tile of BLOCK_M tokens, rank block | output block); tiles past a segment's
   end exit at once.
 - BGMV: a program per (token, rank block | output block); tokens without an adapter exit at once. It reads

@@ -95,8 +95,8 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(
         default=True,
-        description="on a GPU, run decode-only steps as CUDA graphs captured per bucket of batch size and context "
-        "width (steps with prefill, or rows of prefix tuning, LLaMA-Adapter, modules_to_save, trained biases or "
+        description="on a GPU, run decode-only steps as CUDA graphs captured at start-up per bucket of batch size "
+        "and context width (steps with prefill, or rows of prefix tuning, LLaMA-Adapter, modules_to_save, trained biases or "
         "embedding LoRA, run eagerly); unused on the CPU",
     )
     max_queued_requests: int = Field(

@@ -156,6 +156,8 @@ class Engine(JobQueue, PagedPath):
                 self.paging.batch_tokens(self.device), self.max_batch_size * self.limits.max_total_tokens
             )
             log.info("warmed up %d kernel variants", warm_up_kernels(self.model, tokens))
+        if self._batch is not None:  # after the kernels: a capture's warm-up then compiles nothing
+            self._start_decode_graphs()
         self._thread = threading.Thread(target=self._run, name="swapyard-engine", daemon=True)
         self._thread.start()
 

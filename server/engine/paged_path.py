@@ -13,6 +13,7 @@ sample    the rows whose stream the step completed (n > 1 siblings fork the firs
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,8 +40,11 @@ class PagedPath:
     """The paged step. Its methods run on the Engine (`self: Engine`; mypy's misc note on that self type is
     silenced: the mixin is only ever a base of Engine)."""
 
-    # The CUDA-graph decode runner (`_graph_runner`): None until the first step decides, False when off.
+    # The CUDA-graph decode runner (`_graph_runner`): None until start-up decides, False when off.
     decode_graphs: DecodeGraphRunner | bool | None = None
+    # A test's stand-in for CUDA-graph capture (`DecodeGraphRunner(capture_with=)`): with it the engine makes
+    # and warms its runner on the CPU too, as it does on a GPU.
+    graph_capture: Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]] | None = None
 
     def _paged_step(self: Engine, batch: PagedBatch) -> None:  # type: ignore[misc]
         schedule, jobs = self._schedule_paged(batch)
@@ -128,15 +132,17 @@ class PagedPath:
             return self.model.paged_step(plan)
 
     def _graph_runner(self: Engine) -> DecodeGraphRunner | None:  # type: ignore[misc]
-        """The engine's DecodeGraphRunner: made at the first step when `--cuda-graphs` is on and the model is on
-        a GPU (`decode_graphs` None: not decided yet; False: off; a test may set a runner on the CPU)."""
+        """The engine's DecodeGraphRunner: made at start-up (or the first step) when `--cuda-graphs` is on and the
+        model is on a GPU (`decode_graphs` None: not decided yet; False: off; a test may set a runner, or
+        `graph_capture`, on the CPU). Its largest shape: `max_batch_size` rows, and the blocks of a row of
+        `--max-total-tokens` positions (plus one for virtual positions), at most the pool's."""
         runner = self.decode_graphs
         if runner is None:
             runner = False
             # a stand-in model (tests' paged double) has no static step
             if (
                 self.paging.cuda_graphs
-                and self.device.type == "cuda"
+                and (self.device.type == "cuda" or self.graph_capture is not None)
                 and isinstance(self.model, MultiAdapterModel)
             ):
                 block = self.paging.block_size
@@ -144,9 +150,36 @@ class PagedPath:
                     self.model,
                     max_batch=self.max_batch_size,
                     max_blocks=-(-self.limits.max_total_tokens // block) + 1,  # + virtual positions' block
+                    capture_with=self.graph_capture,
                 )
             self.decode_graphs = runner
         return runner if isinstance(runner, DecodeGraphRunner) else None
+
+    def _start_decode_graphs(self: Engine) -> None:  # type: ignore[misc]
+        """At start-up (after the KV pool exists): capture every (batch, width) shape a decode step can meet, so
+        that no step captures while serving. A base the static step cannot run turns graphs off; a capture that
+        fails logs and turns them off (decode steps then run eagerly, as after a failure mid-serving)."""
+        runner = self._graph_runner()
+        if runner is None:
+            return
+        reason = runner.base_reason()
+        if reason is not None:
+            log.info("decode steps run eagerly: %s", reason)
+            self.decode_graphs = False
+            return
+        try:
+            with self.model_lock:  # as a step: the adapter store changes the model's pools only between
+                captured = runner.capture()
+        except Exception:
+            log.exception("capturing CUDA-graph decode steps at start-up failed; decode steps run eagerly")
+            self.decode_graphs = False
+            return
+        log.info(
+            "captured %d CUDA-graph decode steps: batch buckets %s x width buckets (blocks) %s",
+            captured,
+            runner.batch_sizes,
+            runner.widths,
+        )
 
     def _sampling_logits(  # type: ignore[misc]
         self: Engine, plan: Any, chunks: list[Any], logits: torch.Tensor

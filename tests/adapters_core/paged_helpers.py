@@ -1,14 +1,15 @@
 """Helpers of the paged-step tests: per family, PEFT oracles of every method and one MultiAdapterModel serving
 them (as the arch matrix builds them), and two small engines that drive `paged_step` the way a scheduler would:
-`MiniEngine` (prompts prefilled in uneven chunks, rows joining while others decode) and `GreedyEngine` (rows of
-causal and encoder-decoder bases join, decode greedily and leave, their blocks going back); both hand blocks
-out from a shuffled free list so that no row's blocks are contiguous."""
+`MiniEngine` (prompts prefilled in uneven chunks, rows joining while others decode; causal and
+encoder-decoder rows) and `GreedyEngine` (rows of causal and encoder-decoder bases join, decode greedily and
+leave, their blocks going back); both hand blocks out from a shuffled free list so that no row's blocks are
+contiguous. `StepChecker` and `run_joining_rows` are the parity tests' per-step check and their loop."""
 
 from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ class Oracles:
 
 
 class MiniEngine:
-    """Drives paged_step: every row streams `[v virtual][prompt][generated]`; each step takes one chunk of every
-    row that still prefills (sizes from `chunk_sizes`, cycled) and one token of every decoding row."""
+    """Drives paged_step: a causal row streams `[v virtual][prompt][generated]`, an encoder-decoder row its
+    decoder's `[start][forced …][generated]` (`prompt`, beside its encoder input); each step takes one chunk of
+    every row that still prefills (sizes from `chunk_sizes`, cycled) and one token of every decoding row."""
 
     def __init__(
         self, model: Any, num_blocks: int, block_size: int, chunk_sizes: list[int], seed: int = 0
@@ -59,14 +61,23 @@ class MiniEngine:
         self.chunk_sizes, self.turn = chunk_sizes, 0
         self.rows: dict[int, dict[str, Any]] = {}
 
-    def join(self, seq_id: int, adapter: str | None, prompt: list[int]) -> None:
+    def join(
+        self, seq_id: int, adapter: str | None, prompt: list[int], encoder_ids: Sequence[int] | None = None
+    ) -> None:
         v = self.model.stream_prefix_length(adapter)
+        assert encoder_ids is None or v == 0  # an encoder-decoder's virtual tokens open its encoder input
         self.rows[seq_id] = {
             "adapter": adapter,
             "stream": [VIRTUAL] * v + list(prompt),
+            "enc": None if encoder_ids is None else tuple(encoder_ids),
             "done": 0,
             "blocks": [],
         }
+
+    def leave(self, seq_id: int) -> None:
+        """The row finishes: its blocks go back to the free list, its encoder keys/values (if any) are freed."""
+        self.free += self.rows.pop(seq_id)["blocks"]
+        self.model.paged_release(seq_id)
 
     def step(self, on_logits: Callable[[int, torch.Tensor], int]) -> StepPlan:
         """One paged step; `on_logits(seq_id, logits)` returns the token the row appends (its greedy pick)."""
@@ -81,8 +92,11 @@ class MiniEngine:
             end = done + len(tokens)
             while len(row["blocks"]) * self.block_size < end:
                 row["blocks"].append(self.free.pop())
+            last = end == len(stream)
             chunks.append(
-                SeqChunk(seq_id, row["adapter"], tokens, done, list(row["blocks"]), end == len(stream))
+                SeqChunk(
+                    seq_id, row["adapter"], tokens, done, list(row["blocks"]), last, encoder_ids=row["enc"]
+                )
             )
             row["done"] = end
         plan = StepPlan(chunks)
@@ -92,6 +106,47 @@ class MiniEngine:
         for chunk, row_logits in zip(wanted, logits):
             self.rows[chunk.seq_id]["stream"].append(on_logits(chunk.seq_id, row_logits))
         return plan
+
+
+class StepChecker:
+    """The per-step check of the paged parity tests, as `MiniEngine.step`'s `on_logits`: every logits row a step
+    returns equals the oracle's for that row alone (whole (V,) tensors within `tol`, rtol 0) and its greedy
+    token is the oracle's; it returns that token. `want(r, generated)` is the oracle's (V,) logits of row `r`
+    after the tokens it generated so far; `names[r]` (the row's adapter) labels failures."""
+
+    def __init__(
+        self, names: Sequence[str | None], want: Callable[[int, list[int]], torch.Tensor], tol: float
+    ) -> None:
+        self.names, self.want, self.tol = names, want, tol
+        self.got: dict[int, list[int]] = {r: [] for r in range(len(names))}
+        self.checked = 0
+
+    def __call__(self, r: int, logits: torch.Tensor) -> int:
+        want = self.want(r, self.got[r])
+        label = f"row {r} ({self.names[r]})"
+        torch.testing.assert_close(logits, want, atol=self.tol, rtol=0, msg=lambda m: f"{label}: {m}")
+        token = int(logits.argmax())
+        assert token == int(want.argmax()), label
+        self.got[r].append(token)
+        self.checked += 1
+        return token
+
+
+def run_joining_rows(
+    engine: MiniEngine, check: StepChecker, new: int, join: Callable[[int], None], per_step: int = 3
+) -> None:
+    """Steps `engine` until every row generated `new` tokens, each checked by `check`: rows join `per_step` at a
+    time while earlier ones decode (`join(r)`), finished rows leave; then every token was checked."""
+    step = 0
+    while any(len(t) < new for t in check.got.values()):
+        for r in range(len(check.names)):
+            if r // per_step == step and r not in engine.rows:
+                join(r)
+        for r in [r for r, t in check.got.items() if len(t) >= new and r in engine.rows]:
+            engine.leave(r)
+        engine.step(check)
+        step += 1
+    assert check.checked == len(check.names) * new
 
 
 class GreedyEngine:

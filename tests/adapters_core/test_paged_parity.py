@@ -12,7 +12,7 @@ import pytest
 import torch
 from arch_configs import FAMILIES, VOCAB, Family
 from arch_matrix import expected
-from paged_helpers import MiniEngine, Oracles
+from paged_helpers import MiniEngine, Oracles, StepChecker, run_joining_rows
 
 from adapters_core.paged import attention
 
@@ -91,26 +91,5 @@ def _run_and_compare(oracles: Oracles) -> None:
         for _ in names
     ]
     engine = MiniEngine(oracles.multi, num_blocks=64, block_size=4, chunk_sizes=[3, 5, 2])
-    got: dict[int, list[int]] = {r: [] for r in range(len(names))}
-    checked = 0
-
-    def on_logits(r: int, logits: torch.Tensor) -> int:
-        nonlocal checked
-        want = oracles.last_logits(names[r], prompts[r] + got[r])
-        torch.testing.assert_close(logits, want, atol=TOL, rtol=0, msg=lambda m: f"row {r} ({names[r]}): {m}")
-        token = int(logits.argmax())
-        assert token == int(want.argmax()), (r, names[r])
-        got[r].append(token)
-        checked += 1
-        return token
-
-    step = 0
-    while any(len(t) < NEW for t in got.values()):
-        for r in range(len(names)):
-            if r // 3 == step and r not in engine.rows:  # three rows join per step, while earlier ones decode
-                engine.join(r, names[r], prompts[r])
-        for r in [r for r, t in got.items() if len(t) >= NEW and r in engine.rows]:
-            del engine.rows[r]  # finished rows leave
-        engine.step(on_logits)
-        step += 1
-    assert checked == len(names) * NEW
+    check = StepChecker(names, lambda r, got: oracles.last_logits(names[r], prompts[r] + got), TOL)
+    run_joining_rows(engine, check, NEW, lambda r: engine.join(r, names[r], prompts[r]))

@@ -7,12 +7,11 @@ and the decoder tokens so far) and its greedy token is PEFT's."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 import torch
 from arch_configs import FAMILIES, VOCAB
-from paged_helpers import Oracles
+from paged_helpers import MiniEngine, Oracles, StepChecker, run_joining_rows
 
 from adapters_core.paged import SeqChunk, StepPlan
 from adapters_core.paged import seq2seq as paged_s2s
@@ -41,56 +40,6 @@ def peft_logits(oracles: Oracles, name: str | None, enc: list[int], dec: list[in
     return out.logits[0, -1].float()
 
 
-class Seq2SeqEngine:
-    """Drives paged_step like a scheduler: each row's decoder stream `[start][forced …][generated …]` is
-    prefilled in chunks of `chunk_sizes` (cycled), then decoded one token per step; blocks from a shuffled list."""
-
-    def __init__(self, model: Any, num_blocks: int, block_size: int, chunk_sizes: list[int]) -> None:
-        self.model, self.block_size, self.chunk_sizes, self.turn = model, block_size, chunk_sizes, 0
-        model.init_kv_cache(num_blocks, block_size)
-        self.free = list(range(model.reserved_blocks, num_blocks))
-        random.Random(0).shuffle(self.free)
-        self.rows: dict[int, dict[str, Any]] = {}
-
-    def join(self, seq_id: int, adapter: str | None, enc: list[int], dec: list[int]) -> None:
-        assert self.model.stream_prefix_length(adapter) == 0  # virtual tokens open the encoder input
-        self.rows[seq_id] = {
-            "adapter": adapter,
-            "enc": tuple(enc),
-            "stream": list(dec),
-            "done": 0,
-            "blocks": [],
-        }
-
-    def leave(self, seq_id: int) -> None:
-        row = self.rows.pop(seq_id)
-        self.free += row["blocks"]
-        self.model.paged_release(seq_id)
-
-    def step(self, on_logits: Any) -> None:
-        chunks = []
-        for seq_id, row in self.rows.items():
-            stream, done = row["stream"], row["done"]
-            size = self.chunk_sizes[self.turn % len(self.chunk_sizes)] if len(stream) - done > 1 else 1
-            self.turn += 1
-            tokens = stream[done : done + size]
-            end = done + len(tokens)
-            while len(row["blocks"]) * self.block_size < end:
-                row["blocks"].append(self.free.pop())
-            last = end == len(stream)
-            chunks.append(
-                SeqChunk(
-                    seq_id, row["adapter"], tokens, done, list(row["blocks"]), last, encoder_ids=row["enc"]
-                )
-            )
-            row["done"] = end
-        logits = self.model.paged_step(StepPlan(chunks))
-        wanted = [c for c in chunks if c.want_logits]
-        assert logits.shape[0] == len(wanted)
-        for chunk, row_logits in zip(wanted, logits):
-            self.rows[chunk.seq_id]["stream"].append(on_logits(chunk.seq_id, row_logits))
-
-
 def test_paged_support_accepts_encoder_decoders(oracles: Oracles) -> None:
     assert oracles.multi.paged_support() is None
     assert oracles.multi.stream_prefix_length("prompt tuning") == 0
@@ -111,30 +60,10 @@ def test_packed_steps_equal_peft_per_row(oracles: Oracles) -> None:
     # Some rows come with forced decoder tokens after the start token (a row recomputed after preemption): its
     # decoder stream is prefilled in chunks.
     decs = [[_start(oracles)] + (tokens(2, 7) if r % 3 == 1 else []) for r in range(len(names))]
-    engine = Seq2SeqEngine(oracles.multi, num_blocks=64, block_size=4, chunk_sizes=[3, 5, 2])
-    got: dict[int, list[int]] = {r: [] for r in range(len(names))}
-    checked = 0
-
-    def on_logits(r: int, logits: torch.Tensor) -> int:
-        nonlocal checked
-        want = peft_logits(oracles, names[r], encs[r], decs[r] + got[r])
-        torch.testing.assert_close(logits, want, atol=TOL, rtol=0, msg=lambda m: f"row {r} ({names[r]}): {m}")
-        token = int(logits.argmax())
-        assert token == int(want.argmax()), (r, names[r])
-        got[r].append(token)
-        checked += 1
-        return token
-
-    step = 0
-    while any(len(t) < NEW for t in got.values()):
-        for r in range(len(names)):
-            if r // 3 == step and r not in engine.rows:  # three rows join per step, while earlier ones decode
-                engine.join(r, names[r], encs[r], decs[r])
-        for r in [r for r, t in got.items() if len(t) >= NEW and r in engine.rows]:
-            engine.leave(r)  # finished rows leave: their encoder keys/values are freed
-        engine.step(on_logits)
-        step += 1
-    assert checked == len(names) * NEW
+    engine = MiniEngine(oracles.multi, num_blocks=64, block_size=4, chunk_sizes=[3, 5, 2])
+    check = StepChecker(names, lambda r, got: peft_logits(oracles, names[r], encs[r], decs[r] + got), TOL)
+    # finished rows leave (MiniEngine.leave): their encoder keys/values are freed
+    run_joining_rows(engine, check, NEW, lambda r: engine.join(r, names[r], decs[r], encoder_ids=encs[r]))
     for r in list(engine.rows):
         engine.leave(r)
     kept = paged_s2s.store(oracles.multi)

@@ -8,10 +8,12 @@ word. Adapters are made with real PEFT and perturbed so that each visibly change
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from fastapi.testclient import TestClient
 from tiny_models import VOCAB, perturb_adapter_weights, tiny_bert, tiny_llama, tiny_t5
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
@@ -157,3 +159,22 @@ def reference_tokens(multi: Any, tok: Any, text: str, adapter: str | None, max_n
     )
     eos = tok.eos_token_id
     return new[: new.index(eos) + 1] if eos in new else new
+
+
+def all_at_once(client: TestClient, engine: Any, bodies: list[dict]) -> list[Any]:
+    """POST every body while the engine is held, so that they all wait in the queue together, queued in
+    this order (each is queued before the next is sent)."""
+    out: list[Any] = [None] * len(bodies)
+
+    def post(i: int) -> None:
+        out[i] = client.post("/generate", json=bodies[i])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    with engine.hold() as held:
+        for i, t in enumerate(threads):
+            t.start()
+            held.wait_queued(i + 1)
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a request got no response"
+    return out

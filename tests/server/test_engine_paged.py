@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from app_hooks import paged_client
-from fastapi.testclient import TestClient
-from serve_helpers import prompt, reference_tokens
+from serve_helpers import all_at_once, prompt, reference_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
@@ -44,25 +43,6 @@ def body(text: str, adapter: str | None, new: int = NEW) -> dict:
 def tokens(response: Any) -> list[int]:
     assert response.status_code == 200, response.text
     return [t["id"] for t in response.json()["details"]["tokens"]]
-
-
-def all_at_once(client: TestClient, engine: Any, bodies: list[dict]) -> list[Any]:
-    """POST every body while the engine is held, so that they all wait in the queue together, queued in
-    this order (each is queued before the next is sent)."""
-    out: list[Any] = [None] * len(bodies)
-
-    def post(i: int) -> None:
-        out[i] = client.post("/generate", json=bodies[i])
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
-    with engine.hold() as held:
-        for i, t in enumerate(threads):
-            t.start()
-            held.wait_queued(i + 1)
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a request got no response"
-    return out
 
 
 def counter(engine: Any, name: str) -> float:
