@@ -33,7 +33,10 @@ class Decode:
     lengths: torch.Tensor  # (B,) stream positions cached incl. this token
     prefix: list[int]  # (B,) prefix length m per row
     prefix_slots: dict[int, list[int]]  # adapter slot -> rows with its prefix
+    shortest: int = 1  # the shortest row's length (host int: tiles all rows see fully need no mask)
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+    _limits: dict[int | None, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    _prefix: torch.Tensor | None = None
 
     def mask(self, window: int | None) -> torch.Tensor | None:
         """(B, 1, 1, M + C) bool: row b's query sees key column c; None when it sees every column."""
@@ -55,27 +58,41 @@ class Decode:
             self._masks[window] = None if bool(visible.all()) else visible[:, None, None]
         return self._masks[window]
 
-    def _query(self) -> tuple[torch.Tensor, torch.Tensor]:
-        m = torch.tensor(self.prefix, dtype=torch.long, device=self.blocks.device)[:, None]
-        return m, m + self.lengths[:, None] - 1  # (B, 1) prefix lengths, extended query positions
+    def prefix_column(self) -> torch.Tensor:
+        """(B, 1) each row's prefix length m (made once per step)."""
+        if self._prefix is None:
+            self._prefix = torch.tensor(self.prefix, dtype=torch.long, device=self.blocks.device)[:, None]
+        return self._prefix
 
-    def stream_mask(self, window: int | None, first: int, width: int) -> torch.Tensor:
-        """(B, 1, 1, width) bool for stream columns [first, first + width) (tiled decode)."""
-        m, query = self._query()
-        cols = first + torch.arange(width, device=self.blocks.device)[None]
-        visible = cols < self.lengths[:, None]
-        if window is not None:
-            visible &= query - (m + cols) < window
-        return visible[:, None, None]
+    def hidden(self, window: int | None, first: int, width: int) -> torch.Tensor | None:
+        """(B, width) bool for stream columns [first, first + width) (tiled decode): True where row b's query
+        does not see the column (past its length, or out of its window); None when every row sees all of them.
+        Extended positions differ from stream ones by the row's m on both sides, so m cancels in the window."""
+        limits = self._limits.get(window)
+        if limits is None:
+            length = self.lengths[:, None]  # (B, 1): columns >= length are not written yet
+            low = None if window is None else length - 1 - window  # columns <= low are out of the window
+            self._limits[window] = limits = (length, low)
+        length, low = limits
+        by_length = first + width > self.shortest
+        by_window = low is not None and window is not None and first <= self.width - 1 - window
+        if not (by_length or by_window):
+            return None
+        cols = torch.arange(first, first + width, device=self.blocks.device)
+        hide = cols >= length if by_length else None
+        if by_window:
+            out = cols <= low
+            hide = out if hide is None else hide.logical_or_(out)
+        return hide
 
-    def prefix_mask(self, window: int | None) -> torch.Tensor:
-        """(B, 1, 1, M) bool for the prefix columns (tiled decode)."""
-        m, query = self._query()
+    def prefix_hidden(self, window: int | None) -> torch.Tensor:
+        """(B, M) bool for the prefix columns (tiled decode): True where row b's query does not see them."""
+        m = self.prefix_column()
         cols = torch.arange(max(self.prefix), device=self.blocks.device)[None]
-        visible = cols < m
-        if window is not None:
-            visible &= query - cols < window
-        return visible[:, None, None]
+        hide = cols >= m
+        if window is not None:  # the query is at extended position m + length - 1
+            hide |= m + self.lengths[:, None] - 1 - cols >= window
+        return hide
 
 
 @dataclass
@@ -209,6 +226,7 @@ def build(
             lengths=torch.tensor(lengths, dtype=torch.long, device=device),
             prefix=[prefix[i] for i in dec_rows],
             prefix_slots=prefix_slots,
+            shortest=min(lengths),
         )
     kept = logit_tokens or [len(ids) - 1]  # the LM head runs on one token at least
     owner = {t: i for i in range(len(chunks)) for t in range(starts[i], starts[i + 1])}
