@@ -223,15 +223,17 @@ def dims_config(text: str) -> tf.LlamaConfig:
 def key_tiles(model: Any, label: str, args: Any, block: int = 16) -> None:
     """The paged decode step of `args.tile_rows` rows at several `attention.KEY_TILE`s (keys per tile of the
     online-softmax decode attention; 0 = one tile of the whole stream, "untiled") and contexts: peak transient
-    MiB (AllocCounter) and median step ms (repetitions interleaved over tiles). The pool is filled with random
-    keys and values instead of a prefill (the step's cost does not depend on them)."""
+    MiB (AllocCounter) and the median step's CPU time (`time.thread_time` of the stepping thread, torch on 1
+    thread: on a shared machine the wall time also counts the waits for a core), repetitions interleaved over
+    tiles. The pool is filled with random keys and values instead of a prefill (the step's cost does not depend
+    on them)."""
     from adapters_core.paged import attention
 
     default, rows = attention.KEY_TILE, args.tile_rows
     print(
         f"\n## decode step by KEY_TILE: {label}, {rows} rows ({default} in adapters_core/paged/attention.py)"
     )
-    print("| context | KEY_TILE | peak above the steady state MiB | median step ms |\n|---|---|---|---|")
+    print("| context | KEY_TILE | peak above the steady state MiB | median step CPU ms |\n|---|---|---|---|")
     for context in args.contexts:
         per_row = -(-(context + 2) // block)
         model.init_kv_cache(1 + per_row * rows, block)
@@ -253,9 +255,9 @@ def key_tiles(model: Any, label: str, args: Any, block: int = 16) -> None:
         for _ in range(args.tile_reps):
             for tile in args.key_tiles:
                 attention.KEY_TILE = tile or 1 << 30
-                t0 = time.perf_counter()
+                t0 = time.thread_time()
                 model.paged_step(plan)
-                times[tile].append(time.perf_counter() - t0)
+                times[tile].append(time.thread_time() - t0)
         for tile in args.key_tiles:
             ms = statistics.median(times[tile]) * 1000
             print(f"| {context} | {tile or 'untiled'} | {peaks[tile] / 2**20:.2f} | {ms:.2f} |", flush=True)

@@ -35,7 +35,7 @@ class Decode:
     prefix_slots: dict[int, list[int]]  # adapter slot -> rows with its prefix
     shortest: int = 1  # the shortest row's length (host int: tiles all rows see fully need no mask)
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
-    _limits: dict[int | None, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    _low: dict[int, torch.Tensor] = field(default_factory=dict)
     _prefix: torch.Tensor | None = None
 
     def mask(self, window: int | None) -> torch.Tensor | None:
@@ -68,21 +68,18 @@ class Decode:
         """(B, width) bool for stream columns [first, first + width) (tiled decode): True where row b's query
         does not see the column (past its length, or out of its window); None when every row sees all of them.
         Extended positions differ from stream ones by the row's m on both sides, so m cancels in the window."""
-        limits = self._limits.get(window)
-        if limits is None:
-            length = self.lengths[:, None]  # (B, 1): columns >= length are not written yet
-            low = None if window is None else length - 1 - window  # columns <= low are out of the window
-            self._limits[window] = limits = (length, low)
-        length, low = limits
-        by_length = first + width > self.shortest
-        by_window = low is not None and window is not None and first <= self.width - 1 - window
-        if not (by_length or by_window):
+        by_window = window is not None and first <= self.width - 1 - window
+        if not (first + width > self.shortest or by_window):
             return None
         cols = torch.arange(first, first + width, device=self.blocks.device)
-        hide = cols >= length if by_length else None
-        if by_window:
-            out = cols <= low
-            hide = out if hide is None else hide.logical_or_(out)
+        hide = cols >= self.lengths[:, None]  # columns not written yet
+        if window is not None and by_window:
+            low = self._low.get(window)
+            if (
+                low is None
+            ):  # columns <= length - 1 - window are out of the window (kept for the other layers)
+                self._low[window] = low = self.lengths[:, None] - 1 - window
+            hide.logical_or_(cols <= low)
         return hide
 
     def prefix_hidden(self, window: int | None) -> torch.Tensor:
