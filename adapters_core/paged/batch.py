@@ -74,10 +74,9 @@ class Decode:
         cols = torch.arange(first, first + width, device=self.blocks.device)
         hide = cols >= self.lengths[:, None]  # columns not written yet
         if window is not None and by_window:
+            # columns <= length - 1 - window are out of the window (made once, for every layer of the step)
             low = self._low.get(window)
-            if (
-                low is None
-            ):  # columns <= length - 1 - window are out of the window (kept for the other layers)
+            if low is None:
                 self._low[window] = low = self.lengths[:, None] - 1 - window
             hide.logical_or_(cols <= low)
         return hide
