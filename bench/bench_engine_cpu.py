@@ -7,13 +7,19 @@
    checked equal. (The engine's old padded path is gone; its recorded numbers stay in bench/README.md.)
 2. inter-token latency of running rows while a 1,500-token prompt is admitted (step times from the engine's
    emit stage): p99 during its admission vs steady p99.
-3. memory of one decode step at 256 and 2,048 tokens of context, the paged step vs the bare base's step over
+3. memory of one decode step at 256 and 2,048 tokens of context (bench/alloc.py), the paged step vs the bare base's step over
    transformers' `DynamicCache`: the peak of the bytes alive at once among the storages the step's ops create
    (the transient memory above the steady state; a TorchDispatchMode that follows each storage until its last
    tensor dies), the cumulative total, and what is still alive after the step (kept by the model's state).
 4. KV memory of the 32 mixed rows: blocks used x block bytes vs their real tokens' KV, vs N x longest.
 
+5. (--key-tiles) the decode step's peak transient memory and time by KEY_TILE and context, on the bench model
+   or (--dims) a random Llama of realistic dims.
+
     .venv/bin/python bench/bench_engine_cpu.py --reps 3
+    .venv/bin/python bench/bench_engine_cpu.py --skip throughput itl alloc --key-tiles 128 256 512 0
+    .venv/bin/python bench/bench_engine_cpu.py --skip throughput itl alloc --key-tiles 128 256 512 0 \
+        --dims 2048:16:8:2 --tile-rows 8 --tile-reps 5
 """
 
 from __future__ import annotations
@@ -24,18 +30,17 @@ import itertools
 import statistics
 import tempfile
 import time
-import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers as tf
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.paged import SeqChunk, StepPlan
+from bench.alloc import AllocCounter, paged_decode_counter
+from bench.bench_paged_cpu import llama_config
 from bench.engine_setup import (
     ADAPTERS,
     VOCAB,
@@ -183,68 +188,12 @@ def p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
 
 
-class AllocCounter(TorchDispatchMode):
-    """The storages each op creates (outputs not aliasing an input): bytes by op name (the cumulative total),
-    and the peak of the bytes among them alive at once (a storage is freed when the last tensor over it
-    dies) — the step's transient memory above the steady state, which is what "memory per decode step" means.
-    Allocations inside one op that it frees before returning are not seen (ATen-level only)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_op: dict[str, int] = defaultdict(int)
-        self.live: dict[int, list[int]] = {}  # data_ptr -> [bytes, tensors over it]
-        self.now = self.peak = 0
-        self.alive = 0
-
-    def retained(self) -> int:
-        """Bytes of the storages created under the mode that are still alive (kept by the model's state)."""
-        return self.now
-
-    def _drop(self, ptr: int) -> None:
-        entry = self.live[ptr]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.now -= entry[0]
-            del self.live[ptr]
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
-        }
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.live:
-                if ptr in inputs:
-                    continue  # a view of something made before the step
-                nbytes = t.untyped_storage().nbytes()
-                self.by_op[func.__name__] += nbytes
-                self.live[ptr] = [nbytes, 0]
-                self.now += nbytes
-                self.peak = max(self.peak, self.now)
-            self.live[ptr][1] += 1
-            weakref.finalize(t, self._drop, ptr)
-        return out
-
-
 @torch.no_grad()
 def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> dict[str, AllocCounter]:
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(4, VOCAB, (context,), generator=g).tolist() for _ in range(rows)]
     model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
-    per_row = -(-(context + 2) // block)
-    model.init_kv_cache(1 + per_row * rows, block)
-    tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(rows)]
-    out = model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
-    nxt = out.argmax(-1).tolist()
-    paged = AllocCounter()
-    with paged:
-        kept: Any = model.paged_step(
-            StepPlan([SeqChunk(r, None, [nxt[r]], context, tables[r]) for r in range(rows)])
-        )
-    paged.alive = paged.retained()  # while the step's results are held, as the engine holds them
+    paged = paged_decode_counter(model, prompts, block)
     base = tf.AutoModelForCausalLM.from_pretrained(base_dir).eval()  # transformers alone, DynamicCache
     first = base(input_ids=torch.tensor(prompts), use_cache=True)
     dynamic = AllocCounter()
@@ -257,41 +206,61 @@ def step_bytes(base_dir: Path, context: int, rows: int = 4, block: int = 16) -> 
     return {"paged": paged, "transformers DynamicCache": dynamic}
 
 
+def dims_config(text: str) -> tf.LlamaConfig:
+    """`HIDDEN:HEADS:KV_HEADS[:LAYERS]` -> a Llama of those dims (head_dim HIDDEN / HEADS, MLP 2.75 x HIDDEN,
+    the bench vocab, 2 layers unless given)."""
+    hidden, heads, kv, *layers = (int(x) for x in text.split(":"))
+    cfg = llama_config()
+    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads = hidden, heads, kv
+    cfg.head_dim = hidden // heads
+    cfg.intermediate_size = hidden * 11 // 4
+    cfg.num_hidden_layers = layers[0] if layers else 2
+    cfg.max_position_embeddings = 8192
+    return cfg
+
+
 @torch.no_grad()
-def key_tiles(base_dir: Path, tiles: list[int], reps: int, rows: int = 4, block: int = 16) -> None:
-    """The paged decode step at several `attention.KEY_TILE`s (keys per tile of the online-softmax decode
-    attention): peak transient MiB (AllocCounter) and median step ms (repetitions interleaved over tiles)."""
+def key_tiles(model: Any, label: str, args: Any, block: int = 16) -> None:
+    """The paged decode step of `args.tile_rows` rows at several `attention.KEY_TILE`s (keys per tile of the
+    online-softmax decode attention; 0 = one tile of the whole stream, "untiled") and contexts: peak transient
+    MiB (AllocCounter) and the median step's CPU time (`time.thread_time` of the stepping thread, torch on 1
+    thread: on a shared machine the wall time also counts the waits for a core), repetitions interleaved over
+    tiles. The pool is filled with random keys and values instead of a prefill (the step's cost does not depend
+    on them)."""
     from adapters_core.paged import attention
 
-    default = attention.KEY_TILE
-    model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
-    print(f"\n## decode step by KEY_TILE ({rows} rows; {default} in adapters_core/paged/attention.py)")
-    print("| context | KEY_TILE | peak above the steady state MiB | median step ms |\n|---|---|---|---|")
-    for context in (256, 512, 2048):
-        g = torch.Generator().manual_seed(2)
-        prompts = [torch.randint(4, VOCAB, (context,), generator=g).tolist() for _ in range(rows)]
+    default, rows = attention.KEY_TILE, args.tile_rows
+    print(
+        f"\n## decode step by KEY_TILE: {label}, {rows} rows ({default} in adapters_core/paged/attention.py)"
+    )
+    print("| context | KEY_TILE | peak above the steady state MiB | median step CPU ms |\n|---|---|---|---|")
+    for context in args.contexts:
         per_row = -(-(context + 2) // block)
         model.init_kv_cache(1 + per_row * rows, block)
+        pool = model._paged_state.pool
+        gen = torch.Generator().manual_seed(3)
+        for t in [*pool.keys, *pool.values]:
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype))
         tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(rows)]
-        model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
         plan = StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(rows)])
         times: dict[int, list[float]] = defaultdict(list)
         peaks = {}
-        for tile in tiles:
-            attention.KEY_TILE = tile
+        for tile in args.key_tiles:
+            attention.KEY_TILE = tile or 1 << 30
+            model.paged_step(plan)  # warm-up
             counter = AllocCounter()
             with counter:
                 model.paged_step(plan)
             peaks[tile] = counter.peak
-        for _ in range(reps):
-            for tile in tiles:
-                attention.KEY_TILE = tile
-                t0 = time.perf_counter()
+        for _ in range(args.tile_reps):
+            for tile in args.key_tiles:
+                attention.KEY_TILE = tile or 1 << 30
+                t0 = time.thread_time()
                 model.paged_step(plan)
-                times[tile].append(time.perf_counter() - t0)
-        for tile in tiles:
+                times[tile].append(time.thread_time() - t0)
+        for tile in args.key_tiles:
             ms = statistics.median(times[tile]) * 1000
-            print(f"| {context} | {tile} | {peaks[tile] / 2**20:.2f} | {ms:.2f} |")
+            print(f"| {context} | {tile or 'untiled'} | {peaks[tile] / 2**20:.2f} | {ms:.2f} |", flush=True)
     attention.KEY_TILE = default
 
 
@@ -340,9 +309,28 @@ def main() -> None:
         help="paged engines for the inter-token latency measure (as --paged)",
     )
     ap.add_argument(
-        "--key-tiles", type=int, nargs="*", default=[], help="also: the decode step at these KEY_TILEs"
+        "--key-tiles",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also: the decode step at these KEY_TILEs (0: untiled, one tile of the whole stream)",
     )
     ap.add_argument("--tile-reps", type=int, default=30, help="timed decode steps per KEY_TILE and context")
+    ap.add_argument("--tile-rows", type=int, default=4, help="decode rows of the --key-tiles steps")
+    ap.add_argument(
+        "--contexts",
+        type=int,
+        nargs="+",
+        default=[256, 1024, 2048, 4096],
+        help="contexts of the --key-tiles steps",
+    )
+    ap.add_argument(
+        "--dims",
+        type=dims_config,
+        default=None,
+        help="run the --key-tiles steps on a random Llama of HIDDEN:HEADS:KV_HEADS[:LAYERS] (e.g. 2048:16:8:2) "
+        "instead of the bench model",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "itl", "alloc"])
     ap.add_argument(
         "--profile", action="store_true", help="also: one paged serve (mbt 512) under torch.profiler"
@@ -411,8 +399,19 @@ def main() -> None:
                         + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in top)
                         + " |"
                     )
-            if args.key_tiles:
-                key_tiles(base_dir, args.key_tiles, args.tile_reps)
+        if args.key_tiles:
+            if args.dims is None:
+                model = MultiAdapterModel(tf.AutoModelForCausalLM.from_pretrained(base_dir).eval())
+                key_tiles(model, "the bench model (hidden 256, 8/4 heads, head_dim 32, 4 layers)", args)
+            else:
+                c = args.dims
+                torch.manual_seed(0)
+                model = MultiAdapterModel(tf.LlamaForCausalLM(c).eval())
+                label = (
+                    f"hidden {c.hidden_size}, {c.num_attention_heads}/{c.num_key_value_heads} heads, head_dim "
+                    f"{c.head_dim}, {c.num_hidden_layers} layers"
+                )
+                key_tiles(model, label, args)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ transformers' `AttentionInterface` as "swapyard_paged" so every model whose atte
 and then the attention interface runs on it unchanged.
 
 Per layer call: `query` (1, Hq, T, hd) of the packed stream; the keys and values of this step are already in
-the pool (`StepCache.update`). One-token chunks (decode) attend as one batch: their streams gathered into
-(B, Hkv, M + C, hd) with a key mask, one SDPA. Longer chunks (prefill) attend one by one over their gathered
+the pool (`StepCache.update`). One-token chunks (decode) attend as one batch, KEY_TILE keys at a time with an online
+softmax (online.py): a step's transient memory is one tile's, whatever the context. Longer chunks (prefill) attend one by one over their gathered
 stream with a causal mask offset by `start`. A prefix-tuning row's read-only prefix keys come first. Sliding
 windows, GQA, the module's scaling and Gemma 2's logit softcapping are honoured; windows count each row's own
 (extended) positions (batch.py), as the row alone would. ALiBi families (families.py) pass `alibi`: a callable
@@ -27,11 +27,12 @@ from kernels import paged_attention as paged_kernel
 
 from .batch import Decode, Prefill
 from .kv_cache import StepCache
+from .online import Online, gather_heads, one_tile
 
 NAME = "swapyard_paged"
-# Decode rows whose streams are longer than this attend tile by tile (online softmax), so that a step's transient
-# gather is at most rows × KEY_TILE keys per layer whatever the context length.
-KEY_TILE = 1024
+# Keys per tile of the decode attention (online softmax, online.py): a step's transient gather is rows × KEY_TILE
+# keys of one layer whatever the context length.
+KEY_TILE = 256
 MARK = (
     "_swapyard_paged"  # attribute of every attention module: a one-element list holding the running StepCache
 )
@@ -63,10 +64,7 @@ def _attend(
 
 def _gather(pool: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
     """pool (Hkv, slots, hd), blocks (R, nb) -> (R, Hkv, nb · block_size, hd): whole blocks, one copy each."""
-    rows, nb = blocks.shape
-    heads, _, width = pool.shape
-    paged = pool.view(heads, -1, block_size, width)  # (Hkv, num_blocks, bs, hd)
-    return paged.index_select(1, blocks.flatten()).view(heads, rows, nb * block_size, width).transpose(0, 1)
+    return gather_heads(pool, blocks, block_size).transpose(0, 1)
 
 
 def _with_prefix(
@@ -102,49 +100,46 @@ def _decode_tiled(
     softcap: float | None,
     alibi: Any = None,
 ) -> torch.Tensor:
-    """Decode attention over KEY_TILE keys at a time, merged with a running max and sum (online softmax).
-    q (B, Hq, 1, hd) -> (B, Hq, hd)."""
-    rows, hq, _, hd = q.shape
+    """Decode attention over KEY_TILE keys at a time (online.py): the prefix tile first, then the stream's blocks.
+    q (B, Hq, 1, hd) -> (B, Hq, hd). No tile outlives its `add`, so the step's transient memory is one tile's."""
     bs = cache.pool.block_size
-    hkv = k_pool.shape[0]
-    qg = q.view(rows, hkv, hq // hkv, hd)  # query head h uses key/value head h // group
-    peak = qg.new_full((rows, hkv, hq // hkv, 1), float("-inf"))
-    total = qg.new_zeros(rows, hkv, hq // hkv, 1)
-    acc = qg.new_zeros(rows, hkv, hq // hkv, hd)
-    tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # k, v, mask, positions
-    if max(dec.prefix):
-        empty = qg.new_zeros(rows, hkv, 0, hd)
-        pk, pv = _with_prefix(empty, empty, dec.prefix_slots, dec.prefix, layer, cache)
-        tiles.append((pk, pv, dec.prefix_mask(window), _prefix_positions(dec)))
+    m = max(dec.prefix)
     per_tile = max(1, KEY_TILE // bs)
-    for first in range(0, dec.blocks.shape[1], per_tile):
+    nb = dec.blocks.shape[1]
+    if nb <= per_tile and not m and softcap is None and alibi is None:
+        return one_tile(q, k_pool, v_pool, dec.blocks, bs, dec.hidden(window, 0, nb * bs), scale)
+    state = Online(q, k_pool.shape[0], scale, softcap)
+    bound = m + dec.blocks.shape[1] * bs  # extended positions of whole blocks stay below it (ALiBi's table)
+    if m:
+        pk, pv = _prefix_tile(dec, layer, cache, k_pool)
+        bias = alibi(_prefix_positions(dec), bound, q.dtype) if alibi is not None else None
+        state.add_keys(pk, pv, dec.prefix_hidden(window), bias)
+        del pk, pv
+    for first in range(0, nb, per_tile):
         blocks = dec.blocks[:, first : first + per_tile]
-        k, v = _gather(k_pool, blocks, bs), _gather(v_pool, blocks, bs)
-        at, width = first * bs, k.shape[2]
-        tiles.append((k, v, dec.stream_mask(window, at, width), _stream_positions(dec, at, width)))
-        for k, v, mask, positions in tiles:
-            scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # (B, Hkv, g, w)
-            if softcap is not None:
-                scores = torch.tanh(scores / softcap) * softcap
-            if alibi is not None:  # (B, Hq, 1, w) -> grouped like qg
-                bias = alibi(positions, max(dec.prefix) + dec.blocks.shape[1] * bs, q.dtype)  # whole blocks
-                scores = scores + bias.view(rows, hkv, hq // hkv, -1)
-            scores = scores.masked_fill(~mask, float("-inf"))
-            new_peak = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
-            safe = torch.where(torch.isinf(new_peak), 0.0, new_peak)  # a tile no key of the row is in
-            weights = torch.exp(scores - safe)
-            keep = torch.exp(torch.where(torch.isinf(peak), float("-inf"), peak - safe))
-            total = total * keep + weights.sum(dim=-1, keepdim=True)
-            acc = acc * keep + torch.matmul(weights, v)
-            peak = new_peak
-        tiles.clear()
-    return (acc / total).reshape(rows, hq, hd)
+        at, width = first * bs, blocks.shape[1] * bs
+        bias = alibi(_stream_positions(dec, at, width), bound, q.dtype) if alibi is not None else None
+        state.add(k_pool, v_pool, blocks, bs, dec.hidden(window, at, width), bias)
+    return state.result(q.dtype)
+
+
+def _prefix_tile(
+    dec: Decode, layer: int, cache: StepCache, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Hkv, B, M, hd) keys and values of each row's prefix, left-aligned (zeros past a row's m)."""
+    heads, _, hd = like.shape
+    shape = (heads, len(dec.prefix), max(dec.prefix), hd)
+    pk, pv = like.new_zeros(shape), like.new_zeros(shape)
+    for slot, rows in dec.prefix_slots.items():
+        k, v = cache.batch.extras["prefix"][slot][layer]  # (Hkv, m, hd)
+        pk[:, rows, : k.shape[1]] = k[:, None]
+        pv[:, rows, : v.shape[1]] = v[:, None]
+    return pk, pv
 
 
 def _stream_positions(dec: Decode, first: int, width: int) -> torch.Tensor:
     """(B, width) extended positions of stream columns [first, first + width): the row's prefix m, then p."""
-    m = torch.tensor(dec.prefix, dtype=torch.long, device=dec.blocks.device)[:, None]
-    return m + first + torch.arange(width, device=dec.blocks.device)[None]
+    return dec.prefix_column() + first + torch.arange(width, device=dec.blocks.device)[None]
 
 
 def _prefix_positions(dec: Decode) -> torch.Tensor:
@@ -212,23 +207,9 @@ def paged_attention(
         dec = None
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
-        if dec.width > KEY_TILE:
-            out[0, dec.tokens] = _decode_tiled(
-                q, k_pool, v_pool, dec, layer, cache, window, scale, softcap, alibi
-            )
-            dec = None
-    if dec is not None:
-        k = _gather(k_pool, dec.blocks, bs)[:, :, : dec.width]  # (B, Hkv, C, hd)
-        v = _gather(v_pool, dec.blocks, bs)[:, :, : dec.width]
-        k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
-        bias = None
-        if alibi is not None:
-            positions = _stream_positions(dec, 0, dec.width)
-            if max(dec.prefix):
-                positions = torch.cat([_prefix_positions(dec), positions], dim=1)
-            bias = alibi(positions, max(dec.prefix) + dec.width, q.dtype)  # (B, Hq, 1, M + C)
-        o = _attend(q, k, v, dec.mask(window), scale, softcap, bias)  # (B, Hq, 1, hd)
-        out[0, dec.tokens] = o[:, :, 0]
+        out[0, dec.tokens] = _decode_tiled(
+            q, k_pool, v_pool, dec, layer, cache, window, scale, softcap, alibi
+        )
     chunk: Prefill
     for chunk in batch.prefills:
         span = slice(chunk.tok_start, chunk.tok_start + chunk.n)

@@ -33,7 +33,10 @@ class Decode:
     lengths: torch.Tensor  # (B,) stream positions cached incl. this token
     prefix: list[int]  # (B,) prefix length m per row
     prefix_slots: dict[int, list[int]]  # adapter slot -> rows with its prefix
+    shortest: int = 1  # the shortest row's length (host int: tiles all rows see fully need no mask)
     _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+    _low: dict[int, torch.Tensor] = field(default_factory=dict)
+    _prefix: torch.Tensor | None = None
 
     def mask(self, window: int | None) -> torch.Tensor | None:
         """(B, 1, 1, M + C) bool: row b's query sees key column c; None when it sees every column."""
@@ -55,27 +58,37 @@ class Decode:
             self._masks[window] = None if bool(visible.all()) else visible[:, None, None]
         return self._masks[window]
 
-    def _query(self) -> tuple[torch.Tensor, torch.Tensor]:
-        m = torch.tensor(self.prefix, dtype=torch.long, device=self.blocks.device)[:, None]
-        return m, m + self.lengths[:, None] - 1  # (B, 1) prefix lengths, extended query positions
+    def prefix_column(self) -> torch.Tensor:
+        """(B, 1) each row's prefix length m (made once per step)."""
+        if self._prefix is None:
+            self._prefix = torch.tensor(self.prefix, dtype=torch.long, device=self.blocks.device)[:, None]
+        return self._prefix
 
-    def stream_mask(self, window: int | None, first: int, width: int) -> torch.Tensor:
-        """(B, 1, 1, width) bool for stream columns [first, first + width) (tiled decode)."""
-        m, query = self._query()
-        cols = first + torch.arange(width, device=self.blocks.device)[None]
-        visible = cols < self.lengths[:, None]
-        if window is not None:
-            visible &= query - (m + cols) < window
-        return visible[:, None, None]
+    def hidden(self, window: int | None, first: int, width: int) -> torch.Tensor | None:
+        """(B, width) bool for stream columns [first, first + width) (tiled decode): True where row b's query
+        does not see the column (past its length, or out of its window); None when every row sees all of them.
+        Extended positions differ from stream ones by the row's m on both sides, so m cancels in the window."""
+        by_window = window is not None and first <= self.width - 1 - window
+        if not (first + width > self.shortest or by_window):
+            return None
+        cols = torch.arange(first, first + width, device=self.blocks.device)
+        hide = cols >= self.lengths[:, None]  # columns not written yet
+        if window is not None and by_window:
+            # columns <= length - 1 - window are out of the window (made once, for every layer of the step)
+            low = self._low.get(window)
+            if low is None:
+                self._low[window] = low = self.lengths[:, None] - 1 - window
+            hide.logical_or_(cols <= low)
+        return hide
 
-    def prefix_mask(self, window: int | None) -> torch.Tensor:
-        """(B, 1, 1, M) bool for the prefix columns (tiled decode)."""
-        m, query = self._query()
+    def prefix_hidden(self, window: int | None) -> torch.Tensor:
+        """(B, M) bool for the prefix columns (tiled decode): True where row b's query does not see them."""
+        m = self.prefix_column()
         cols = torch.arange(max(self.prefix), device=self.blocks.device)[None]
-        visible = cols < m
-        if window is not None:
-            visible &= query - cols < window
-        return visible[:, None, None]
+        hide = cols >= m
+        if window is not None:  # the query is at extended position m + length - 1
+            hide |= m + self.lengths[:, None] - 1 - cols >= window
+        return hide
 
 
 @dataclass
@@ -209,6 +222,7 @@ def build(
             lengths=torch.tensor(lengths, dtype=torch.long, device=device),
             prefix=[prefix[i] for i in dec_rows],
             prefix_slots=prefix_slots,
+            shortest=min(lengths),
         )
     kept = logit_tokens or [len(ids) - 1]  # the LM head runs on one token at least
     owner = {t: i for i in range(len(chunks)) for t in range(starts[i], starts[i + 1])}

@@ -12,8 +12,8 @@ Everything else is derived on the device inside the step: position p = length - 
 only ever read under a mask), the block to zero when p starts it, the key masks (key column c is seen when
 c < length, and within a sliding window of p), and the per-token adapter metadata
 (`kernels.metadata.build_static_decode_meta`: the BGMV path, `kernels.static_bgmv` on the CPU). Attention gathers the
-nb blocks of every row (tile by tile past `attention.KEY_TILE` keys, online softmax) and runs the same SDPA /
-softcapping math as the eager paged attention (attention.py), so logits match `paged_step`'s.
+nb blocks of every row tile by tile (`attention.KEY_TILE` keys a tile, online softmax: online.py), the same
+math as the eager paged attention (attention.py), so logits match `paged_step`'s.
 
 Which rows may run here (`chunk_row`, `slot_reason`), and why the others make the engine use the eager `paged_step` for the
 whole step: only a decode token (a one-token chunk of a real token) whose adapter touches the model through
@@ -41,6 +41,7 @@ from ..multi.context import TokenContext
 from ..multi.layers import MultiEmbedding, MultiLinear
 from . import attention, families
 from .kv_cache import KVPool
+from .online import Online, one_tile
 from .plan import VIRTUAL, SeqChunk
 
 NAME = "swapyard_static_decode"
@@ -102,7 +103,6 @@ class StaticCache:
         self.write_slots = block * bs + self.positions % bs  # (B,)
         self.fresh = torch.where(self.positions % bs == 0, block, 0)  # (B,) blocks to zero (else scratch 0)
         self.layer: int | None = None
-        self._masks: dict[tuple[int | None, int, int], torch.Tensor] = {}
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -122,16 +122,14 @@ class StaticCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
 
-    def mask(self, window: int | None, first: int, width: int) -> torch.Tensor:
-        """(B, 1, 1, width) bool: row b's query sees stream column first + c."""
-        key = (window, first, width)
-        if key not in self._masks:
-            cols = first + torch.arange(width, device=self.positions.device)[None]  # (1, width)
-            visible = cols < self.inputs.lengths[:, None]
-            if window is not None:
-                visible &= self.positions[:, None] - cols < window
-            self._masks[key] = visible[:, None, None]
-        return self._masks[key]
+    def hidden(self, window: int | None, first: int, width: int) -> torch.Tensor:
+        """(B, width) bool: True where row b's query does not see stream column first + c (not written yet, or
+        out of its window). Made per tile, not kept: the step holds no mask as wide as the context."""
+        cols = first + torch.arange(width, device=self.positions.device)  # (width,)
+        hide = cols > self.positions[:, None]
+        if window is not None:
+            hide.logical_or_(self.positions[:, None] - cols >= window)
+        return hide
 
 
 class StaticContext(TokenContext):
@@ -186,24 +184,16 @@ def static_attention(
     window = int(window) if window else None
     softcap = kwargs.get("softcap")
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    pool, layer = cache.pool, cache.layer
-    k_pool, v_pool, bs = pool.keys[layer], pool.values[layer], pool.block_size
+    k_pool, v_pool = cache.pool.keys[cache.layer], cache.pool.values[cache.layer]
     q = query[0].transpose(0, 1)[:, :, None]  # (B, Hq, 1, hd)
     blocks = cache.inputs.block_tables  # (B, nb)
     if paged_kernel.takes_triton(q[:, :, 0], k_pool):  # over the block tables, no gather (kernels/)
         o = paged_kernel.decode_attention(
-            q[:, :, 0], k_pool, v_pool, blocks, cache.inputs.lengths, block_size=bs, scale=scale, window=window,
-            softcap=softcap,
+            q[:, :, 0], k_pool, v_pool, blocks, cache.inputs.lengths, block_size=cache.pool.block_size,
+            scale=scale, window=window, softcap=softcap,
         )  # fmt: skip
         return o[None], None
-    if blocks.shape[1] * bs <= attention.KEY_TILE:
-        k, v = (
-            attention._gather(k_pool, blocks, bs),
-            attention._gather(v_pool, blocks, bs),
-        )  # (B, Hkv, nb·bs, hd)
-        o = attention._attend(q, k, v, cache.mask(window, 0, k.shape[2]), scale, softcap)[:, :, 0]
-    else:
-        o = _tiled(q, k_pool, v_pool, cache, window, scale, softcap)
+    o = _tiled(q, k_pool, v_pool, cache, window, scale, softcap)
     return o[None], None
 
 
@@ -216,33 +206,19 @@ def _tiled(
     scale: float,
     softcap: float | None,
 ) -> torch.Tensor:
-    """Online softmax over KEY_TILE keys at a time; the tile count depends on nb only. q (B, Hq, 1, hd) ->
-    (B, Hq, hd). Every row sees column 0 of its first tile (length >= 1), so the running max is finite after it."""
-    rows, hq, _, hd = q.shape
+    """Online softmax over KEY_TILE keys at a time (online.py); the tile count depends on nb only, and every
+    tile is masked on the device (no host branch). q (B, Hq, 1, hd) -> (B, Hq, hd)."""
     bs = cache.pool.block_size
-    hkv = k_pool.shape[0]
-    qg = q.view(rows, hkv, hq // hkv, hd)  # query head h uses key/value head h // group
-    peak = qg.new_full((rows, hkv, hq // hkv, 1), float("-inf"))
-    total = qg.new_zeros(rows, hkv, hq // hkv, 1)
-    acc = qg.new_zeros(rows, hkv, hq // hkv, hd)
     per_tile = max(1, attention.KEY_TILE // bs)
-    blocks_all = cache.inputs.block_tables
-    for first in range(0, blocks_all.shape[1], per_tile):
-        blocks = blocks_all[:, first : first + per_tile]
-        k, v = attention._gather(k_pool, blocks, bs), attention._gather(v_pool, blocks, bs)
-        mask = cache.mask(window, first * bs, k.shape[2])
-        scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # (B, Hkv, g, w)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~mask, float("-inf"))
-        new_peak = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
-        safe = torch.where(torch.isinf(new_peak), 0.0, new_peak)  # a tile no key of the row is in
-        weights = torch.exp(scores - safe)
-        keep = torch.exp(torch.where(torch.isinf(peak), float("-inf"), peak - safe))
-        total = total * keep + weights.sum(dim=-1, keepdim=True)
-        acc = acc * keep + torch.matmul(weights, v)
-        peak = new_peak
-    return (acc / total).reshape(rows, hq, hd)
+    blocks = cache.inputs.block_tables  # (B, nb)
+    if blocks.shape[1] <= per_tile and softcap is None:
+        return one_tile(q, k_pool, v_pool, blocks, bs, cache.hidden(window, 0, blocks.shape[1] * bs), scale)
+    state = Online(q, k_pool.shape[0], scale, softcap)
+    for first in range(0, blocks.shape[1], per_tile):
+        tile = blocks[:, first : first + per_tile]
+        hidden = cache.hidden(window, first * bs, tile.shape[1] * bs)
+        state.add(k_pool, v_pool, tile, bs, hidden)
+    return state.result(q.dtype)
 
 
 @contextmanager

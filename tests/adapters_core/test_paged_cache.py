@@ -3,18 +3,15 @@ length, and plans the pool cannot serve refused with a clear error (never garbag
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
-
 import pytest
 import torch
 import transformers as tf
 from arch_configs import FAMILIES, VOCAB
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from adapters_core.errors import AdapterNotFoundError, UnsupportedError
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.paged import VIRTUAL, SeqChunk, StepPlan, attention
+from bench.alloc import AllocCounter, paged_decode_counter
 
 BS = 4
 
@@ -49,35 +46,6 @@ def test_decode_writes_only_the_new_tokens_slots_in_place() -> None:
         assert changed == written
 
 
-class _Retained(TorchDispatchMode):
-    """Bytes of every new tensor an op allocates (outputs not aliasing an input), tracked with weak references
-    so that what is still alive after the step — what the step retains — can be summed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alive: list[tuple[weakref.ref, int]] = []
-        self.allocated = 0
-        self.peak = 0  # the most bytes of tracked tensors alive at once
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in torch.utils._pytree.tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                nbytes = t.untyped_storage().nbytes()
-                self.allocated += nbytes
-                self.alive.append((weakref.ref(t), nbytes))
-                self.peak = max(self.peak, self.retained())
-        return out
-
-    def retained(self) -> int:
-        return sum(n for ref, n in self.alive if ref() is not None)
-
-
 @torch.no_grad()
 def _decode_retains(context: int, paged: bool) -> int:
     """Bytes a decode step of 4 rows at `context` tokens keeps alive (logits dropped): the paged step, or the bare
@@ -90,12 +58,12 @@ def _decode_retains(context: int, paged: bool) -> int:
             list(range(1 + r * (context // BS + 1), 1 + (r + 1) * (context // BS + 1))) for r in range(4)
         ]
         model.paged_step(StepPlan([SeqChunk(r, None, p, 0, tables[r]) for r, p in enumerate(prompts)]))
-        with _Retained() as mode:
+        with AllocCounter() as mode:
             model.paged_step(StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(4)]))
         return mode.retained()
     base = FAMILIES["llama"].build()
     cache = base(input_ids=torch.tensor(prompts), use_cache=True).past_key_values
-    with _Retained() as mode:
+    with AllocCounter() as mode:
         cache = base(input_ids=torch.full((4, 1), 5), past_key_values=cache, use_cache=True).past_key_values
     return mode.retained()
 
@@ -107,17 +75,9 @@ def test_decode_step_retains_no_memory_that_grows_with_context() -> None:
     assert baseline[1] > baseline[0]  # the measure sees a cache that grows: DynamicCache's torch.cat per step
 
 
-@torch.no_grad()
 def _decode_peak(context: int) -> int:
     """Peak bytes a paged decode step of 4 rows at `context` tokens has alive at once."""
-    model = _model()
-    per_row = context // BS + 1
-    model.init_kv_cache(num_blocks=4 * per_row + 1, block_size=BS)
-    tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(4)]
-    model.paged_step(StepPlan([SeqChunk(r, None, _prompt(context, r), 0, tables[r]) for r in range(4)]))
-    with _Retained() as mode:
-        model.paged_step(StepPlan([SeqChunk(r, None, [5], context, tables[r]) for r in range(4)]))
-    return mode.peak
+    return paged_decode_counter(_model(), [_prompt(context, r) for r in range(4)], BS).peak
 
 
 def test_decode_step_peak_memory_is_bounded_by_the_key_tile(monkeypatch: pytest.MonkeyPatch) -> None:
