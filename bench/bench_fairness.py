@@ -76,7 +76,7 @@ class Result:
     HEADER = (
         "| run | policy | load avg | U ms | others' median ms | **others' median / U** | flooder's median / U | "
         "others' wait, run ms: alone → under the trace | rows per step | served req/s | "
-        "decode step ms wall (engine-thread CPU) by rows: alone → under the trace | steps with a prefill: share, ms wall (CPU) | step gap ms | "
+        "decode step ms wall (engine-thread CPU) by rows: alone → under the trace | steps with a prefill: share, ms wall (CPU) | engine thread's wait ms per step: core, blocked | "
         "CPU s/s server, client |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -89,12 +89,13 @@ class Result:
         alone = self.alone.decode_steps().get(1)
         steps = ", ".join(f"{n}: {w:.1f} ({c:.1f})" for n, (w, c) in self.loaded.decode_steps().items())
         share, pwall, pcpu = self.loaded.prefill_steps()
+        runq, blocked = self.loaded.waits_ms()
         cpu = f"{self.cpu[0]:.2f}, {self.cpu[1]:.2f}" if self.cpu else "in process"
         return (
             f"| {self.rep} | {self.policy} | {self.load:.1f} | {self.unloaded * 1000:.0f} | {self.median * 1000:.0f} | "
             f"**{self.median / self.unloaded:.2f}** | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
             f"{run0 * 1000:.0f} → {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} | {self.served:.1f} | "
-            f"1: {alone[0]:.1f} ({alone[1]:.1f}) → {steps} | {share:.0%}, {pwall:.1f} ({pcpu:.1f}) | {self.loaded.idle_ms():.2f} | {cpu} |"
+            f"1: {alone[0]:.1f} ({alone[1]:.1f}) → {steps} | {share:.0%}, {pwall:.1f} ({pcpu:.1f}) | {runq:.1f}, {blocked:.1f} | {cpu} |"
             if alone
             else f"| {self.rep} | {self.policy} | (no 1-row steps alone) |"
         )

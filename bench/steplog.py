@@ -2,21 +2,24 @@
 (`EngineLog`, in the server's process) and read as plain data (`StepLog`, on either side of the HTTP route of
 bench/fairness_server.py).
 
-A step is logged as (end, rows sampled, tokens, wall seconds, engine-thread CPU seconds, forward wall seconds):
-`rows sampled` are the rows whose stream the step completed, `tokens` every position it computed (a decode-only
-step has tokens == rows). Wall against CPU time tells a step that computed longer from one whose thread waited
-(for the GIL, or for a core). A finished request is logged as (adapter, submitted, first token, finished).
+A step is logged as (end, rows sampled, tokens, wall, engine-thread CPU, forward wall, engine-thread run-queue
+seconds): `rows sampled` are the rows whose stream the step completed, `tokens` every position it computed (a
+decode-only step has tokens == rows). Wall against CPU time tells a step that computed longer from one whose
+thread waited; of the wait, the run-queue time (Linux schedstat: runnable, waiting for a core) is the other
+processes' share, the rest is the thread blocked: on the GIL (the server's event loop thread holds it) or on a
+lock. A finished request is logged as (adapter, submitted, first token, finished).
 Times are the server process's `time.perf_counter()` seconds.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-Step = tuple[float, int, int, float, float, float]
+Step = tuple[float, int, int, float, float, float, float]
 Request = tuple[str | None, float, float, float]
 
 
@@ -72,10 +75,22 @@ class StepLog:
         wall, cpu = statistics.median(s[3] for s in mixed), statistics.median(s[4] for s in mixed)
         return len(mixed) / len(self.steps), wall * 1000, cpu * 1000
 
-    def idle_ms(self) -> float:
-        """Median ms between one step's end and the next one's start (the engine thread outside its steps)."""
-        gaps = [b[0] - b[3] - a[0] for a, b in zip(self.steps, self.steps[1:])]
-        return statistics.median(gaps) * 1000 if gaps else 0.0
+    def waits_ms(self) -> tuple[float, float]:
+        """Mean ms per step the engine thread waited: for a core (run queue), and blocked (GIL, locks)."""
+        if not self.steps:
+            return 0.0, 0.0
+        runq = statistics.fmean(s[6] for s in self.steps)
+        blocked = statistics.fmean(s[3] - s[4] - s[6] for s in self.steps)
+        return runq * 1000, blocked * 1000
+
+
+def run_queue_seconds(schedstat: str) -> float:
+    """Seconds a thread has spent runnable but waiting for a core (Linux; 0 where unreadable)."""
+    try:
+        with open(schedstat) as f:
+            return int(f.read().split()[1]) / 1e9
+    except OSError:
+        return 0.0
 
 
 class EngineLog(StepLog):
@@ -88,7 +103,8 @@ class EngineLog(StepLog):
         current: dict[str, Any] = {}
 
         def on_paged_step(batch: Any) -> None:
-            start, cpu = time.perf_counter(), time.thread_time()
+            stat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+            start, cpu, runq = time.perf_counter(), time.thread_time(), run_queue_seconds(stat)
             current.clear()
             paged_step(batch)
             if current:
@@ -101,6 +117,7 @@ class EngineLog(StepLog):
                         end - start,
                         time.thread_time() - cpu,
                         current["fwd"],
+                        run_queue_seconds(stat) - runq,
                     )
                 )
 
