@@ -2,47 +2,40 @@
 total over the engine's capacity; do the others keep their unloaded latency? VTC (engine/fairness.py, the
 engine's policy) against FIFO admission (`VirtualTokenCounter.fifo`, a hook for this benchmark only).
 
-In process: the real app (TestClient, one thread per request) over a tiny word-level Llama without EOS (every
-request generates exactly `--new` tokens) with 4 LoRA adapters (bench/serving/fixtures.py). First each other
-adapter's requests run alone, one at a time: the unloaded latency U (median). Then, per policy, an open-loop
-trace for `--duration` seconds: each other adapter sends a request every `--gap` x U seconds, the flooder
-(a0000) 10 times as often, so the offered load is `--overload` x the engine's measured capacity when
-`--gap` is left to the script. Latency = submit to response, client side. Reported: the others' median latency
-over U (goal <= 1.5), and the flooder's, per policy.
+The server is a tiny word-level Llama without EOS (every request generates exactly `--new` tokens) with 4 LoRA
+adapters (bench/serving/fixtures.py), served as production serves it: `swapyard serve` in its own process
+(bench/fairness_server.py: the same settings, app and uvicorn server, plus a route that reads the engine's step
+log), driven from this process by an asyncio open-loop client (httpx.AsyncClient, one connection per request
+in flight). `--in-process` runs the app inside this process instead (TestClient, one thread per request: the
+client threads then share the GIL with the engine thread), as the first runs did.
 
-    .venv/bin/python bench/bench_fairness.py            # about two minutes on a 2-core CPU
+First each other adapter's requests run alone, one at a time: the unloaded latency U (median). Then, per
+policy, an open-loop trace for `--duration` seconds: each other adapter sends a request every `--gap` x U
+seconds, the flooder (a0000) 10 times as often, so the offered load is `--overload` x the engine's measured
+capacity. Latency = submit to response, client side. Reported: the others' median latency over U (goal
+<= 1.5), the flooder's, and from the engine's step log (steplog.py) where the others' time went.
+
+    .venv/bin/python bench/bench_fairness.py --reps 3 --policies vtc      # about two minutes a rep on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from fastapi.testclient import TestClient
 
+from bench.fairness_targets import InProcess, ServerTarget, Target
 from bench.serving.fixtures import AdapterSpec, BaseSpec, adapter_name, prepare, words
-from server.app import create_app
-from server.engine import Engine, build_engine
-from server.settings import Settings
+from bench.steplog import StepLog
 
 FLOOD = 10  # the flooder's load over each other adapter's
-
-
-def post(client: TestClient, adapter: str, text: str, new: int) -> float:
-    """Seconds from submit to the whole response."""
-    start = time.perf_counter()
-    body = {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": new}}
-    response = client.post("/generate", json=body)
-    if response.status_code != 200:
-        raise RuntimeError(response.text)
-    return time.perf_counter() - start
 
 
 def trace(others: list[str], flooder: str, gap: float, duration: float) -> list[tuple[float, str]]:
@@ -60,75 +53,105 @@ def trace(others: list[str], flooder: str, gap: float, duration: float) -> list[
     return sorted(out)
 
 
-def run_trace(
-    client: TestClient, arrivals: list[tuple[float, str]], text: str, new: int
-) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {}
-    lock = threading.Lock()
+@dataclass
+class Result:
+    """One policy's trace: U (the others' median alone, just before), the others' and the flooder's medians,
+    the engine's log alone and under the trace, served requests per second (the trace's arrivals over its
+    first arrival to its last response), the load average, and the CPU seconds per trace second of the
+    server process and of the client (None in process)."""
 
-    def one(name: str) -> None:
-        seconds = post(client, name, text, new)
-        with lock:
-            results.setdefault(name, []).append(seconds)
+    rep: int
+    policy: str
+    unloaded: float
+    count: int
+    median: float
+    flood: float
+    alone: StepLog
+    loaded: StepLog
+    others: list[str]
+    served: float
+    load: float
+    cpu: tuple[float, float] | None
 
-    threads = []
-    start = time.perf_counter()
-    for at, name in arrivals:
-        delay = start + at - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        thread = threading.Thread(target=one, args=(name,))
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join()
-    return results
+    HEADER = (
+        "| run | policy | load avg | U ms | others' median ms | **others' median / U** | flooder's median / U | "
+        "others' wait, run ms: alone → under the trace | rows per step | served req/s | "
+        "decode step ms wall (engine-thread CPU) by rows: alone → under the trace | steps with a prefill: share, ms wall (CPU) | engine thread's wait ms per step: core, blocked | "
+        "CPU s/s server, client |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
 
-
-class Log:
-    """What the engine did, from its emit stage: each step's (time, rows sampled in it: the running rows
-    that ran, paused ones not counted), and each finished request's (adapter, submitted, first token, finished)
-    times."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.steps: list[tuple[float, int]] = []
-        self.requests: list[tuple[str | None, float, float, float]] = []
-        emit, emit_row = engine._emit, engine._emit_row
-
-        def on_emit(rows: list[Any], picks: list[Any]) -> None:
-            self.steps.append((time.perf_counter(), len(rows)))
-            emit(rows, picks)
-
-        def on_emit_row(row: Any, pick: Any, now: float) -> None:
-            emit_row(row, pick, now)
-            if row.finish_reason is not None:
-                handle = row.handle
-                self.requests.append((row.tenant, handle.submitted_at, handle.first_token_at, now))
-
-        engine._emit = on_emit  # type: ignore[method-assign]
-        engine._emit_row = on_emit_row  # type: ignore[method-assign]
-
-    def clear(self) -> None:
-        self.steps.clear()
-        self.requests.clear()
-
-    def breakdown(self, names: list[str]) -> tuple[float, float, float]:
-        """Of `names`' requests: median seconds from submit to first token, median seconds from first token to
-        the last, and the mean rows sampled in the steps while they ran."""
-        mine = [r for r in self.requests if r[0] in names]
-        rows = [n for t, n in self.steps for _, _, first, end in mine if first < t <= end]
+    def row(self) -> str:
+        (wait0, run0, _), (wait, run, rows) = (
+            self.alone.breakdown(self.others),
+            self.loaded.breakdown(self.others),
+        )
+        alone = self.alone.decode_steps().get(1)
+        steps = ", ".join(f"{n}: {w:.1f} ({c:.1f})" for n, (w, c) in self.loaded.decode_steps().items())
+        share, pwall, pcpu = self.loaded.prefill_steps()
+        runq, blocked = self.loaded.waits_ms()
+        cpu = f"{self.cpu[0]:.2f}, {self.cpu[1]:.2f}" if self.cpu else "in process"
         return (
-            statistics.median(first - sub for _, sub, first, _ in mine),
-            statistics.median(end - first for _, _, first, end in mine),
-            statistics.fmean(rows) if rows else 0.0,
+            f"| {self.rep} | {self.policy} | {self.load:.1f} | {self.unloaded * 1000:.0f} | {self.median * 1000:.0f} | "
+            f"**{self.median / self.unloaded:.2f}** | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
+            f"{run0 * 1000:.0f} → {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} | {self.served:.1f} | "
+            f"1: {alone[0]:.1f} ({alone[1]:.1f}) → {steps} | {share:.0%}, {pwall:.1f} ({pcpu:.1f}) | {runq:.1f}, {blocked:.1f} | {cpu} |"
+            if alone
+            else f"| {self.rep} | {self.policy} | (no 1-row steps alone) |"
         )
 
-    def step_ms(self) -> dict[int, float]:
-        """Median step time (between consecutive emits) by the rows sampled in the later step."""
-        by: dict[int, list[float]] = {}
-        for (a, _), (b, n) in zip(self.steps, self.steps[1:]):
-            by.setdefault(n, []).append(b - a)
-        return {n: statistics.median(v) * 1000 for n, v in sorted(by.items())}
+
+def measure(target: Target, args: argparse.Namespace, names: list[str], text: str) -> list[Result]:
+    flooder, others = names[0], names[1:]
+    for name in names:  # warm up every adapter
+        target.post(name, text, args.new)
+    # capacity: `rows` requests at once per round, back to back
+    burst = [(0.0, names[i % 4]) for i in range(4 * args.rows)]
+    t0 = time.perf_counter()
+    target.run(burst, text, args.new)
+    capacity = len(burst) / (time.perf_counter() - t0)  # requests per second
+    offered = args.overload * capacity  # = (len(others) + FLOOD) / gap
+    gap = (len(others) + FLOOD) / offered
+    arrivals = trace(others, flooder, gap, args.duration)
+    print(
+        f"capacity {capacity:.2f} req/s; offered {offered:.2f} req/s ({args.overload}x); each other adapter "
+        f"every {gap:.2f} s, {flooder} {FLOOD}x as often; load average {os.getloadavg()}",
+        flush=True,
+    )
+    results = []
+    for rep in range(args.reps):
+        for policy in args.policies:
+            # U just before the trace: the shared machine's load drifts, the ratio is within one run
+            target.reset("vtc")
+            unloaded = statistics.median(target.post(n, text, args.new) for n in others for _ in range(5))
+            alone = target.log()
+            target.reset(policy)
+            load = os.getloadavg()[0]
+            cpu0 = target.cpu_seconds()
+            t0 = time.perf_counter()
+            got = target.run(arrivals, text, args.new)
+            makespan = time.perf_counter() - t0
+            cpu1 = target.cpu_seconds()
+            mine = [s for n in others for s in got.get(n, [])]
+            result = Result(
+                rep,
+                policy,
+                unloaded,
+                len(mine),
+                statistics.median(mine),
+                statistics.median(got[flooder]),
+                alone,
+                target.log(),
+                others,
+                len(arrivals) / makespan,
+                max(load, os.getloadavg()[0]),
+                None
+                if cpu0 is None or cpu1 is None
+                else ((cpu1[0] - cpu0[0]) / makespan, (cpu1[1] - cpu0[1]) / makespan),
+            )
+            results.append(result)
+            print(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC {result.row()}", flush=True)
+    return results
 
 
 def main() -> None:
@@ -143,6 +166,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--reps", type=int, default=1, help="traces per policy (U measured before each)")
     parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=["vtc", "fifo"])
+    parser.add_argument(
+        "--in-process", action="store_true", help="the app in this process (TestClient), not a server process"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="swapyard-fairness-"))
@@ -155,69 +181,19 @@ def main() -> None:
     )
     fixtures = prepare(root, spec, AdapterSpec(n_adapters=4))
     names = [adapter_name(i) for i in range(4)]
-    flooder, others = names[0], names[1:]
     vocab = words(spec.vocab_size)
     text = " ".join(vocab[2 + i % 100] for i in range(args.prompt))
-    adapters = [f"{n}={fixtures.adapters_dir / n}" for n in names]
-    config = Settings(
-        base_model=str(fixtures.base_dir),
-        adapters=adapters,
-        max_batch_size=args.rows,
-        max_queued_requests=10_000,
+    flags = [
+        *("--base-model", str(fixtures.base_dir)),
+        *(a for n in names for a in ("--adapter", f"{n}={fixtures.adapters_dir / n}")),
+        *("--max-batch-size", str(args.rows), "--max-queued-requests", "10000"),
+    ]
+    print(f"{' '.join(sys.argv)}: {'in process' if args.in_process else 'server process'}", flush=True)
+    target: Target = (
+        InProcess(flags) if args.in_process else ServerTarget(flags, root / "server.log", args.threads)
     )
-    engine = build_engine(config)
-    log = Log(engine)
-    results: list[Result] = []
-    with TestClient(create_app(config, engine=engine)) as client:
-        for name in names:  # warm up every adapter
-            post(client, name, text, args.new)
-        # capacity: `rows` requests at once, back to back
-        burst = [(0.0, names[i % 4]) for i in range(4 * args.rows)]
-        t0 = time.perf_counter()
-        run_trace(client, burst, text, args.new)
-        capacity = len(burst) / (time.perf_counter() - t0)  # requests per second
-        offered = args.overload * capacity  # = (len(others) + FLOOD) / gap
-        gap = (len(others) + FLOOD) / offered
-        arrivals = trace(others, flooder, gap, args.duration)
-        print(
-            f"capacity {capacity:.2f} req/s; offered {offered:.2f} req/s ({args.overload}x); each other adapter "
-            f"every {gap:.2f} s, {flooder} {FLOOD}x as often",
-            flush=True,
-        )
-        for rep in range(args.reps):
-            for policy in args.policies:
-                # U just before the trace: the shared machine's load drifts, the ratio is within one run
-                log.clear()
-                unloaded = statistics.median(
-                    post(client, n, text, args.new) for n in others for _ in range(5)
-                )
-                alone = log.breakdown(others)
-                alone_steps = log.step_ms()
-                engine.fairness.fifo = policy == "fifo"
-                engine.fairness.counters.clear()  # each policy starts from nobody served
-                log.clear()
-                t0 = time.perf_counter()
-                got = run_trace(client, arrivals, text, args.new)
-                makespan = time.perf_counter() - t0
-                mine = [s for n in others for s in got.get(n, [])]
-                result = Result(
-                    rep,
-                    policy,
-                    unloaded,
-                    len(mine),
-                    statistics.median(mine),
-                    statistics.median(got[flooder]),
-                    alone,
-                    log.breakdown(others),
-                    len(arrivals) / makespan,
-                )
-                results.append(result)
-                steps = ", ".join(f"{n}: {ms:.1f}" for n, ms in log.step_ms().items())
-                print(
-                    f"{result.row()}  step ms by rows sampled: alone {alone_steps.get(1, 0):.1f}; under the "
-                    f"trace {steps}",
-                    flush=True,
-                )
+    with target:
+        results = measure(target, args, names, text)
     print(f"\n{Result.HEADER}")
     for result in results:
         print(result.row())
@@ -225,36 +201,6 @@ def main() -> None:
         ratios = [r.median / r.unloaded for r in results if r.policy == policy]
         print(
             f"{policy}: others' median / U over {len(ratios)} run(s): median {statistics.median(ratios):.2f}"
-        )
-
-
-@dataclass
-class Result:
-    """One policy's trace: U (the others' median alone, just before), the others' and the flooder's medians,
-    and the engine-side breakdown of the others' requests alone and under the trace (`Log.breakdown`)."""
-
-    rep: int
-    policy: str
-    unloaded: float
-    count: int
-    median: float
-    flood: float
-    alone: tuple[float, float, float]
-    loaded: tuple[float, float, float]
-    served: float  # requests per second, the trace's arrivals over its first arrival to its last response
-
-    HEADER = (
-        "| run | policy | U ms | others' requests | others' median ms | others' median / U (goal <= 1.5) | "
-        "flooder's median / U | others' wait, run ms: alone | under the trace | mean rows per step | served req/s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
-    )
-
-    def row(self) -> str:
-        (wait0, run0, _), (wait, run, rows) = self.alone, self.loaded
-        return (
-            f"| {self.rep} | {self.policy} | {self.unloaded * 1000:.0f} | {self.count} | {self.median * 1000:.0f} | "
-            f"{self.median / self.unloaded:.2f} | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
-            f"{run0 * 1000:.0f} | {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} | {self.served:.2f} |"
         )
 
 

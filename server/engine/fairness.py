@@ -24,7 +24,7 @@ The counter lives in the engine thread (no locking): arrivals are noticed at the
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 PROMPT_WEIGHT = 1.0
@@ -51,14 +51,26 @@ class VirtualTokenCounter:
         self.counters: dict[str | None, float] = collections.defaultdict(float)
         self.fifo = False  # bench/bench_fairness.py only: admit in arrival order (the baseline VTC is measured against)
 
-    def notice(self, waiting: Iterable[T], running: Iterable[str | None]) -> None:
+    def notice(self, waiting: Sequence[T], running: Iterable[str | None]) -> None:
         """Lift the counter of each tenant that became active since the last call (arrival order).
-        `running`: the tenants of the running rows."""
-        items = list(waiting)
-        active = set(running) | {item.tenant for item in items if item.fair_seen}
-        for item in items:
+        `running`: the tenants of the running rows.
+
+        Only the rows that arrived since the last call are read, so a step costs the same whatever the backlog:
+        they are the queue's tail (arrivals are appended; rows put back at the front were seen before). The
+        whole queue is read only when one of them belongs to a tenant with no running row (it may be waking).
+        """
+        new = []
+        for item in reversed(waiting):
             if item.fair_seen:
-                continue
+                break
+            new.append(item)
+        if not new:
+            return
+        new.reverse()
+        active = set(running)
+        if any(item.tenant not in active for item in new):
+            active |= {item.tenant for item in waiting if item.fair_seen}
+        for item in new:
             item.fair_seen = True
             if item.tenant not in active and active:
                 floor = min(self.counters[t] for t in active)
