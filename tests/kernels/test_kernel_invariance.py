@@ -42,18 +42,20 @@ NUM_SLOTS = len(RANKS) + 1
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def lora_pool(h_in: int, h_out: int, ranks: tuple[int, ...], dtype: torch.dtype, seed: int) -> LoraPool:
+def lora_pool(
+    h_in: int, h_out: int, ranks: tuple[int, ...], dtype: torch.dtype, seed: int, device: str = "cpu"
+) -> LoraPool:
     gen = torch.Generator().manual_seed(seed)
     adapters: list[tuple[torch.Tensor, torch.Tensor, float] | None] = [
         (torch.randn(r, h_in, generator=gen), torch.randn(h_out, r, generator=gen), 0.5 + s / 4)
         for s, r in enumerate(ranks)
     ]
-    return LoraPool.from_adapters([*adapters, None], dtype=dtype, rank_capacity=64)
+    return LoraPool.from_adapters([*adapters, None], dtype=dtype, rank_capacity=64, device=device)
 
 
-def ia3_pool(features: int, seed: int) -> IA3Pool:
+def ia3_pool(features: int, seed: int, device: str = "cpu") -> IA3Pool:
     gen = torch.Generator().manual_seed(seed)
-    pool = IA3Pool(features, budget_bytes=1 << 20, num_slots=NUM_SLOTS, dtype=torch.float32)
+    pool = IA3Pool(features, budget_bytes=1 << 20, num_slots=NUM_SLOTS, dtype=torch.float32, device=device)
     for slot in range(NUM_SLOTS - 1):
         pool.load(slot, 1.0 + 0.5 * torch.randn(features, generator=gen))
     return pool
@@ -99,7 +101,14 @@ class Row:
 
 
 def assert_invariant(
-    results: Any, target: int, dtype: torch.dtype, h_in: int, h_out: int, decode_sizes: tuple, mixed: int
+    results: Any,
+    target: int,
+    dtype: torch.dtype,
+    h_in: int,
+    h_out: int,
+    decode_sizes: tuple,
+    mixed: int,
+    device: str = "cpu",
 ) -> int:
     """Runs `results(meta, x, y, token) -> {name: row tensor}` over every step; every entry must equal the
     target alone, bit for bit. Returns how many steps ran."""
@@ -110,12 +119,13 @@ def assert_invariant(
     for slots, lengths, at in steps(target, rng, decode_sizes, mixed):
         meta = build_prefill_meta(slots, lengths) if any(n > 1 for n in lengths) else build_decode_meta(slots)
         token = sum(lengths[:at])
-        x, y = row.plant(meta, token, dtype)
+        x, y = (t.to(device) for t in row.plant(meta, token, dtype))
+        meta = meta.to(device)
         got = results(meta, x, y, token)
         if alone is None:
             alone = got
             if target >= 0 and target != NUM_SLOTS - 1:  # the adapters change the row (else nothing is shown)
-                assert all(not torch.equal(v, row.y) for k, v in got.items() if k.startswith("lora"))
+                assert all(not torch.equal(v.cpu(), row.y) for k, v in got.items() if k.startswith("lora"))
         for name, value in got.items():
             assert torch.equal(value, alone[name]), (
                 f"slot {target}: {name} of the row differs in a step of rows {list(zip(slots, lengths))}"
@@ -181,6 +191,20 @@ def test_triton_decode_token_alone_equals_in_any_step(dtype: torch.dtype, target
     results = all_results("triton", pools, ia3_pool(h_out, 1), ia3_pool(h_in, 2))
     # decode batches up to 256 rows: tests/kernels/test_kernel_serving.py; here the mixed steps
     assert assert_invariant(results, target, dtype, h_in, h_out, (2, 7), mixed=6) == 9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or tk.INTERPRETED, reason="needs CUDA, compiled kernels")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_gpu_decode_token_alone_equals_in_any_step(dtype: torch.dtype) -> None:
+    """The compiled kernels (tl.dot tiles on tensor cores in the segment launch, BLOCK_M from the longest
+    prompt chunk) at serving widths."""
+    h_in, h_out = 4096, 1024
+    dev = "cuda"
+    pools = [lora_pool(h_in, h_out, r, dtype, seed, dev) for seed, r in enumerate((RANKS, SIBLING_RANKS))]
+    results = all_results("triton", pools, ia3_pool(h_out, 1, dev), ia3_pool(h_in, 2, dev))
+    for target in (1, 4):
+        assert assert_invariant(results, target, dtype, h_in, h_out, (2, 64, 256), 40, dev) == 44
 
 
 def test_mixed_metadata_splits_one_token_rows_from_longer_ones() -> None:
