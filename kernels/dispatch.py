@@ -182,7 +182,9 @@ def lora_shrink(
     from kernels import triton_lora
 
     with device_guard(w.device):
-        for rows, part in meta.launch_parts():
+        if meta.split is None:
+            return triton_lora.lora_shrink(x, w, meta, out)
+        for rows, part in meta.split.parts:
             triton_lora.lora_shrink(x[rows], w, part, out[rows])
     return out
 
@@ -217,8 +219,11 @@ def lora_expand(
         from kernels import triton_lora
 
         with device_guard(w.device):
-            for rows, part in meta.launch_parts():
-                triton_lora.lora_expand(y2[rows], u[rows], w, part)
+            if meta.split is None:
+                triton_lora.lora_expand(y2, u, w, meta)
+            else:
+                for rows, part in meta.split.parts:
+                    triton_lora.lora_expand(y2[rows], u[rows], w, part)
     return y
 
 
@@ -265,9 +270,13 @@ def lora_apply(
     # Static metadata takes BGMV here (it reads token_slots alone; grid = T x rank blocks): fixed shapes.
     u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
     with device_guard(device):
-        for rows, part in meta.launch_parts():
-            triton_lora.lora_shrink(x2[rows], w, part, u[rows])
-            triton_lora.lora_expand(y2[rows], u[rows], w, part)
+        if meta.split is None:  # the common case, without the views (a few µs of host time per call)
+            triton_lora.lora_shrink(x2, w, meta, u)
+            triton_lora.lora_expand(y2, u, w, meta)
+        else:
+            for rows, part in meta.split.parts:
+                triton_lora.lora_shrink(x2[rows], w, part, u[rows])
+                triton_lora.lora_expand(y2[rows], u[rows], w, part)
     return y
 
 

@@ -97,7 +97,11 @@ def lora_shrink_slices(
     else:
         from kernels import triton_fused
     with device_guard(w0.device):
-        for rows, part in meta.launch_parts():  # a mixed step's decode tokens as a decode batch
+        if meta.split is None:  # without views: host time on the serving path
+            if torch_backend:
+                return reference_shrink_slices(x, ws, meta, out)
+            return triton_fused.lora_shrink_slices(x, ws, meta, out)
+        for rows, part in meta.split.parts:  # a mixed step's decode tokens as a decode batch
             if torch_backend:
                 reference_shrink_slices(x[rows], ws, part, out[:, rows])
             else:
@@ -134,7 +138,7 @@ def lora_expand_slices(
         from kernels import triton_fused
     with device_guard(w0.device):
         for rows, part in meta.launch_parts():
-            ys_part = [y[rows] for y in y2]
+            ys_part = y2 if part is meta else [y[rows] for y in y2]
             if torch_backend:
                 reference_expand_slices(ys_part, u[:, rows], ws, part)
             else:
