@@ -176,11 +176,17 @@ def lora_shrink(
         _u_buffer(out, w, meta).zero_()
     if resolve_backend(w.device, backend) == "torch":
         _not_static(meta, "lora_shrink")
-        return reference.lora_shrink(x, w, meta, out)
+        for rows, part in meta.launch_parts():
+            reference.lora_shrink(x[rows], w, part, out[rows])
+        return out
     from kernels import triton_lora
 
     with device_guard(w.device):
-        return triton_lora.lora_shrink(x, w, meta, out)
+        if meta.split is None:
+            return triton_lora.lora_shrink(x, w, meta, out)
+        for rows, part in meta.split.parts:
+            triton_lora.lora_shrink(x[rows], w, part, out[rows])
+    return out
 
 
 def lora_expand(
@@ -207,12 +213,17 @@ def lora_expand(
     _u_buffer(u, w, meta)
     if resolve_backend(w.device, backend) == "torch":
         _not_static(meta, "lora_expand")
-        reference.lora_expand(y2, u, w, meta)
+        for rows, part in meta.launch_parts():
+            reference.lora_expand(y2[rows], u[rows], w, part)
     else:
         from kernels import triton_lora
 
         with device_guard(w.device):
-            triton_lora.lora_expand(y2, u, w, meta)
+            if meta.split is None:
+                triton_lora.lora_expand(y2, u, w, meta)
+            else:
+                for rows, part in meta.split.parts:
+                    triton_lora.lora_expand(y2[rows], u[rows], w, part)
     return y
 
 
@@ -224,11 +235,13 @@ def lora_apply(
     Semantics:
         y[t] += scale[s] * (x[t] @ A[s].T) @ B[s].T    for s = meta.token_slots[t] >= 0 (rounding as in the two ops)
 
-    On the torch backend the batch runs through `kernels.grouped` (two batched matmuls for all segments)
-    unless padding would more than double the work; then through the per-segment reference; static decode
-    metadata through `kernels.static_bgmv` (fixed shapes). On Triton both launches share one device guard and
-    `u` is not zeroed (the shrink writes every entry the expand reads); decode (static included) runs BGMV
-    unless the decode policy is "shared" (`kernels.variants`).
+    Every op runs the metadata's `launch_parts()`: a mixed step's one-token rows (decode tokens) as a
+    decode batch, its longer rows as segments, so a decode token's result never depends on its step-mates.
+    On the torch backend decode tokens run `kernels.grouped`'s per-token path (batch-invariant) and segments
+    its padded batched matmuls unless padding would more than double the work, then the per-segment
+    reference; static decode metadata runs `kernels.static_bgmv` (fixed shapes). On Triton both launches
+    share one device guard and `u` is not zeroed (the shrink writes every entry the expand reads); decode
+    tokens (static included) run BGMV unless the decode policy is "shared" (`kernels.variants`).
 
     Args:
         y: (T, H_out) base-layer output, updated in place; x: (T, H_in) the layer's input.
@@ -243,17 +256,27 @@ def lora_apply(
     if resolve_backend(device, backend) == "torch":
         if meta.static:  # a step captured for replay: fixed shapes, no host reads of the slots
             static_bgmv.lora_apply_static(y2, x2, w, meta.token_slots)
-        elif not grouped.lora_apply_grouped(y2, x2, w, meta):
-            u = torch.zeros(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
-            reference.lora_expand(y2, reference.lora_shrink(x2, w, meta, u), w, meta)
+            return y
+        for rows, part in meta.launch_parts():
+            yp, xp = y2[rows], x2[rows]
+            if not grouped.lora_apply_grouped(yp, xp, w, part):
+                u = torch.zeros(
+                    part.num_tokens, w.rank_capacity, dtype=torch.float32, device=device
+                )  # (T, R)
+                reference.lora_expand(yp, reference.lora_shrink(xp, w, part, u), w, part)
         return y
     from kernels import triton_lora
 
     # Static metadata takes BGMV here (it reads token_slots alone; grid = T x rank blocks): fixed shapes.
     u = torch.empty(meta.num_tokens, w.rank_capacity, dtype=torch.float32, device=device)  # (T, R)
     with device_guard(device):
-        triton_lora.lora_shrink(x2, w, meta, u)
-        triton_lora.lora_expand(y2, u, w, meta)
+        if meta.split is None:  # the common case, without the views (a few µs of host time per call)
+            triton_lora.lora_shrink(x2, w, meta, u)
+            triton_lora.lora_expand(y2, u, w, meta)
+        else:
+            for rows, part in meta.split.parts:
+                triton_lora.lora_shrink(x2[rows], w, part, u[rows])
+                triton_lora.lora_expand(y2[rows], u[rows], w, part)
     return y
 
 

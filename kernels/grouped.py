@@ -15,6 +15,17 @@ Same semantics and rounding as the reference (operands in the weights' dtype, fl
 y). It spends compute on padding (segment lengths up to Lmax, ranks up to Rmax), so `lora_apply_grouped`
 declines (returns False) when padding would more than double the work; the caller then runs the reference.
 This is a CPU trade-off only: the Triton kernels never compute on padding.
+
+Batch invariance. The padded blocks above are not batch-invariant: Lmax and Rmax come from the batch, and
+a BLAS matmul picks its kernel, blocking and so its summation order by shape (MKL: a (1, K) @ (K, N) row gets
+other bits than the same row inside (5, K) @ (K, N), and N = 8 vs 16 changes them too), and whether the path
+declines depends on the batch. That is acceptable for prefill (a prompt chunk's bits already depend on its
+chunking), not for decode: greedy tokens must not depend on batch-mates. So per-token (decode) metadata,
+including a mixed step's decode part (`BatchMeta.split`), never takes the padded blocks; it takes
+`lora_apply_per_token`, where every token is its own (1, H_in) @ (H_in, r) and (1, r) @ (r, H_out) problem
+with r its adapter's own rank: the shapes, and so the bits, depend on the token and its adapter alone
+(checked empirically across batch compositions, 1 and 2 threads, float32 and bfloat16:
+tests/kernels/test_kernel_invariance.py).
 """
 
 from __future__ import annotations
@@ -38,11 +49,15 @@ SMALL_PADDED_WORK = 1 << 22
 def lora_apply_grouped(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> bool:
     """y[t] += scale[s] · (x[t] @ A[s]ᵀ) @ B[s]ᵀ for every token with a loaded slot, in place.
 
-    x: (T, H_in), y: (T, H_out) (2-D, any float dtype). Returns False, doing nothing, when the padded blocks
+    x: (T, H_in), y: (T, H_out) (2-D, any float dtype). Decode metadata runs `lora_apply_per_token`
+    (batch-invariant, never declines). Otherwise returns False, doing nothing, when the padded blocks
     would cost more than `MAX_PADDING_FACTOR` times the exact work, or one padded adapter is larger than
     `MAX_GATHER_BYTES_PER_ADAPTER` (then use the reference).
     """
     if meta.num_segments == 0:
+        return True
+    if meta.decode:
+        lora_apply_per_token(y, x, w, meta)
         return True
     r_cap = int(w.ranks.max()) if w.ranks.numel() else 0
     adapter_bytes = r_cap * (w.in_features + w.out_features) * w.a_pages.element_size()
@@ -135,3 +150,60 @@ def _apply_row_major(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> b
     else:
         y3.copy_(torch.baddbmm(y3.float(), u, bt.float()).to(y.dtype))
     return True
+
+
+def lora_apply_per_token(y: Tensor, x: Tensor, w: LoraWeights, meta: BatchMeta) -> Tensor:
+    """Decode tokens, batch-invariant: y[t] += scale[s] · (x[t] @ A[s]ᵀ) @ B[s]ᵀ, s = meta.row_slots[t].
+
+    Tokens are grouped by their adapter's rank r (not padded to the batch's largest): per group one `bmm` of
+    n (1, H_in) @ (H_in, r) problems and one `baddbmm` of n (1, r) @ (r, H_out), so a token's arithmetic is
+    fixed by its own adapter (a batched matmul computes every problem of one shape alike, whatever n is).
+    Small adapters are gathered per token (`MAX_GATHER_BYTES_PER_ADAPTER`: one op per rank, not per adapter);
+    larger ones are read in place, one `bmm` per adapter over a broadcast view of its pages, the choice a
+    function of the rank and the layer's width alone. Numerics as `_apply_row_major` (operands in the
+    weights' dtype, float32 sums, u rounded to the weights' dtype then scaled, y rounded once).
+
+    x: (T, H_in), y: (T, H_out) (rows of any strides for x; y updated in place). `meta`: per-token metadata
+    with host `row_slots` (decode metadata, or a mixed step's `split.per_token`). Returns y.
+    """
+    slots = torch.tensor(meta.row_slots, dtype=torch.int64)  # (T,) host
+    ranks = torch.where(slots >= 0, w.ranks.to("cpu")[slots.clamp(min=0)], 0)  # (T,)
+    gather_limit = MAX_GATHER_BYTES_PER_ADAPTER // (
+        (w.in_features + w.out_features) * w.a_pages.element_size()
+    )
+    device = x.device
+    for r in torch.unique(ranks).tolist():
+        if r == 0:
+            continue
+        tokens = (ranks == r).nonzero().squeeze(1)  # (n,) host
+        if r <= gather_limit:
+            _rank_group(y, x, w, r, tokens.to(device), slots[tokens].to(device))
+        else:
+            for slot in torch.unique(slots[tokens]).tolist():
+                mine = tokens[slots[tokens] == slot].to(device)
+                _rank_group(y, x, w, r, mine, None, slot)
+    return y
+
+
+def _rank_group(
+    y: Tensor, x: Tensor, w: LoraWeights, r: int, tokens: Tensor, slots: Tensor | None, slot: int = -1
+) -> None:
+    """The n tokens `tokens` of rank-r adapters: `slots` (n,) their slots (pages gathered per token), or
+    None with `slot` the one adapter they all use (its pages read through a broadcast view, no copy)."""
+    n = tokens.shape[0]
+    f32 = torch.float32
+    if slots is not None:
+        pages = w.page_table.index_select(0, slots)[:, :r]  # (n, r)
+        a = w.a_pages[pages].to(f32)  # (n, r, H_in)
+        bt = w.bt_pages[pages].to(f32)  # (n, r, H_out)
+        scale = w.scales.index_select(0, slots)[:, None, None]  # (n, 1, 1)
+    else:
+        pages = w.page_table[slot, :r]  # (r,)
+        a = w.a_pages[pages].to(f32)[None].expand(n, -1, -1)  # (n, r, H_in), one copy of the pages
+        bt = w.bt_pages[pages].to(f32)[None].expand(n, -1, -1)  # (n, r, H_out)
+        scale = w.scales[slot]
+    xs = x.index_select(0, tokens).to(w.dtype).to(f32)[:, None, :]  # (n, 1, H_in), in the weights' dtype
+    u = torch.bmm(xs, a.transpose(1, 2))  # (n, 1, r)
+    u = u.to(w.dtype).to(f32) * scale  # u rounded as the reference, then scaled
+    ys = torch.baddbmm(y.index_select(0, tokens).to(f32)[:, None, :], u, bt)  # (n, 1, H_out)
+    y.index_copy_(0, tokens, ys[:, 0].to(y.dtype))

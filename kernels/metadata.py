@@ -2,12 +2,23 @@
 
 Built once per forward from per-row slot ids (and per-row token counts in prefill) by pure functions, then
 shared by every adapted module of the model: a slot that is empty in one module's pool is a no-op there.
+
+Batch invariance (issues 16 and 18): a decode token's result must not depend on what else its step carries.
+A paged step packs the decode tokens of running rows (rows of one token) beside prefill chunks; run through
+the segment (SGMV) kernels with them, a decode token would share `tl.dot` tiles, a BLOCK_M and a reduction
+order with whatever rows the step holds, and on CPU a padded `bmm` whose shape follows the batch. So metadata
+with rows of one token beside longer rows carries a `MixedSplit`: the same tokens as two disjoint parts, the
+one-token rows for the per-token (BGMV) launch, exactly as a decode-only step runs them, and the longer rows
+for the segment launch. The ops (`kernels.dispatch`, `kernels.slices`) run each part (`launch_parts`).
+vLLM's punica wrapper instead picks one path per batch (`is_prefill`: any prefill sends every token through
+SGMV), which is what this avoids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -67,6 +78,17 @@ class BatchMeta:
     # Static decode metadata (`build_static_decode_meta`): `token_slots` is a buffer whose contents change between
     # calls (a CUDA graph's input), so nothing host-side describes the tokens; only per-token ops may read it.
     static: bool = False
+    # Rows of one token beside longer rows (a mixed paged step): the two parts the ops launch separately.
+    split: MixedSplit | None = None
+
+    def launch_parts(self) -> tuple[tuple[slice, BatchMeta], ...]:
+        """What an op runs: `(rows, part)` pairs, `part` describing the tokens `x[rows]` (its token indices
+        count from `rows.start`). One pair `(slice(None), self)` unless the metadata is split; then the
+        one-token rows' per-token window first, and the longer rows' segments if any."""
+        split = self.split
+        if split is None:
+            return ((_ALL, self),)
+        return split.parts
 
     @property
     def num_segments(self) -> int:
@@ -99,7 +121,46 @@ class BatchMeta:
             uniform_row_len=self.uniform_row_len,
             row_slots=self.row_slots,
             static=self.static,
+            split=None if self.split is None else self.split.to(device),
         )
+
+
+_ALL = slice(None)
+
+
+class MixedSplit(NamedTuple):
+    """Metadata of rows of one token beside longer rows, in two disjoint parts over the same T tokens.
+
+    Fields:
+        start:     first token of the per-token window.
+        per_token: decode metadata (`decode=True`, one token per row) of the window `[start, start + W)`, W =
+                   `per_token.num_tokens`, the smallest run of tokens holding every one-token row; tokens
+                   of longer rows inside the window have slot -1. Its token indices count from `start`.
+        segments:  prefill metadata (`decode=False`) of all T tokens in which the one-token rows have slot -1,
+                   so its segments hold the longer rows only.
+        parts:     `launch_parts()`: `(slice(start, start + W), per_token)`, then `(slice(None), segments)`
+                   when the longer rows have segments.
+
+    Example: rows of lengths [1, 5, 1, 1] with slots [2, 0, 2, -1] (tokens 0 | 1-5 | 6 | 7): per_token covers
+    tokens 0-7 (W = 8, start 0) with token_slots [2, -1, -1, -1, -1, -1, 2, -1]; segments has token_slots
+    [-1, 0, 0, 0, 0, 0, -1, -1] and one segment (slot 0, tokens 1-5). Decode rows first (the engine's order)
+    give a window of just the decode tokens.
+    """
+
+    start: int
+    per_token: BatchMeta
+    segments: BatchMeta
+    parts: tuple[tuple[slice, BatchMeta], ...]
+
+    def to(self, device: torch.device | str) -> MixedSplit:
+        per_token, segments = self.per_token.to(device), self.segments.to(device)
+        return _split(self.start, per_token, segments)
+
+
+def _split(start: int, per_token: BatchMeta, segments: BatchMeta) -> MixedSplit:
+    window = slice(start, start + per_token.num_tokens)
+    parts = ((window, per_token), (_ALL, segments)) if segments.num_segments else ((window, per_token),)
+    return MixedSplit(start, per_token, segments, parts)
 
 
 def _as_int_list(values: SlotIds | Sequence[int], name: str) -> list[int]:
@@ -128,7 +189,9 @@ def build_prefill_meta(
 
     `row_slots`: one slot id per row, -1 for no adapter. `row_lengths`: tokens per row (0 allowed). For a
     padded (B, L, H) batch pass `[L] * B` and flatten the activations to (B * L, H). Uses the segment (SGMV)
-    kernels. See `BatchMeta` for a worked example.
+    kernels; rows of one token (a paged step's decode tokens) take the per-token (BGMV) launch, as in a
+    decode-only step, through `split` (`MixedSplit`), so their results do not depend on the other rows. See
+    `BatchMeta` for a worked example.
     """
     return _build(row_slots, row_lengths, decode=False, device=device)
 
@@ -182,6 +245,7 @@ def _build(
     *,
     decode: bool,
     device: torch.device | str | None,
+    split: bool = True,
 ) -> BatchMeta:
     slots = _as_int_list(row_slots, "row_slots")
     lengths = _as_int_list(row_lengths, "row_lengths")
@@ -229,6 +293,9 @@ def _build(
         )  # (Ta,)
         token_order = torch.repeat_interleave(sorted_starts, sorted_lens) + offsets  # (Ta,)
 
+    mixed = None
+    if split and not decode and 1 in lengths:
+        mixed = _mixed_split(slots, lengths, row_starts)
     meta = BatchMeta(
         token_slots=token_slots,
         token_order=token_order,
@@ -244,5 +311,19 @@ def _build(
         host_seg_slots=tuple(seg_slots),
         uniform_row_len=lengths[0] if lengths and all(n == lengths[0] for n in lengths) else 0,
         row_slots=tuple(slots),
+        split=mixed,
     )
     return meta if device is None or torch.device(device).type == "cpu" else meta.to(device)
+
+
+def _mixed_split(slots: list[int], lengths: list[int], row_starts: list[int]) -> MixedSplit:
+    """The `MixedSplit` of rows with lengths `lengths` (some of one token), on the host."""
+    ones = [i for i, n in enumerate(lengths) if n == 1]
+    start = row_starts[ones[0]]
+    window = [-1] * (row_starts[ones[-1]] + 1 - start)  # (W,) slot of every token of the window
+    for i in ones:
+        window[row_starts[i] - start] = slots[i]
+    per_token = _build(window, [1] * len(window), decode=True, device=None)
+    longer = [-1 if n == 1 else s for s, n in zip(slots, lengths)]
+    segments = _build(longer, lengths, decode=False, device=None, split=False)
+    return _split(start, per_token, segments)

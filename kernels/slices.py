@@ -13,7 +13,8 @@ any strides. On the torch backend the ops run the reference once per slice (`ref
 metadata is refused there, as by `lora_shrink`); on Triton one launch covers every slice
 (`kernels.triton_fused`, under the weights' `device_guard`), with the single-module launch's programs: a
 decode row's result is the single-module BGMV's bit for bit (batch-invariant), and static decode metadata
-runs the per-token programs with fixed shapes.
+runs the per-token programs with fixed shapes. A mixed step's metadata runs as its `launch_parts()` (the
+one-token rows as a decode batch, the longer rows as segments), as `kernels.dispatch`'s ops do.
 """
 
 from __future__ import annotations
@@ -90,13 +91,22 @@ def lora_shrink_slices(
         raise ShapeError(f"out must be float32 {shape} on {w0.device}, got {out.dtype} {tuple(out.shape)}")
     elif zeroed:
         out.zero_()
-    if resolve_backend(w0.device, backend) == "torch":
+    torch_backend = resolve_backend(w0.device, backend) == "torch"
+    if torch_backend:
         _not_static(meta, "lora_shrink_slices")
-        return reference_shrink_slices(x, ws, meta, out)
-    from kernels import triton_fused
-
+    else:
+        from kernels import triton_fused
     with device_guard(w0.device):
-        return triton_fused.lora_shrink_slices(x, ws, meta, out)
+        if meta.split is None:  # without views: host time on the serving path
+            if torch_backend:
+                return reference_shrink_slices(x, ws, meta, out)
+            return triton_fused.lora_shrink_slices(x, ws, meta, out)
+        for rows, part in meta.split.parts:  # a mixed step's decode tokens as a decode batch
+            if torch_backend:
+                reference_shrink_slices(x[rows], ws, part, out[:, rows])
+            else:
+                triton_fused.lora_shrink_slices(x[rows], ws, part, out[:, rows])
+    return out
 
 
 def lora_expand_slices(
@@ -121,11 +131,15 @@ def lora_expand_slices(
             f"u must be float32 {shape} on {w0.device} (what lora_shrink_slices returns), got {u.dtype} "
             f"{tuple(u.shape)} on {u.device}"
         )
-    if resolve_backend(w0.device, backend) == "torch":
+    torch_backend = resolve_backend(w0.device, backend) == "torch"
+    if torch_backend:
         _not_static(meta, "lora_expand_slices")
-        reference_expand_slices(y2, u, ws, meta)
-        return
-    from kernels import triton_fused
-
+    else:
+        from kernels import triton_fused
     with device_guard(w0.device):
-        triton_fused.lora_expand_slices(y2, u, ws, meta)
+        for rows, part in meta.launch_parts():
+            ys_part = y2 if part is meta else [y[rows] for y in y2]
+            if torch_backend:
+                reference_expand_slices(ys_part, u[:, rows], ws, part)
+            else:
+                triton_fused.lora_expand_slices(ys_part, u[:, rows], ws, part)

@@ -114,7 +114,10 @@ class TokenContext(RowContext):
     model flattens), a run of tokens per segment, segment s under slot `row_slots[s]` for `seg_lengths[s]`
     tokens. `layouts` maps a token count to its (slots, lengths) segments: the whole stream, and the tokens the
     LM head sees (`logits_to_keep`: one per chunk that wants logits). Layers read it through the same methods
-    as a `RowContext`, so every adapter follows its tokens, not a row of a padded batch."""
+    as a `RowContext`, so every adapter follows its tokens, not a row of a padded batch. A layout that mixes
+    one-token segments (decode tokens) with longer ones gets metadata split in two (`kernels.BatchMeta.split`):
+    the decode tokens run the per-token path exactly as in a decode-only step, so their bits never depend on the
+    prefill chunks beside them (issue 16)."""
 
     layouts: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
     _groups: dict[tuple[int, str], dict[int, Any]] = field(default_factory=dict)

@@ -16,7 +16,9 @@ Launches per decode step and block: q/k/v 6 -> 4, gate/up 4 -> 3 (a shrink and a
 unfused; no memset of u either way: the shrink writes every entry an expand reads). On decode batches the
 shared shrink runs the per-token programs of the single-module BGMV (same reduction order, bit-identical,
 batch-invariant) unless the decode policy is "shared" (kernels/variants.py); on static decode metadata (a
-captured CUDA graph) always the per-token programs, which read the slot buffer and never host segments.
+captured CUDA graph) always the per-token programs, which read the slot buffer and never host segments. In a
+mixed paged step the shared shrink runs the metadata's parts (kernels/slices.py): the decode tokens through
+the per-token programs, the prefill chunks through the segment tiles, as `lora_apply` does.
 
 Safety: a member uses the stash only when its own `x` is the same storage, shape, strides and version as the
 first member's and the batch metadata is the same object; otherwise it runs its own `lora_apply`. When a

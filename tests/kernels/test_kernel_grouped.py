@@ -66,9 +66,14 @@ def test_uniform_ranks_take_the_fast_path_and_leave_base_rows_bit_identical() ->
     assert not torch.equal(got[~base_rows], y[~base_rows])
 
 
-def test_large_adapters_decline() -> None:
+def test_large_adapters_decline_in_prefill_and_are_read_in_place_in_decode() -> None:
     pool = LoraPool(2048, 2048, budget_bytes=1 << 26, num_slots=2, rank_capacity=64, dtype=torch.float32)
     pool.load(0, torch.randn(64, 2048), torch.randn(2048, 64), 1.0)  # 1 MiB of pages: gathering costs more
-    meta = build_decode_meta([0, 0])
-    y = torch.randn(2, 2048)
-    assert not lora_apply_grouped(y.clone(), torch.randn(2, 2048), pool.weights, meta)
+    x, y = torch.randn(4, 2048), torch.randn(4, 2048)
+    assert not lora_apply_grouped(y.clone(), x, pool.weights, build_prefill_meta([0, 0], [2, 2]))
+    # Decode never declines (a row's path must not depend on its batch-mates): one bmm over the adapter's pages.
+    meta = build_decode_meta([0, -1, 0, 0])
+    got = y.clone()
+    assert lora_apply_grouped(got, x, pool.weights, meta)
+    torch.testing.assert_close(got, _reference(y, x, pool, meta), rtol=1e-4, atol=1e-3)
+    assert torch.equal(got[1], y[1])
