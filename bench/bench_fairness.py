@@ -1,6 +1,7 @@
 """Fairness under overload (issue 17.8's measure): one adapter sends 10x the load of each other adapter, the
 total over the engine's capacity; do the others keep their unloaded latency? VTC (engine/fairness.py, the
-engine's policy) against FIFO admission (`VirtualTokenCounter.fifo`, a hook for this benchmark only).
+engine's policy) against FIFO admission (`VirtualTokenCounter.fifo`, a hook for this benchmark only) and strict shares
+(`--fair-share strict`, engine/scheduler.py 0'.).
 
 The server is a tiny word-level Llama without EOS (every request generates exactly `--new` tokens) with 4 LoRA
 adapters (bench/serving/fixtures.py), served as production serves it: `swapyard serve` in its own process
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench.fairness_targets import InProcess, ServerTarget, Target
+from bench.fairness_targets import POLICIES, InProcess, ServerTarget, Target
 from bench.serving.fixtures import AdapterSpec, BaseSpec, adapter_name, prepare, words
 from bench.steplog import StepLog
 
@@ -165,7 +166,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per policy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--reps", type=int, default=1, help="traces per policy (U measured before each)")
-    parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=["vtc", "fifo"])
+    parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=POLICIES)
     parser.add_argument(
         "--in-process", action="store_true", help="the app in this process (TestClient), not a server process"
     )

@@ -24,6 +24,19 @@ from bench.steplog import EngineLog, StepLog
 Arrivals = list[tuple[float, str]]
 
 
+POLICIES = ("vtc", "fifo", "strict")
+
+
+def set_policy(engine: Any, policy: str) -> None:
+    """Admit by `policy` from now on and start from nobody served: vtc (the engine's VTC order + max-min row
+    shares), fifo (`VirtualTokenCounter.fifo`, this benchmark's hook) or strict (VTC + `--fair-share strict`)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    engine.fairness.fifo = policy == "fifo"
+    engine._batch.scheduler.fair_share = "strict" if policy == "strict" else "max-min"
+    engine.fairness.counters.clear()  # each policy starts from nobody served
+
+
 def body(adapter: str, text: str, new: int) -> dict[str, Any]:
     return {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": new}}
 
@@ -46,7 +59,7 @@ class Target:
         raise NotImplementedError
 
     def reset(self, policy: str) -> None:
-        """Clear the step log and the fair counters; admit by `policy` (vtc, fifo)."""
+        """Clear the step log and the fair counters; admit by `policy` (`POLICIES`)."""
         raise NotImplementedError
 
     def log(self) -> StepLog:
@@ -156,8 +169,7 @@ class InProcess(Target):
         return results
 
     def reset(self, policy: str) -> None:
-        self.engine.fairness.fifo = policy == "fifo"
-        self.engine.fairness.counters.clear()  # each policy starts from nobody served
+        set_policy(self.engine, policy)
         self.steplog.clear()
 
     def log(self) -> StepLog:
