@@ -1,7 +1,6 @@
 """Fairness under overload (issue 17.8's measure): one adapter sends 10x the load of each other adapter, the
 total over the engine's capacity; do the others keep their unloaded latency? VTC (engine/fairness.py, the
-engine's policy) against FIFO admission (`VirtualTokenCounter.fifo`, a hook for this benchmark only) and strict shares
-(`--fair-share strict`, engine/scheduler.py 0'.).
+engine's policy) against FIFO admission (`VirtualTokenCounter.fifo`, a hook for this benchmark only).
 
 The server is a tiny word-level Llama without EOS (every request generates exactly `--new` tokens) with 4 LoRA
 adapters (bench/serving/fixtures.py), served as production serves it: `swapyard serve` in its own process

@@ -7,8 +7,8 @@ and shutdown) and adds two routes for the benchmark only, answered on the server
 
 - `GET /bench/log`: what the engine did since the last reset (bench/steplog.py: each step's rows, tokens, wall
   and engine-thread CPU time; each finished request's submit, first-token and last-token times);
-- `POST /bench/reset?policy=vtc|fifo|strict`: clear the log and the fair queue's counters, and set the
-  admission policy (bench/fairness_targets.py `set_policy`: FIFO, or `--fair-share strict`).
+- `POST /bench/reset?policy=vtc|fifo`: clear the log and the fair queue's counters, and set the admission
+  policy (bench/fairness_targets.py `set_policy`).
 """
 
 from __future__ import annotations

@@ -24,16 +24,15 @@ from bench.steplog import EngineLog, StepLog
 Arrivals = list[tuple[float, str]]
 
 
-POLICIES = ("vtc", "fifo", "strict")
+POLICIES = ("vtc", "fifo")  # + "strict" at commit ca12e21 (`--fair-share strict`, not kept: bench/README.md)
 
 
 def set_policy(engine: Any, policy: str) -> None:
     """Admit by `policy` from now on and start from nobody served: vtc (the engine's VTC order + max-min row
-    shares), fifo (`VirtualTokenCounter.fifo`, this benchmark's hook) or strict (VTC + `--fair-share strict`)."""
+    shares) or fifo (`VirtualTokenCounter.fifo`, this benchmark's hook)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     engine.fairness.fifo = policy == "fifo"
-    engine._batch.scheduler.fair_share = "strict" if policy == "strict" else "max-min"
     engine.fairness.counters.clear()  # each policy starts from nobody served
 
 

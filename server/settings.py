@@ -80,14 +80,6 @@ class Settings(BaseSettings):
         "prompt being admitted slows their next tokens by a bounded amount (default: 64 on the CPU, where a "
         "step's time grows with its tokens; on a GPU no cap below --max-batch-tokens)",
     )
-    fair_share: Literal["max-min", "strict"] = Field(
-        default="max-min",
-        description="how the running rows are shared between adapters under load: max-min (a tenant at least "
-        "two rows behind the busiest one with a request waiting gets a row from it at once; otherwise every row "
-        "is used) or strict (also, while other adapters have requests, none runs more rows in a step than the "
-        "busiest other one has: rows may stay idle, so a flooding adapter loses throughput and cannot slow "
-        "the others' steps; bench/README.md 'Fairness')",
-    )
     kv_cache_bytes: int | None = Field(
         default=None,
         ge=1,

@@ -24,7 +24,7 @@ The counter lives in the engine thread (no locking): arrivals are noticed at the
 from __future__ import annotations
 
 import collections
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 PROMPT_WEIGHT = 1.0
@@ -78,19 +78,13 @@ class VirtualTokenCounter:
             active.add(item.tenant)
 
     def next_index(
-        self,
-        waiting: collections.deque[T],
-        running: Mapping[str | None, int] | None = None,
-        held: Container[str | None] = (),
-    ) -> int | None:
+        self, waiting: collections.deque[T], running: Mapping[str | None, int] | None = None
+    ) -> int:
         """Index in `waiting` of the row to admit next: a preempted row first; else, among the tenants running
         the fewest rows (`running`: rows per tenant, none if not given), the oldest row of the tenant with the
-        smallest counter (ties: the oldest row). Rows of `held` tenants are passed over (at their row cap,
-        engine/scheduler.py's strict shares); None when every waiting row is held."""
-        best, best_key = None, None
+        smallest counter (ties: the oldest row)."""
+        best, best_key = 0, None
         for i, item in enumerate(waiting):
-            if item.tenant in held:
-                continue
             if item.preempted or self.fifo:
                 return i
             key = ((running or {}).get(item.tenant, 0), self.counters[item.tenant])

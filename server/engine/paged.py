@@ -47,7 +47,6 @@ class PagingConfig:
     block_size: int = 16
     prefill_while_decoding: int | None = None
     cuda_graphs: bool = True  # --cuda-graphs: decode-only steps as CUDA graphs (engine/paged_path.py)
-    fair_share: str = "max-min"  # --fair-share: how rows are shared between tenants (engine/scheduler.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PagingConfig:
@@ -57,7 +56,6 @@ class PagingConfig:
             settings.kv_block_size,
             settings.max_prefill_tokens_while_decoding,
             settings.cuda_graphs,
-            settings.fair_share,
         )
 
     def batch_tokens(self, device: torch.device) -> int:
@@ -140,7 +138,6 @@ class PagedBatch:
             max_batch_tokens=config.batch_tokens(device),
             max_rows=max_rows,
             prefill_while_decoding=config.prefill_tokens_while_decoding(device),
-            fair_share=config.fair_share,
         )
         self.rows: list[Row] = []
         self.block_bytes = model.kv_block_bytes(config.block_size)

@@ -12,14 +12,6 @@ with more is (re)prefilling. Each step, with `max_batch_tokens` tokens to spend:
    adapter holding every row gives one up the step another adapter's request arrives rather than when one of
    its rows happens to finish. A one-row imbalance is left alone (not worth a recompute), and a tenant whose
    rivals have nothing waiting keeps every slot (work-conserving);
-0'. with `fair_share="strict"` (`--fair-share strict`; default "max-min": 0. only), also strict shares of each
-   step: a tenant's *demand* is its running plus waiting rows, and while another tenant has demand, a tenant
-   runs at most as many rows in the step as the largest other demand (at least one). Its rows beyond that
-   (its most recently admitted) are *paused*: they stay in `running` with their blocks and skip the step, so
-   they resume without a recompute, and its waiting rows are not admitted. Not work-conserving: a flood beside
-   one quiet request runs one row and leaves the other slots idle, trading its throughput for the quiet
-   tenant's step time (on a CPU a step's time grows with its rows: bench/README.md "Fairness"). No thrash:
-   nothing is preempted for the cap, and a paused or preempted row runs again only once the cap lifts;
 1. decodes: every running row with one pending position gets its token, growing its block table by a
    block when it crosses a block boundary. When no block is free, the most recently admitted row not yet
    scheduled this step is *preempted*: its blocks are freed and it goes back to the front of the queue, to be
@@ -54,9 +46,6 @@ from typing import Generic, Protocol, TypeVar
 from adapters_core.paged.blocks import KVBlocks
 
 from .fairness import Queued, VirtualTokenCounter
-
-# `--fair-share`: how the row slots are shared between tenants (module docstring, 0. and 0'.)
-FAIR_SHARES = ("max-min", "strict")
 
 
 @dataclass
@@ -136,15 +125,11 @@ class Scheduler(Generic[R]):
         max_batch_tokens: int,
         max_rows: int,
         prefill_while_decoding: int | None = None,
-        fair_share: str = "max-min",
     ):
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, not {max_batch_tokens}")
         if prefill_while_decoding is not None and prefill_while_decoding < 1:
             raise ValueError(f"prefill_while_decoding must be at least 1, not {prefill_while_decoding}")
-        if fair_share not in FAIR_SHARES:
-            raise ValueError(f"fair_share must be one of {', '.join(FAIR_SHARES)}, not {fair_share!r}")
-        self.fair_share = fair_share
         self.prefill_while_decoding = prefill_while_decoding
         self.blocks = blocks
         self.fairness = fairness
@@ -160,23 +145,16 @@ class Scheduler(Generic[R]):
         if not self.fairness.fifo:
             self._share_rows(running, waiting, out)
         rows_of = collections.Counter(row.tenant for row in running)
-        caps = self._caps(running, waiting) if self.fair_share == "strict" and not self.fairness.fifo else {}
-        served: collections.Counter[str | None] = collections.Counter()  # rows scheduled this step, by tenant
-
-        def held(tenant: str | None) -> bool:
-            return tenant in caps and served[tenant] >= caps[tenant]
-
         budget = self.max_batch_tokens
         scheduled: set[int] = set()
         for row in list(running):
             if budget == 0:
                 break
-            if row.preempted or row.seq.pending != 1 or held(row.tenant):
+            if row.preempted or row.seq.pending != 1:
                 continue
             if not self._grow(row, running, waiting, scheduled, out):
                 continue  # it was preempted itself
             budget -= self._add(out, row, 1, scheduled)
-            served[row.tenant] += 1
         if (
             out.chunks and self.prefill_while_decoding is not None
         ):  # rows decode: bound the prefill beside them
@@ -184,13 +162,10 @@ class Scheduler(Generic[R]):
         for row in running:
             if budget == 0:
                 break
-            if row.seq.seq_id not in scheduled and row.seq.pending > 1 and not held(row.tenant):
+            if row.seq.seq_id not in scheduled and row.seq.pending > 1:
                 budget -= self._add(out, row, min(row.seq.pending, budget), scheduled)
-                served[row.tenant] += 1
         while waiting and budget > 0 and len(running) < self.max_rows:
-            i = self.fairness.next_index(waiting, rows_of, {t for t in caps if held(t)})
-            if i is None:
-                break  # every waiting row's tenant is at its cap
+            i = self.fairness.next_index(waiting, rows_of)
             row = waiting[i]
             seq = row.seq
             cached = self.blocks.admit(
@@ -214,20 +189,7 @@ class Scheduler(Generic[R]):
             rows_of[row.tenant] += 1
             out.admitted.append(row)
             budget -= self._add(out, row, min(seq.pending, budget), scheduled)
-            served[row.tenant] += 1
         return out
-
-    def _caps(self, running: list[R], waiting: collections.deque[R]) -> dict[str | None, int]:
-        """Strict shares: the most rows each tenant may run this step. A tenant's demand is its running plus
-        waiting rows; while another tenant has demand, a tenant runs at most as many rows as the largest other
-        demand (at least one). Tenants with no rival are not capped."""
-        demand = collections.Counter(row.tenant for row in [*running, *waiting])
-        caps = {}
-        for tenant in demand:
-            rivals = [n for t, n in demand.items() if t != tenant]
-            if rivals:
-                caps[tenant] = max(1, max(rivals))
-        return caps
 
     def _share_rows(self, running: list[R], waiting: collections.deque[R], out: StepSchedule[R]) -> None:
         """Fair shares of the row slots (max-min): while every slot is taken and a tenant with a waiting row

@@ -83,7 +83,6 @@ class Run:
         budget: int,
         max_rows: int = 64,
         while_decoding: int | None = None,
-        fair_share: str = "max-min",
     ) -> Run:
         pool = BlockPool(num_blocks, block_size, reserved=1)
         scheduler = Scheduler(
@@ -92,7 +91,6 @@ class Run:
             max_batch_tokens=budget,
             max_rows=max_rows,
             prefill_while_decoding=while_decoding,
-            fair_share=fair_share,
         )
         return cls(scheduler, TokenCache(pool))
 
@@ -389,69 +387,3 @@ def test_fifo_admission_never_preempts_for_fairness() -> None:
     run.waiting.append(item(100, [8, 9], max_new=3, tenant="B"))
     schedule = run.step()
     assert not schedule.preempted and not schedule.admitted and running_rows(run) == {"A": 4}
-
-
-def scheduled_rows(schedule: StepSchedule[Item]) -> collections.Counter[str | None]:
-    return collections.Counter(c.row.tenant for c in schedule.chunks)
-
-
-def test_strict_shares_run_a_flood_on_no_more_rows_than_the_others_use_and_resume_it_without_recompute() -> (
-    None
-):
-    """`fair_share="strict"`: A holds all 4 rows; B's one request arrives. Max-min gives B a row (A's newest is
-    preempted, the one preemption of the run); then, while B has its row, every step runs one row of A beside
-    it: A's two other rows are paused, keeping their blocks (no recompute), and A's preempted row is not
-    readmitted while the cap holds (no thrash). When B is done, A runs on every row again. Every row's tokens are
-    its run alone. Under max-min the same steps run A's three rows beside B."""
-    ps = prompts(8, [5, 7, 6, 9])
-    runs = {}
-    for policy in ("strict", "max-min"):
-        run = Run.make(num_blocks=200, block_size=4, budget=64, max_rows=4, fair_share=policy)
-        for i in range(5):
-            run.waiting.append(item(i, ps[i], max_new=30, tenant="A"))
-        for _ in range(3):
-            run.step()
-        b = item(100, ps[7], max_new=6, tenant="B")
-        run.waiting.append(b)
-        while b not in run.finished:
-            run.step()
-        runs[policy] = run, b
-    run, b = runs["strict"]
-    with_b = [s for s in run.schedules[3:] if scheduled_rows(s)["B"]]
-    assert len(with_b) == 6  # B's prefill step then a decode step per token: B is never held
-    assert all(scheduled_rows(s) == {"A": 1, "B": 1} for s in with_b)
-    assert not any(r.tenant == "A" for s in with_b for r in s.admitted)
-    assert [r.seq.seq_id for s in run.schedules for r in s.preempted] == [3]
-    run.step()  # B left: A's paused rows decode again and its preempted row comes back
-    assert scheduled_rows(run.schedules[-1]) == {"A": 4}
-    run.until_done()
-    assert [r.seq.seq_id for s in run.schedules for r in s.preempted] == [3]
-    assert b.generated == alone(ps[7], 6)
-    for row in run.finished:
-        if row.tenant == "A":
-            assert row.generated == alone(ps[row.seq.seq_id], 30)
-    assert run.scheduler.blocks.pool.num_used == 0
-    maxmin, _ = runs["max-min"]
-    assert all(scheduled_rows(s) == {"A": 3, "B": 1} for s in maxmin.schedules[4:] if scheduled_rows(s)["B"])
-
-
-def test_strict_shares_leave_a_lone_tenant_and_equally_busy_tenants_every_row() -> None:
-    """The strict cap binds only a tenant busier than all its rivals: alone, A runs on all 4 rows; A and B with
-    equal queues run 2 rows each, every step full, nothing preempted."""
-    run = Run.make(num_blocks=400, block_size=4, budget=64, max_rows=4, fair_share="strict")
-    for i in range(6):
-        run.waiting.append(item(i, [5, 6, 7], max_new=9, tenant="A"))
-    run.step()
-    assert scheduled_rows(run.schedules[-1]) == {"A": 4}
-    run.until_done()
-    run = Run.make(num_blocks=400, block_size=4, budget=64, max_rows=4, fair_share="strict")
-    for i in range(12):
-        run.waiting.append(item(i, [5, 6, 7], max_new=9, tenant="AB"[i % 2]))
-    run.until_done()
-    assert all(scheduled_rows(s) == {"A": 2, "B": 2} for s in run.schedules[:-1])
-    assert not any(s.preempted for s in run.schedules) and len(run.finished) == 12
-
-
-def test_fair_share_must_be_a_known_policy() -> None:
-    with pytest.raises(ValueError, match="fair_share must be one of max-min, strict, not 'fair'"):
-        Run.make(num_blocks=10, block_size=4, budget=8, fair_share="fair")

@@ -37,19 +37,6 @@ def test_non_positive_values_are_refused(field: str) -> None:
         Settings(**{field: 0})
 
 
-def test_fair_share_reaches_the_scheduler_and_an_unknown_policy_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert PagingConfig.from_settings(Settings()).fair_share == "max-min"
-    assert PagingConfig.from_settings(
-        parse_settings(["--base-model", "m", "--fair-share", "strict"])
-    ).fair_share == ("strict")
-    monkeypatch.setenv("SWAPYARD_FAIR_SHARE", "strict")
-    assert PagingConfig.from_settings(parse_settings(["--base-model", "m"])).fair_share == "strict"
-    with pytest.raises(ValidationError, match="fair_share"):
-        Settings(fair_share="fair")
-
-
 class FakeModel:
     reserved_blocks = 1
 
