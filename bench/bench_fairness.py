@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench.fairness_targets import InProcess, ServerTarget, Target
+from bench.fairness_targets import POLICIES, InProcess, ServerTarget, Target
 from bench.serving.fixtures import AdapterSpec, BaseSpec, adapter_name, prepare, words
 from bench.steplog import StepLog
 
@@ -72,13 +72,14 @@ class Result:
     served: float
     load: float
     cpu: tuple[float, float] | None
+    quiet: float | None = None  # the others' median under their part of the trace alone (`--without-flood`)
 
     HEADER = (
         "| run | policy | load avg | U ms | others' median ms | **others' median / U** | flooder's median / U | "
         "others' wait, run ms: alone → under the trace | rows per step | served req/s | "
         "decode step ms wall (engine-thread CPU) by rows: alone → under the trace | steps with a prefill: share, ms wall (CPU) | engine thread's wait ms per step: core, blocked | "
-        "CPU s/s server, client |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "CPU s/s server, client | others' median without the flood ms (**others' median / it**) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
     def row(self) -> str:
@@ -91,11 +92,12 @@ class Result:
         share, pwall, pcpu = self.loaded.prefill_steps()
         runq, blocked = self.loaded.waits_ms()
         cpu = f"{self.cpu[0]:.2f}, {self.cpu[1]:.2f}" if self.cpu else "in process"
+        quiet = f"{self.quiet * 1000:.0f} (**{self.median / self.quiet:.2f}**)" if self.quiet else ""
         return (
             f"| {self.rep} | {self.policy} | {self.load:.1f} | {self.unloaded * 1000:.0f} | {self.median * 1000:.0f} | "
             f"**{self.median / self.unloaded:.2f}** | {self.flood / self.unloaded:.1f} | {wait0 * 1000:.0f}, "
             f"{run0 * 1000:.0f} → {wait * 1000:.0f}, {run * 1000:.0f} | {rows:.2f} | {self.served:.1f} | "
-            f"1: {alone[0]:.1f} ({alone[1]:.1f}) → {steps} | {share:.0%}, {pwall:.1f} ({pcpu:.1f}) | {runq:.1f}, {blocked:.1f} | {cpu} |"
+            f"1: {alone[0]:.1f} ({alone[1]:.1f}) → {steps} | {share:.0%}, {pwall:.1f} ({pcpu:.1f}) | {runq:.1f}, {blocked:.1f} | {cpu} | {quiet} |"
             if alone
             else f"| {self.rep} | {self.policy} | (no 1-row steps alone) |"
         )
@@ -125,6 +127,11 @@ def measure(target: Target, args: argparse.Namespace, names: list[str], text: st
             target.reset("vtc")
             unloaded = statistics.median(target.post(n, text, args.new) for n in others for _ in range(5))
             alone = target.log()
+            quiet = None
+            if args.without_flood:  # the others' own load, no flood: their latency batched with each other
+                target.reset(policy)
+                got = target.run([a for a in arrivals if a[1] != flooder], text, args.new)
+                quiet = statistics.median(s for n in others for s in got.get(n, []))
             target.reset(policy)
             load = os.getloadavg()[0]
             cpu0 = target.cpu_seconds()
@@ -148,6 +155,7 @@ def measure(target: Target, args: argparse.Namespace, names: list[str], text: st
                 None
                 if cpu0 is None or cpu1 is None
                 else ((cpu1[0] - cpu0[0]) / makespan, (cpu1[1] - cpu0[1]) / makespan),
+                quiet,
             )
             results.append(result)
             print(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC {result.row()}", flush=True)
@@ -165,7 +173,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per policy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--reps", type=int, default=1, help="traces per policy (U measured before each)")
-    parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=["vtc", "fifo"])
+    parser.add_argument("--policies", nargs="+", default=["vtc", "fifo"], choices=POLICIES)
+    parser.add_argument(
+        "--without-flood",
+        action="store_true",
+        help="also run the others' part of each trace alone first (no flood): their median batched only with "
+        "each other, a second baseline beside U (each request alone)",
+    )
     parser.add_argument(
         "--in-process", action="store_true", help="the app in this process (TestClient), not a server process"
     )
@@ -202,6 +216,11 @@ def main() -> None:
         print(
             f"{policy}: others' median / U over {len(ratios)} run(s): median {statistics.median(ratios):.2f}"
         )
+        quiet = [r.median / r.quiet for r in results if r.policy == policy and r.quiet]
+        if quiet:
+            print(
+                f"{policy}: others' median / theirs without the flood: median {statistics.median(quiet):.2f}"
+            )
 
 
 if __name__ == "__main__":

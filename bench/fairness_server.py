@@ -8,7 +8,7 @@ and shutdown) and adds two routes for the benchmark only, answered on the server
 - `GET /bench/log`: what the engine did since the last reset (bench/steplog.py: each step's rows, tokens, wall
   and engine-thread CPU time; each finished request's submit, first-token and last-token times);
 - `POST /bench/reset?policy=vtc|fifo`: clear the log and the fair queue's counters, and set the admission
-  policy (`VirtualTokenCounter.fifo`).
+  policy (bench/fairness_targets.py `set_policy`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 from fastapi import FastAPI
 
+from bench.fairness_targets import set_policy
 from bench.steplog import EngineLog
 from server.app import create_app
 from server.engine import Engine, build_engine
@@ -31,8 +32,7 @@ def add_bench_routes(app: FastAPI, engine: Engine, log: EngineLog) -> None:
 
     @app.post("/bench/reset")
     def reset(policy: str = "vtc") -> dict[str, str]:
-        engine.fairness.fifo = policy == "fifo"
-        engine.fairness.counters.clear()  # each policy starts from nobody served
+        set_policy(engine, policy)
         log.clear()
         return {"policy": policy}
 

@@ -24,6 +24,18 @@ from bench.steplog import EngineLog, StepLog
 Arrivals = list[tuple[float, str]]
 
 
+POLICIES = ("vtc", "fifo")  # + "strict" at commit ca12e21 (`--fair-share strict`, not kept: bench/README.md)
+
+
+def set_policy(engine: Any, policy: str) -> None:
+    """Admit by `policy` from now on and start from nobody served: vtc (the engine's VTC order + max-min row
+    shares) or fifo (`VirtualTokenCounter.fifo`, this benchmark's hook)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    engine.fairness.fifo = policy == "fifo"
+    engine.fairness.counters.clear()  # each policy starts from nobody served
+
+
 def body(adapter: str, text: str, new: int) -> dict[str, Any]:
     return {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": new}}
 
@@ -46,7 +58,7 @@ class Target:
         raise NotImplementedError
 
     def reset(self, policy: str) -> None:
-        """Clear the step log and the fair counters; admit by `policy` (vtc, fifo)."""
+        """Clear the step log and the fair counters; admit by `policy` (`POLICIES`)."""
         raise NotImplementedError
 
     def log(self) -> StepLog:
@@ -156,8 +168,7 @@ class InProcess(Target):
         return results
 
     def reset(self, policy: str) -> None:
-        self.engine.fairness.fifo = policy == "fifo"
-        self.engine.fairness.counters.clear()  # each policy starts from nobody served
+        set_policy(self.engine, policy)
         self.steplog.clear()
 
     def log(self) -> StepLog:
