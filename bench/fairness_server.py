@@ -22,7 +22,7 @@ from bench.fairness_targets import set_policy
 from bench.steplog import EngineLog
 from server.app import create_app
 from server.engine import Engine, build_engine
-from swapyard.serve_cli import parse_settings
+from swapyard.serve_cli import parse_settings, run_app
 
 
 def add_bench_routes(app: FastAPI, engine: Engine, log: EngineLog) -> None:
@@ -40,23 +40,11 @@ def add_bench_routes(app: FastAPI, engine: Engine, log: EngineLog) -> None:
 def main() -> int:
     settings = parse_settings(sys.argv[1:])
     logging.basicConfig(level=settings.log_level.upper())
-    import uvicorn
-
-    from server.shutdown import DrainingServer
-
     engine = build_engine(settings)
     log = EngineLog(engine)
     app = create_app(settings, engine=engine)
     add_bench_routes(app, engine, log)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=settings.keep_alive_timeout_s,
-    )
-    DrainingServer(config, app.state.swapyard, settings.drain_timeout_s).run()
+    run_app(app, settings)
     return 0
 
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -80,13 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("swapyard serve: give either --demo or --base-model, not both", file=sys.stderr)
         return 2
     settings = resolve_demo(settings)
-    import uvicorn
-
     from server.app import create_app
-    from server.shutdown import DrainingServer
 
     app = create_app(settings)
     print(f"swapyard: serving {settings.model_name} on http://{settings.host}:{settings.port}", flush=True)
+    run_app(app, settings)
+    return 0
+
+
+def run_app(app: Any, settings: Settings) -> None:
+    """Serve `app` (create_app's) with uvicorn until SIGINT/SIGTERM, draining in-flight requests first."""
+    import uvicorn
+
+    from server.shutdown import DrainingServer
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -98,4 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,
     )
     DrainingServer(config, app.state.swapyard, settings.drain_timeout_s).run()
-    return 0

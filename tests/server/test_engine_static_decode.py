@@ -5,13 +5,12 @@ tuning) or a prefill chunk goes to `paged_step` (a whole step: one such row make
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import prompt, reference_tokens
+from serve_helpers import all_at_once, prompt, reference_tokens
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters_core.multi import MultiAdapterModel
@@ -62,22 +61,15 @@ def test_decode_steps_run_static_and_answer_as_each_adapter_alone(
     new = [
         2 if name == "prefix" else NEW for name in names
     ]  # the steps after the prefix row leaves are static
+    bodies = [
+        {
+            "inputs": texts[i],
+            "parameters": {"adapter_id": names[i], "max_new_tokens": new[i], "details": True},
+        }
+        for i in range(len(names))
+    ]
     with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
-        out: list[Any] = [None] * len(names)
-
-        def post(i: int) -> None:
-            body = {"inputs": texts[i], "parameters": {"adapter_id": names[i], "max_new_tokens": new[i]}}
-            out[i] = client.post(
-                "/generate", json={**body, "parameters": {**body["parameters"], "details": True}}
-            )
-
-        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(names))]
-        with engine.hold() as held:
-            for i, t in enumerate(threads):
-                t.start()
-                held.wait_queued(i + 1)
-        for t in threads:
-            t.join(timeout=300)
+        out = all_at_once(client, engine, bodies)
     multi = MultiAdapterModel(AutoModelForCausalLM.from_pretrained(llama_dir))
     for name in names:
         if name is not None:
