@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from .attention import MARK, _gather, _with_prefix
+from .attention import MARK, _decode_tiled, _gather, _with_prefix
 from .batch import Decode, Prefill
 from .encoder_store import DecodeSlab
 from .kv_cache import StepCache
@@ -79,21 +79,18 @@ def _float_mask(visible: torch.Tensor, bias: torch.Tensor | None, dtype: torch.d
     return base.masked_fill(~visible, float("-inf"))
 
 
-def _decode_mask(dec: Decode, cross: Cross, dtype: torch.dtype) -> torch.Tensor:
-    """(B, H or 1, 1, M + C) additive mask of the decode rows' self-attention (module docstring)."""
-    key = ("decode", dtype)
-    if key not in cross._masks:
-        device = dec.blocks.device
-        m = torch.tensor(dec.prefix, dtype=torch.long, device=device)[:, None]  # (B, 1)
-        width = max(dec.prefix)
-        pcols = torch.arange(width, device=device)[None].expand(len(dec.prefix), -1)  # (B, M)
-        cols = torch.arange(dec.width, device=device)[None]  # (1, C)
-        visible = torch.cat([pcols < m, (cols < dec.lengths[:, None]).expand(len(dec.prefix), -1)], dim=1)
-        positions = torch.cat([pcols, m + cols], dim=1)  # (B, M + C) extended key positions
-        query = m + dec.lengths[:, None] - 1  # (B, 1)
-        bias = cross.bias(query, positions) if cross.bias is not None else None
-        cross._masks[key] = _float_mask(visible[:, None, None], bias, dtype)
-    return cross._masks[key]  # type: ignore[return-value]
+def _decode_bias(dec: Decode, cross: Cross) -> Any:
+    """T5's bias as attention.py's `_decode_tiled` takes ALiBi's: (extended key positions (B, S), bound, dtype)
+    -> (B, H, 1, S), computed tile by tile (never the whole (B, H, 1, M + C) at once); None for BART."""
+    bias = cross.bias
+    if bias is None:
+        return None
+    query = dec.prefix_column() + dec.lengths[:, None] - 1  # (B, 1) extended position of each row's query
+
+    def per_tile(keys: torch.Tensor, bound: int, dtype: torch.dtype) -> torch.Tensor:
+        return bias(query, keys).to(dtype)
+
+    return per_tile
 
 
 def _prefill_mask(chunk: Prefill, index: int, cross: Cross, dtype: torch.dtype) -> torch.Tensor:
@@ -122,11 +119,9 @@ def _self_attention(
     dec = batch.decode
     if dec is not None:
         q = query[0][:, dec.tokens].transpose(0, 1)[:, :, None]  # (B, H, 1, hd)
-        k = _gather(k_pool, dec.blocks, bs)[:, :, : dec.width]  # (B, H, C, hd)
-        v = _gather(v_pool, dec.blocks, bs)[:, :, : dec.width]
-        k, v = _with_prefix(k, v, dec.prefix_slots, dec.prefix, layer, cache)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=_decode_mask(dec, cross, q.dtype), scale=scale)
-        out[0, dec.tokens] = o[:, :, 0]
+        # KEY_TILE keys at a time (online.py): the step's transient memory does not grow with the decoder stream
+        bias = _decode_bias(dec, cross)
+        out[0, dec.tokens] = _decode_tiled(q, k_pool, v_pool, dec, layer, cache, None, scale, None, bias)
     for index, chunk in enumerate(batch.prefills):
         span = slice(chunk.tok_start, chunk.tok_start + chunk.n)
         q = query[:, :, span]  # (1, H, n, hd)
