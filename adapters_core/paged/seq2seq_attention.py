@@ -15,12 +15,15 @@ cross-attention  the keys the module got are the step's placeholder (`Cross.dumm
                  (H, Le, hd) per layer, computed once at admission (seq2seq.py), no mask (its encoder output has
                  no padding). T5's cross-attention has no position bias.
 
-One-token chunks (decode) attend as one batch (keys gathered or padded to the longest row, masked); longer
+One-token chunks (decode) attend as one batch: their self-attention KEY_TILE keys at a time with an online softmax
+(attention.py's `_decode_tiled`, online.py; T5's bias made tile by tile), so a step's transient memory does not grow
+with the decoder stream; their cross-attention over the encoder keys padded to the longest row, masked. Longer
 chunks one by one. Scaling is the module's (T5: 1, BART: hd^-0.5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +82,9 @@ def _float_mask(visible: torch.Tensor, bias: torch.Tensor | None, dtype: torch.d
     return base.masked_fill(~visible, float("-inf"))
 
 
-def _decode_bias(dec: Decode, cross: Cross) -> Any:
+def _decode_bias(
+    dec: Decode, cross: Cross
+) -> Callable[[torch.Tensor, int, torch.dtype], torch.Tensor] | None:
     """T5's bias as attention.py's `_decode_tiled` takes ALiBi's: (extended key positions (B, S), bound, dtype)
     -> (B, H, 1, S), computed tile by tile (never the whole (B, H, 1, M + C) at once); None for BART."""
     bias = cross.bias
