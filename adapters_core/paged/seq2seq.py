@@ -220,9 +220,14 @@ def _step_hooks(base: Any, kept: EncoderStore, keep: torch.Tensor, positions: to
             kwargs["position_bias"] = placeholder
         return args, kwargs
 
-    def positions_hook(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-        ids = args[0] if args else kwargs["input_ids"]
-        return module.forward(ids, 0, position_ids=positions[0]).to(output.dtype)
+    def positions_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # Before the module runs: numbering the packed step itself (0 .. T - 1) would index past its table once
+        # a step packs more decoder tokens than the base has positions, though every row's own fit.
+        if len(args) > 2:
+            args = (*args[:2], positions[0], *args[3:])
+        else:
+            kwargs["position_ids"] = positions[0]
+        return args, kwargs
 
     def head_hook(module: Any, args: tuple) -> tuple:
         return (args[0][:, keep], *args[1:])
@@ -237,7 +242,7 @@ def _step_hooks(base: Any, kept: EncoderStore, keep: torch.Tensor, positions: to
         if t5 is not None:
             hooks.append(t5.register_forward_pre_hook(bias_hook, with_kwargs=True))
         for module in learned:
-            hooks.append(module.register_forward_hook(positions_hook, with_kwargs=True))
+            hooks.append(module.register_forward_pre_hook(positions_hook, with_kwargs=True))
         for hook in hooks:
             stack.callback(hook.remove)
         yield

@@ -74,10 +74,7 @@ def _s2s_peak_less_table(model: MultiAdapterModel, context: int) -> int:
     per_row = -(-(context + 2) // BS)
     model.init_kv_cache(1 + per_row * ROWS, BS)
     tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(ROWS)]
-    for r, d in enumerate(
-        decs
-    ):  # one prefill step per row: a packed step longer than BART's learned positions
-        # (128) overflows them (seq2seq.py's positions hook runs after the module's own forward over the step)
+    for r, d in enumerate(decs):
         model.paged_step(StepPlan([SeqChunk(r, None, d, 0, tables[r], encoder_ids=encs[r])]))
     plan = StepPlan(
         [SeqChunk(r, None, [5], len(d), tables[r], encoder_ids=encs[r]) for r, d in enumerate(decs)]

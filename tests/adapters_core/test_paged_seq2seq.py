@@ -102,3 +102,29 @@ def test_encoder_store_is_per_row_and_freed(oracles: Oracles) -> None:
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.paged_step(StepPlan([SeqChunk(8, None, [start], 0, [1], encoder_ids=(5, VOCAB))]))
     assert 8 not in kept.rows
+
+
+@torch.no_grad()
+def test_a_step_packing_more_decoder_tokens_than_the_base_has_positions() -> None:
+    """BART numbers decoder tokens with a learned table (128 positions in the tiny config). Three rows of 60
+    decoder tokens each fit it, but their packed prefill step holds 180 tokens: every token must take its own
+    row's position (before: the table was first indexed with the packed step's 0 .. 179, an IndexError that
+    failed the step), and the packed logits equal each row's own step."""
+    from adapters_core.multi import MultiAdapterModel
+
+    base = FAMILIES["bart"].build()
+    assert base.config.max_position_embeddings < 180
+    model = MultiAdapterModel(base)
+    g = torch.Generator().manual_seed(3)
+    encs = [torch.randint(3, VOCAB, (5 + r,), generator=g).tolist() for r in range(3)]
+    decs = [torch.randint(3, VOCAB, (60,), generator=g).tolist() for _ in range(3)]
+    per_row = -(-61 // 4)
+    tables = [list(range(1 + r * per_row, 1 + (r + 1) * per_row)) for r in range(3)]
+    chunks = [SeqChunk(r, None, decs[r], 0, tables[r], encoder_ids=encs[r]) for r in range(3)]
+    model.init_kv_cache(1 + 3 * per_row, 4)
+    packed = model.paged_step(StepPlan(chunks))
+    for r in range(3):
+        model.paged_release(r)
+    model.init_kv_cache(1 + 3 * per_row, 4)
+    alone = torch.cat([model.paged_step(StepPlan([c])) for c in chunks])
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
