@@ -113,7 +113,7 @@ class TenantQueue(collections.deque[T], Generic[T]):
         for row in rows:
             self.appendleft(row)
 
-    def pop(self) -> T:
+    def pop(self) -> T:  # type: ignore[override]
         row = super().pop()
         self._drop(row)
         return row
