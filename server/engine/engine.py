@@ -42,7 +42,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -304,6 +304,14 @@ class Engine(JobQueue, PagedPath):
     def _note_cancel(self) -> None:
         """A handle was cancelled (on the event loop, or on this thread when its loop closed)."""
         self._cancels += 1
+
+    def _enqueue(self, rows: Iterable[Row]) -> None:
+        """Queue rows that waited elsewhere (siblings for their leader): one cancelled meanwhile may have been
+        counted before it was here to be seen, so it is counted again (called under the condition)."""
+        for row in rows:
+            self._waiting.append(row)
+            if row.handle.cancelled:
+                self._cancels += 1
 
     def _drop_cancelled(self) -> None:
         """Waiting rows whose client went away leave the queue (called under the condition). The queue is read

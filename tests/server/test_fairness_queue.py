@@ -157,3 +157,19 @@ def test_the_queue_is_read_for_cancelled_rows_only_after_a_cancel_and_the_row_le
     Engine._drop_cancelled(engine)  # type: ignore[arg-type]
     assert not reads
     loop.close()
+
+
+def test_a_row_cancelled_before_it_was_queued_is_dropped_at_the_next_step() -> None:
+    """A sibling row waits outside the queue for its leader; its cancel is counted (and looked for) before the
+    row enters the queue: entering, it is counted again, so the next step still drops it."""
+    loop = asyncio.new_event_loop()
+    left: list[Any] = []
+    engine = SimpleNamespace(_cancels=0, _cancels_seen=0, _leave=left.append, _waiting=TenantQueue())
+    handle = RequestHandle(loop, on_cancel=lambda: Engine._note_cancel(engine))  # type: ignore[arg-type]
+    outside = SimpleNamespace(handle=handle, tenant="t", preempted=False)
+    handle.cancel()
+    Engine._drop_cancelled(engine)  # type: ignore[arg-type]  # the cancel is seen; the row is not queued yet
+    Engine._enqueue(engine, [outside])  # type: ignore[arg-type]
+    Engine._drop_cancelled(engine)  # type: ignore[arg-type]
+    assert left == [outside] and not engine._waiting
+    loop.close()
