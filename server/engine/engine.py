@@ -42,7 +42,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ from ..modeling import LoadedBase
 from ..sampling import Pick, RowSampler
 from ..tokenization import IncrementalDecoder, Tokenization
 from .batch import Row
-from .fairness import VirtualTokenCounter
+from .fairness import TenantQueue, VirtualTokenCounter
 from .jobs import JobQueue
 from .limits import TokenLimits, prompt_positions
 from .paged import PagedBatch, PagingConfig
@@ -106,7 +106,11 @@ class Engine(JobQueue, PagedPath):
         self.max_queued_requests = max_queued_requests
         # The token limits in force (the settings', clamped to the base's context by build_engine).
         self.limits = limits
-        self._waiting: collections.deque[Row] = collections.deque()
+        self._waiting: TenantQueue[Row] = TenantQueue()  # rows per tenant kept counted (engine/fairness.py)
+        # Handles cancelled so far, and as of the last look through the queue: a step scans the queue for
+        # cancelled rows only when a cancel came since (a flood's backlog is not read every step).
+        self._cancels = 0
+        self._cancels_seen = 0
         self._classify: collections.deque[ClassifyJob] = collections.deque()
         self.paging = paging or PagingConfig()
         self.fairness = VirtualTokenCounter()
@@ -234,7 +238,7 @@ class Engine(JobQueue, PagedPath):
                 "the prompt's logprobs (echo with logprobs, decoder_input_details) score a decoder-only model's "
                 "prompt; an encoder-decoder's prompt is its encoder's input, which it does not score; drop them"
             )
-        handle = RequestHandle(loop)
+        handle = RequestHandle(loop, on_cancel=self._note_cancel)
         seq = batch.new_seq(handle.id, request.input_ids, request.model_name, request.prompt_logprobs)
         batch.check_fits(seq, request.max_new_tokens)
         row = Row(
@@ -297,12 +301,29 @@ class Engine(JobQueue, PagedPath):
                     jobs = self._take_classify_jobs()
                 self._run_jobs(jobs)
 
+    def _note_cancel(self) -> None:
+        """A handle was cancelled (on the event loop, or on this thread when its loop closed)."""
+        self._cancels += 1
+
+    def _enqueue(self, rows: Iterable[Row]) -> None:
+        """Queue rows that waited elsewhere (siblings for their leader): one cancelled meanwhile may have been
+        counted before it was here to be seen, so it is counted again (called under the condition)."""
+        for row in rows:
+            self._waiting.append(row)
+            if row.handle.cancelled:
+                self._cancels += 1
+
     def _drop_cancelled(self) -> None:
-        """Waiting rows whose client went away leave the queue (called under the condition)."""
+        """Waiting rows whose client went away leave the queue (called under the condition). The queue is read
+        only if a handle was cancelled since the last look: its flag is set before `_cancels` moves."""
+        cancels = self._cancels
+        if cancels == self._cancels_seen:
+            return
+        self._cancels_seen = cancels
         if any(row.handle.cancelled for row in self._waiting):
             for row in [row for row in self._waiting if row.handle.cancelled]:
                 self._leave(row)
-            self._waiting = collections.deque(row for row in self._waiting if not row.handle.cancelled)
+            self._waiting = TenantQueue(row for row in self._waiting if not row.handle.cancelled)
 
     def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
         now = time.perf_counter()

@@ -54,7 +54,7 @@ class PagedPath:
             rows, logits, queue = with_followers(self.siblings, self._cond, batch, self.model, rows, logits)
             if queue:
                 with self._cond:
-                    self._waiting.extend(queue)
+                    self._enqueue(queue)
             self._emit(rows, choose_tokens([row.sampler for row in rows], logits))
 
     def _schedule_paged(  # type: ignore[misc]
@@ -64,7 +64,7 @@ class PagedPath:
             self._leave(row)
         hits = batch.blocks.hit_positions, batch.blocks.queried_positions
         with self._cond:
-            self._waiting.extend(self.siblings.orphans())
+            self._enqueue(self.siblings.orphans())
             self._drop_cancelled()
             schedule = batch.schedule(self._waiting)
             jobs = self._take_classify_jobs()

@@ -45,7 +45,7 @@ from typing import Generic, Protocol, TypeVar
 
 from adapters_core.paged.blocks import KVBlocks
 
-from .fairness import Queued, VirtualTokenCounter
+from .fairness import Queued, TenantQueue, VirtualTokenCounter
 
 
 @dataclass
@@ -200,7 +200,12 @@ class Scheduler(Generic[R]):
         tenant, or one whose rivals have nothing waiting, keeps every slot (work-conserving)."""
         counters = self.fairness.counters
         rows_of = collections.Counter(row.tenant for row in running)
-        wanting = collections.Counter(row.tenant for row in waiting)
+        # the tenants with rows waiting: kept by the engine's TenantQueue (no scan of a long backlog)
+        wanting = (
+            collections.Counter(waiting.tenants)
+            if isinstance(waiting, TenantQueue)
+            else collections.Counter(row.tenant for row in waiting)
+        )
         free = self.max_rows - len(running)
         while +wanting:
             taker = min(+wanting, key=lambda t: (rows_of[t], counters[t]))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -121,11 +121,13 @@ Event = TokenEvent | FinishEvent | ErrorEvent
 class RequestHandle:
     """The bridge between one handler (asyncio) and the engine thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None] | None = None) -> None:
         self.id = next(_ids)
         self.loop = loop
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = False  # set on the event loop, read by the engine thread (a plain bool is enough)
+        # Told after `cancelled` is set (the engine then looks for cancelled rows in its queue, and only then).
+        self.on_cancel = on_cancel
+        self._cancelled = False  # set on the event loop, read by the engine thread (a plain bool is enough)
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
 
@@ -135,6 +137,16 @@ class RequestHandle:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the handler's loop has closed (server shutting down): nobody to tell
             self.cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        was, self._cancelled = self._cancelled, value
+        if value and not was and self.on_cancel is not None:
+            self.on_cancel()
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -14,10 +14,18 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters_core.paged.blocks import BlockPool, KVBlocks
-from server.engine.fairness import VirtualTokenCounter
+from server.engine.fairness import TenantQueue, VirtualTokenCounter
 from server.engine.scheduler import Scheduler, SeqState, StepSchedule
 
 UNWRITTEN = -2
+QUEUES: list[type[collections.deque[Item]]] = [TenantQueue]  # the queue type a Run waits in (see the fixture)
+
+
+@pytest.fixture(autouse=True, params=["TenantQueue", "deque"])
+def queue_kind(request: pytest.FixtureRequest) -> None:
+    """Every test runs over the engine's TenantQueue (counts kept per tenant) and a plain deque (the fair
+    queue reads it whole): both must schedule alike."""
+    QUEUES[0] = TenantQueue if request.param == "TenantQueue" else collections.deque
 
 
 @dataclass(eq=False)
@@ -69,7 +77,7 @@ class Run:
     scheduler: Scheduler[Item]
     cache: TokenCache
     running: list[Item] = field(default_factory=list)
-    waiting: collections.deque[Item] = field(default_factory=collections.deque)
+    waiting: collections.deque[Item] = field(default_factory=lambda: QUEUES[0]())
     schedules: list[StepSchedule[Item]] = field(default_factory=list)
     finished: list[Item] = field(default_factory=list)
     # after each schedule: the running rows per tenant and the tenants with a row waiting
@@ -99,6 +107,9 @@ class Run:
         schedule = self.scheduler.schedule(self.running, self.waiting)
         assert not schedule.unfit
         self.shares.append((running_rows(self), {r.tenant for r in self.waiting}))
+        if isinstance(self.waiting, TenantQueue):  # its counts agree with a recount after every step
+            assert self.waiting.tenants == collections.Counter(r.tenant for r in self.waiting)
+            assert self.waiting.preempted == sum(r.preempted for r in self.waiting)
         tokens = self.cache.step(blocks, schedule)
         for chunk in schedule.chunks:
             seq = chunk.row.seq
