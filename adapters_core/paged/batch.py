@@ -34,29 +34,8 @@ class Decode:
     prefix: list[int]  # (B,) prefix length m per row
     prefix_slots: dict[int, list[int]]  # adapter slot -> rows with its prefix
     shortest: int = 1  # the shortest row's length (host int: tiles all rows see fully need no mask)
-    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
     _low: dict[int, torch.Tensor] = field(default_factory=dict)
     _prefix: torch.Tensor | None = None
-
-    def mask(self, window: int | None) -> torch.Tensor | None:
-        """(B, 1, 1, M + C) bool: row b's query sees key column c; None when it sees every column."""
-        if window not in self._masks:
-            device = self.blocks.device
-            m = torch.tensor(self.prefix, dtype=torch.long, device=device)[:, None]  # (B, 1)
-            cols = torch.arange(self.width, device=device)[None]  # (1, C)
-            query = m + self.lengths[:, None] - 1  # extended position of the query
-            visible = cols < self.lengths[:, None]
-            if window is not None:
-                visible &= query - (m + cols) < window
-            width = max(self.prefix)
-            if width:
-                pcols = torch.arange(width, device=device)[None]
-                seen = pcols < m
-                if window is not None:
-                    seen &= query - pcols < window
-                visible = torch.cat([seen, visible], dim=1)
-            self._masks[window] = None if bool(visible.all()) else visible[:, None, None]
-        return self._masks[window]
 
     def prefix_column(self) -> torch.Tensor:
         """(B, 1) each row's prefix length m (made once per step)."""

@@ -20,6 +20,7 @@ from arch_matrix import method_configs, perturb
 
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.paged import VIRTUAL, SeqChunk, StepPlan
+from adapters_core.paged.model_api import _state
 
 
 class Oracles:
@@ -215,3 +216,16 @@ class GreedyEngine:
             tokens = self.tokens[rid]
             if tokens and (len(tokens) >= self.limit[rid] or tokens[-1] == self.eos):
                 self.leave(rid)
+
+
+def snapshot_pool(model: Any) -> list[torch.Tensor]:
+    """Copies of every layer's key and value pool of `model`'s paged cache (to replay a step from one state)."""
+    pool = _state(model).pool
+    return [t.clone() for t in (*pool.keys, *pool.values)]
+
+
+def restore_pool(model: Any, saved: list[torch.Tensor]) -> None:
+    """Write a `snapshot_pool` back into `model`'s pool in place."""
+    pool = _state(model).pool
+    for t, s in zip((*pool.keys, *pool.values), saved):
+        t.copy_(s)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from arch_configs import FAMILIES, VOCAB
-from paged_helpers import MiniEngine, Oracles
+from paged_helpers import MiniEngine, Oracles, restore_pool, snapshot_pool
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import adapters_core.multi.fused as fused
@@ -55,17 +55,6 @@ def decode_plan(engine: MiniEngine) -> StepPlan:
     return StepPlan(chunks)
 
 
-def snapshot(model: Any) -> list[torch.Tensor]:
-    pool = _state(model).pool
-    return [t.clone() for t in (*pool.keys, *pool.values)]
-
-
-def restore(model: Any, saved: list[torch.Tensor]) -> None:
-    pool = _state(model).pool
-    for t, s in zip((*pool.keys, *pool.values), saved):
-        t.copy_(s)
-
-
 def blocks_of(model: Any, saved: list[torch.Tensor], blocks: list[int]) -> list[torch.Tensor]:
     """The saved pool tensors' slots of `blocks` (every layer, K and V)."""
     bs = _state(model).pool.block_size
@@ -84,12 +73,12 @@ def compare_steps(engine: MiniEngine, runner: DecodeGraphRunner, steps: int) -> 
     for _ in range(steps):
         plan = decode_plan(engine)
         assert runner.why_not(plan) is None
-        before = snapshot(model)
+        before = snapshot_pool(model)
         got = runner.step(plan)
-        after_static = snapshot(model)
-        restore(model, before)
+        after_static = snapshot_pool(model)
+        restore_pool(model, before)
         want = model.paged_step(plan)
-        after_eager = snapshot(model)
+        after_eager = snapshot_pool(model)
         torch.testing.assert_close(got, want, atol=TOL, rtol=0)
         assert torch.equal(got.argmax(-1), want.argmax(-1))
         # The rows' blocks hold the same keys and values; every other block but the scratch block 0 is untouched.
@@ -200,7 +189,7 @@ def test_static_step_reads_nothing_back_to_the_host(oracles: Oracles) -> None:
     width = runner.widths[0]
     while width * 4 < max(c.start + 1 for c in plan.chunks):
         width = runner.widths[runner.widths.index(width) + 1]
-    restore_to = snapshot(engine.model)
+    restore_to = snapshot_pool(engine.model)
     inputs = runner._buffers.views(8, width)  # type: ignore[union-attr]
     mp = pytest.MonkeyPatch()
     mp.setattr(torch.Tensor, "tolist", lambda self: (_ for _ in ()).throw(AssertionError("Tensor.tolist")))
@@ -209,7 +198,7 @@ def test_static_step_reads_nothing_back_to_the_host(oracles: Oracles) -> None:
             got = runner._eager(inputs)
     finally:
         mp.undo()
-    restore(engine.model, restore_to)
+    restore_pool(engine.model, restore_to)
     torch.testing.assert_close(got[: len(plan.chunks)], want, atol=0, rtol=0)
 
 

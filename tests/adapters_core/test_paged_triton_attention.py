@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 import torch
 from arch_configs import FAMILIES, VOCAB
-from paged_helpers import MiniEngine, Oracles
+from paged_helpers import MiniEngine, Oracles, restore_pool, snapshot_pool
 
 from adapters_core.multi import MultiAdapterModel
 from adapters_core.paged import SeqChunk, StepPlan
 from adapters_core.paged.graphs import DecodeGraphRunner
-from adapters_core.paged.model_api import _state
 from kernels import paged_attention as pk
 
 triton = pytest.importorskip("triton")
@@ -67,28 +66,17 @@ def oracles(request: Any, tmp_path_factory: Any) -> Oracles:
     )
 
 
-def pool_tensors(model: Any) -> list[torch.Tensor]:
-    pool = _state(model).pool
-    return [t.clone() for t in (*pool.keys, *pool.values)]
-
-
-def restore(model: Any, saved: list[torch.Tensor]) -> None:
-    pool = _state(model).pool
-    for t, s in zip((*pool.keys, *pool.values), saved):
-        t.copy_(s)
-
-
 def both_ways(model: Any, run: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """`run()` with the Triton attention, then again from the same pool with the torch one: (got, want), and
     the pool left as the torch run wrote it, which must equal what the Triton run wrote."""
-    before = pool_tensors(model)
+    before = snapshot_pool(model)
     with attention_backend("triton"):
         got = run()
-    after_triton = pool_tensors(model)
-    restore(model, before)
+    after_triton = snapshot_pool(model)
+    restore_pool(model, before)
     with attention_backend("torch"):
         want = run()
-    for a, b in zip(after_triton, pool_tensors(model)):
+    for a, b in zip(after_triton, snapshot_pool(model)):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)
     return got, want
 
@@ -144,10 +132,10 @@ def test_static_step_with_triton_attention_equals_torch_path(oracles: Oracles, l
             chunks.append(SeqChunk(seq_id, row["adapter"], [stream[done]], done, list(row["blocks"])))
         plan = StepPlan(chunks)
         assert runner.why_not(plan) is None
-        before = pool_tensors(model)
+        before = snapshot_pool(model)
         with attention_backend("triton"):
             got = runner.step(plan)
-        restore(model, before)
+        restore_pool(model, before)
         with attention_backend("torch"):
             want = model.paged_step(plan)
         torch.testing.assert_close(got, want, atol=TOL, rtol=0)

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from adapters_core.paged import attention
-from adapters_core.paged.batch import Decode
 from kernels import paged_attention as pk
 from kernels import triton_lora
 from kernels.errors import ShapeError
@@ -71,18 +70,16 @@ def torch_path(
     softcap: float | None,
     bs: int = BS,
 ) -> torch.Tensor:
-    """What paged_attention's decode branch computes today: gather whole blocks, mask, SDPA. (B, Hq, hd)."""
-    dec = Decode(
-        tokens=torch.arange(len(lengths), device=tables.device),
-        blocks=tables,
-        width=max(lengths),
-        lengths=torch.tensor(lengths, device=tables.device),
-        prefix=[0] * len(lengths),
-        prefix_slots={},
-    )
-    k = attention._gather(k_pool, tables, bs)[:, :, : dec.width]
-    v = attention._gather(v_pool, tables, bs)[:, :, : dec.width]
-    return attention._attend(q[:, :, None], k, v, dec.mask(window), scale, softcap)[:, :, 0]
+    """The oracle: each row's whole stream gathered, masked to its length (and window), one SDPA. (B, Hq, hd)."""
+    width = max(lengths)
+    length = torch.tensor(lengths, device=tables.device)[:, None]  # (B, 1)
+    cols = torch.arange(width, device=tables.device)[None]  # (1, C)
+    visible = cols < length
+    if window is not None:  # the query sits at position length - 1
+        visible &= length - 1 - cols < window
+    k = attention._gather(k_pool, tables, bs)[:, :, :width]
+    v = attention._gather(v_pool, tables, bs)[:, :, :width]
+    return attention._attend(q[:, :, None], k, v, visible[:, None, None], scale, softcap)[:, :, 0]
 
 
 def kernel(
