@@ -320,9 +320,10 @@ class Engine(JobQueue, PagedPath):
         if cancels == self._cancels_seen:
             return
         self._cancels_seen = cancels
-        if any(row.handle.cancelled for row in self._waiting):
-            for row in [row for row in self._waiting if row.handle.cancelled]:
-                self._leave(row)
+        cancelled = [row for row in self._waiting if row.handle.cancelled]
+        for row in cancelled:
+            self._leave(row)
+        if cancelled:
             self._waiting = TenantQueue(row for row in self._waiting if not row.handle.cancelled)
 
     def _emit(self, rows: list[Row], picks: list[Pick | Exception]) -> None:
